@@ -1,0 +1,129 @@
+//! `/v1/webhooks/:id/deliveries`: the delivery log of a subscription, one delivery with its
+//! payload, and redelivery.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use crate::api::error::ApiError;
+use crate::api::request::{authorize, json_reply, page_limit, parse_query, query_value, Gate};
+use crate::api::webhooks::find;
+use crate::api::ApiState;
+use crate::config::Scope;
+use crate::model::{rfc3339, Attempt, Delivery, DeliveryState, IdKind};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AttemptView {
+    at: String,
+    duration_ms: u32,
+    response_code: Option<u16>,
+    error: Option<String>,
+}
+
+impl From<&Attempt> for AttemptView {
+    fn from(attempt: &Attempt) -> Self {
+        AttemptView {
+            at: rfc3339(attempt.at),
+            duration_ms: attempt.duration_ms,
+            response_code: attempt.response_code,
+            error: attempt.error.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryView {
+    id: String,
+    subscription_id: String,
+    event_id: String,
+    event: String,
+    status: &'static str,
+    attempts: Vec<AttemptView>,
+    next_attempt_at: Option<String>,
+    created_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload: Option<Box<RawValue>>,
+}
+
+impl DeliveryView {
+    fn new(delivery: &Delivery, payload: Option<Box<RawValue>>) -> DeliveryView {
+        DeliveryView {
+            id: delivery.id.clone(),
+            subscription_id: delivery.subscription_id.clone(),
+            event_id: delivery.event_id.clone(),
+            event: delivery.event_type.clone(),
+            status: delivery.state.as_str(),
+            attempts: delivery.attempts.iter().map(AttemptView::from).collect(),
+            next_attempt_at: delivery.next_attempt_at.map(rfc3339),
+            created_at: rfc3339(delivery.created_at),
+            payload,
+        }
+    }
+}
+
+/// `GET /v1/webhooks/:id/deliveries?status=failed&limit=50&cursor=dlv_…`
+pub async fn list(state: ApiState, headers: HeaderMap, id: String, query: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
+    let subscription = find(&state, &principal.tenant.id, &id)?;
+    let pairs = parse_query(&query, &["status", "limit", "cursor"])?;
+    let limit = page_limit(&pairs)?;
+    let status = query_value(&pairs, "status")
+        .map(|text| {
+            DeliveryState::parse(text).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "status must be one of pending, held, succeeded, failed, expired (got {text:?})"
+                ))
+            })
+        })
+        .transpose()?;
+    let cursor = query_value(&pairs, "cursor");
+    if cursor.is_some_and(|cursor| !IdKind::Delivery.is_valid(cursor)) {
+        return Err(ApiError::validation("cursor is not a cursor this API returned (expected a dlv_ id)"));
+    }
+    let (page, next) = state.store.list_deliveries(&subscription.id, status, limit, cursor)?;
+    let data: Vec<DeliveryView> = page.iter().map(|delivery| DeliveryView::new(delivery, None)).collect();
+    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
+}
+
+/// `GET /v1/webhooks/:id/deliveries/:deliveryId`, with the payload as delivered.
+pub async fn get(state: ApiState, headers: HeaderMap, id: String, delivery_id: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
+    let subscription = find(&state, &principal.tenant.id, &id)?;
+    let delivery = find_delivery(&state, &subscription.id, &delivery_id)?;
+    let payload = state
+        .store
+        .event(&delivery.event_id)?
+        .and_then(|event| String::from_utf8(event.body).ok())
+        .and_then(|body| RawValue::from_string(body).ok());
+    Ok(json_reply(StatusCode::OK, &DeliveryView::new(&delivery, payload)))
+}
+
+/// `POST /v1/webhooks/:id/deliveries/:deliveryId/redeliver`: queue it again (202).
+pub async fn redeliver(state: ApiState, headers: HeaderMap, id: String, delivery_id: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    let subscription = find(&state, &principal.tenant.id, &id)?;
+    find_delivery(&state, &subscription.id, &delivery_id)?;
+    let delivery = state
+        .store
+        .redeliver(&subscription, &delivery_id)?
+        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    state.store.durable().await?;
+    Ok(json_reply(StatusCode::ACCEPTED, &DeliveryView::new(&delivery, None)))
+}
+
+fn find_delivery(state: &ApiState, subscription_id: &str, delivery_id: &str) -> Result<Delivery, ApiError> {
+    if !IdKind::Delivery.is_valid(delivery_id) {
+        return Err(ApiError::not_found("delivery"));
+    }
+    state
+        .store
+        .delivery(delivery_id)?
+        .filter(|delivery| delivery.subscription_id == subscription_id)
+        .ok_or_else(|| ApiError::not_found("delivery"))
+}

@@ -1,0 +1,134 @@
+//! `/v1/events` and `/v1/events/batch`: the Atender application hands events in; each answer
+//! (202) comes only after the event and its deliveries are on disk.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use crate::api::error::ApiError;
+use crate::api::request::{authorize, json_reply, require_json, Gate};
+use crate::api::ApiState;
+use crate::config::{Config, Scope};
+use crate::model::{now_millis, rfc3339, IdKind, Millis};
+use crate::store::{NewEvent, Published};
+
+/// Most events in one batch.
+pub const MAX_BATCH: usize = 1000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    event: String,
+    data: Option<Box<RawValue>>,
+    id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    events: Vec<EventBody>,
+}
+
+/// The body every receiver gets, byte for byte the same on every attempt.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct DeliveryPayload<'a> {
+    id: &'a str,
+    event: &'a str,
+    tenant_id: &'a str,
+    timestamp: String,
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct PublishedView<'a> {
+    id: &'a str,
+    deliveries: u32,
+}
+
+/// `POST /v1/events`
+pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::EventsWrite, Gate::Events)?;
+    let body: EventBody = require_json(&headers, &body)?;
+    let now = now_millis();
+    let event = prepare(&config, &principal.tenant.id, body, now, "")?;
+    let answers = store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, vec![event], now).await?;
+    let answer = &answers[0];
+    Ok(json_reply(StatusCode::ACCEPTED, &PublishedView { id: &answer.event_id, deliveries: answer.deliveries }))
+}
+
+/// `POST /v1/events/batch` with `{"events": [...]}`; answers `{"data": [{"id", "deliveries"}]}`
+/// in the order given. The batch is stored atomically: all or nothing.
+pub async fn publish_batch(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::EventsWrite, Gate::Events)?;
+    let body: BatchBody = require_json(&headers, &body)?;
+    if body.events.is_empty() || body.events.len() > MAX_BATCH {
+        return Err(ApiError::validation(format!("events must hold between 1 and {MAX_BATCH} events")));
+    }
+    let now = now_millis();
+    let events = body
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(index, event)| prepare(&config, &principal.tenant.id, event, now, &format!("events[{index}].")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let answers = store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, events, now).await?;
+    let data: Vec<PublishedView> =
+        answers.iter().map(|answer| PublishedView { id: &answer.event_id, deliveries: answer.deliveries }).collect();
+    Ok(json_reply(StatusCode::ACCEPTED, &serde_json::json!({ "data": data })))
+}
+
+async fn store_events(
+    state: &ApiState,
+    tenant_id: &str,
+    webhooks_enabled: bool,
+    events: Vec<NewEvent>,
+    now: Millis,
+) -> Result<Vec<Published>, ApiError> {
+    let store = state.store.clone();
+    let tenant = tenant_id.to_owned();
+    // sled calls can block briefly; keep them off the async workers.
+    let answers = tokio::task::spawn_blocking(move || store.publish(&tenant, webhooks_enabled, &events, now))
+        .await
+        .map_err(|_| ApiError::from(crate::store::StoreError::Unavailable))??;
+    state.store.durable().await?;
+    state.metrics.events_published(answers.iter().filter(|answer| !answer.duplicate).count() as u64);
+    Ok(answers)
+}
+
+/// Validates one event and renders its delivery body. `at` prefixes field names in batches.
+fn prepare(config: &Config, tenant_id: &str, body: EventBody, now: Millis, at: &str) -> Result<NewEvent, ApiError> {
+    if !config.is_known_event_type(&body.event) {
+        return Err(ApiError::validation(format!(
+            "{at}event: unknown event type {:?} (known: {})",
+            body.event,
+            config.event_types.join(", ")
+        )));
+    }
+    if let Some(client_id) = &body.id {
+        let printable = client_id.bytes().all(|b| b.is_ascii_graphic());
+        if client_id.is_empty() || client_id.len() > 255 || !printable {
+            return Err(ApiError::validation(format!(
+                "{at}id must be 1-255 printable ASCII characters (it is your idempotency key)"
+            )));
+        }
+    }
+    let empty_object = RawValue::from_string("{}".to_owned()).expect("{} is JSON");
+    let data = body.data.unwrap_or(empty_object);
+    if !data.get().trim_start().starts_with('{') {
+        return Err(ApiError::validation(format!("{at}data must be a JSON object")));
+    }
+    let id = IdKind::Event.new_id(now);
+    let payload = DeliveryPayload {
+        id: &id,
+        event: &body.event,
+        tenant_id,
+        timestamp: rfc3339(now),
+        data: &data,
+    };
+    let rendered = serde_json::to_vec(&payload).map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
+    Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id })
+}

@@ -1,0 +1,233 @@
+//! The HTTP API: the only module that knows warp and the JSON shapes. One file per resource
+//! (`webhooks`, `deliveries`, `events`, `ops`), shared request plumbing in `request`, the error
+//! shape in `error`, the OpenAPI document in `openapi`.
+//!
+//! Every route matches its path before its method, so an unknown path is a 404 and a known path
+//! with the wrong method a 405. Once a route matches, its handler always produces a response
+//! (errors included), so warp's rejection machinery only ever sees unmatched requests.
+
+pub mod deliveries;
+pub mod error;
+pub mod events;
+pub mod openapi;
+pub mod ops;
+pub mod request;
+pub mod webhooks;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::filters::BoxedFilter;
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::Filter;
+
+use crate::config::SharedConfig;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+use request::{read_body, respond};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct ApiState {
+    pub config: Arc<SharedConfig>,
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<Health>,
+}
+
+/// Every (method, path) the router serves, in OpenAPI path syntax. The OpenAPI document and
+/// the tests are checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/webhooks"),
+    ("GET", "/v1/webhooks"),
+    ("GET", "/v1/webhooks/{id}"),
+    ("PATCH", "/v1/webhooks/{id}"),
+    ("DELETE", "/v1/webhooks/{id}"),
+    ("POST", "/v1/webhooks/{id}/rotate-secret"),
+    ("GET", "/v1/webhooks/{id}/deliveries"),
+    ("GET", "/v1/webhooks/{id}/deliveries/{deliveryId}"),
+    ("POST", "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver"),
+    ("POST", "/v1/events"),
+    ("POST", "/v1/events/batch"),
+    ("GET", "/v1/openapi.json"),
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+];
+
+/// Which configured body limit an endpoint uses.
+#[derive(Clone, Copy)]
+enum BodyKind {
+    Subscription,
+    Event,
+}
+
+/// The request body, size-limited by the limit in force, or the error response to send.
+fn body(state: ApiState, kind: BodyKind) -> BoxedFilter<(Result<Vec<u8>, Response>,)> {
+    warp::any()
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |headers: HeaderMap, stream| {
+            let config = state.config.current();
+            let limit = match kind {
+                BodyKind::Subscription => config.max_subscription_body_bytes,
+                BodyKind::Event => config.max_event_body_bytes,
+            };
+            async move { read_body(&headers, stream, limit).await.map_err(|err| err.into_response()) }
+        })
+        .boxed()
+}
+
+/// The raw query string, empty when there is none.
+fn query() -> BoxedFilter<(String,)> {
+    warp::query::raw().or(warp::any().map(String::new)).unify().boxed()
+}
+
+/// The whole API with its JSON rejection handler.
+pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    let headers = warp::header::headers_cloned;
+    let sub_body = || body(state.clone(), BodyKind::Subscription);
+    let event_body = || body(state.clone(), BodyKind::Event);
+
+    let webhooks_root = warp::path!("v1" / "webhooks");
+    let webhook = warp::path!("v1" / "webhooks" / String);
+
+    let create = webhooks_root
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .and(sub_body())
+        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
+            match body {
+                Ok(body) => respond(webhooks::create(state, headers, body).await),
+                Err(response) => response,
+            }
+        });
+    let list = webhooks_root
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(headers())
+        .and(query())
+        .then(|state, headers, query| async move { respond(webhooks::list(state, headers, query).await) });
+    let get = webhook
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(headers())
+        .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) });
+    let update = webhook
+        .and(warp::patch())
+        .and(with_state.clone())
+        .and(headers())
+        .and(sub_body())
+        .then(|id, state, headers, body: Result<Vec<u8>, Response>| async move {
+            match body {
+                Ok(body) => respond(webhooks::update(state, headers, id, body).await),
+                Err(response) => response,
+            }
+        });
+    let delete = webhook
+        .and(warp::delete())
+        .and(with_state.clone())
+        .and(headers())
+        .then(|id, state, headers| async move { respond(webhooks::delete(state, headers, id).await) });
+    let rotate = warp::path!("v1" / "webhooks" / String / "rotate-secret")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .and(sub_body())
+        .then(|id, state, headers, body: Result<Vec<u8>, Response>| async move {
+            match body {
+                Ok(body) => respond(webhooks::rotate_secret(state, headers, id, body).await),
+                Err(response) => response,
+            }
+        });
+    let delivery_list = warp::path!("v1" / "webhooks" / String / "deliveries")
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(headers())
+        .and(query())
+        .then(|id, state, headers, query| async move { respond(deliveries::list(state, headers, id, query).await) });
+    let delivery_get = warp::path!("v1" / "webhooks" / String / "deliveries" / String)
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(headers())
+        .then(|id, delivery_id, state, headers| async move {
+            respond(deliveries::get(state, headers, id, delivery_id).await)
+        });
+    let redeliver = warp::path!("v1" / "webhooks" / String / "deliveries" / String / "redeliver")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .then(|id, delivery_id, state, headers| async move {
+            respond(deliveries::redeliver(state, headers, id, delivery_id).await)
+        });
+    let publish = warp::path!("v1" / "events")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .and(event_body())
+        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
+            match body {
+                Ok(body) => respond(events::publish(state, headers, body).await),
+                Err(response) => response,
+            }
+        });
+    let publish_batch = warp::path!("v1" / "events" / "batch")
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .and(event_body())
+        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
+            match body {
+                Ok(body) => respond(events::publish_batch(state, headers, body).await),
+                Err(response) => response,
+            }
+        });
+    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi);
+    let healthz = warp::path!("healthz").and(warp::get()).map(ops::healthz);
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics);
+
+    create
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+        .or(rotate)
+        .unify()
+        .or(delivery_list)
+        .unify()
+        .or(delivery_get)
+        .unify()
+        .or(redeliver)
+        .unify()
+        .or(publish)
+        .unify()
+        .or(publish_batch)
+        .unify()
+        .or(openapi)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(readyz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .recover(|rejection| async move { error::handle_rejection(rejection).await })
+        .unify()
+        .boxed()
+}
+
+/// Keeps `Infallible` in scope for handler signatures that never fail.
+pub type NeverFails = Infallible;

@@ -1,0 +1,379 @@
+//! `/v1/webhooks`: create, list, read, update, delete subscriptions and rotate their secrets.
+//! Owns the JSON shape of a subscription and the validation of every field.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use warp::http::{HeaderMap, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use crate::api::error::ApiError;
+use crate::api::request::{
+    authorize, json_reply, page_limit, parse_json, parse_query, query_value, require_json, Gate,
+};
+use crate::api::ApiState;
+use crate::config::{Config, Scope};
+use crate::model::{new_secret as generate_secret, now_millis, rfc3339, IdKind, RetiredSecret, Subscription};
+
+/// The subscription as the API shows it. The secret is deliberately absent.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionView {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub headers: Map<String, Value>,
+    pub max_retries: u32,
+    pub retry_delay_seconds: u32,
+    pub is_active: bool,
+    pub is_paused: bool,
+    pub disable_reason: Option<String>,
+    pub disabled_at: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_delivery_at: Option<String>,
+    pub last_delivery_status: Option<&'static str>,
+    pub last_delivery_response_code: Option<u16>,
+    pub last_delivery_error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+impl From<&Subscription> for SubscriptionView {
+    fn from(s: &Subscription) -> Self {
+        SubscriptionView {
+            id: s.id.clone(),
+            name: s.name.clone(),
+            url: s.url.clone(),
+            events: s.events.clone(),
+            headers: s.headers.iter().map(|(name, value)| (name.clone(), Value::String(value.clone()))).collect(),
+            max_retries: s.max_retries,
+            retry_delay_seconds: s.retry_delay_seconds,
+            is_active: s.is_active,
+            is_paused: s.is_paused,
+            disable_reason: s.disable_reason.clone(),
+            disabled_at: s.disabled_at.map(rfc3339),
+            consecutive_failures: s.consecutive_failures,
+            last_delivery_at: s.last_delivery_at.map(rfc3339),
+            last_delivery_status: s.last_delivery_status.map(|status| status.as_str()),
+            last_delivery_response_code: s.last_delivery_response_code,
+            last_delivery_error: s.last_delivery_error.clone(),
+            created_at: rfc3339(s.created_at),
+            updated_at: rfc3339(s.updated_at),
+        }
+    }
+}
+
+/// Create answers the full subscription plus its secret, once.
+#[derive(Serialize)]
+struct CreatedView<'a> {
+    #[serde(flatten)]
+    subscription: SubscriptionView,
+    secret: &'a str,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CreateBody {
+    name: String,
+    url: String,
+    events: Vec<String>,
+    headers: Option<Map<String, Value>>,
+    max_retries: Option<i64>,
+    retry_delay_seconds: Option<i64>,
+    is_active: Option<bool>,
+    is_paused: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PatchBody {
+    name: Option<String>,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    headers: Option<Map<String, Value>>,
+    max_retries: Option<i64>,
+    retry_delay_seconds: Option<i64>,
+    is_active: Option<bool>,
+    is_paused: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RotateBody {
+    grace_seconds: Option<i64>,
+}
+
+/// Why a subscription is disabled when a person turns it off through the API.
+pub const DISABLED_BY_API: &str = "disabled by API request (isActive set to false)";
+
+/// `POST /v1/webhooks`
+pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    let body: CreateBody = require_json(&headers, &body)?;
+    let now = now_millis();
+    let is_active = body.is_active.unwrap_or(true);
+    let subscription = Subscription {
+        id: IdKind::Subscription.new_id(now),
+        tenant_id: principal.tenant.id.clone(),
+        name: validate_name(&body.name)?,
+        url: validate_url(&config, &body.url)?,
+        events: validate_events(&config, &body.events)?,
+        headers: validate_headers(body.headers.as_ref())?,
+        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(5), 0, 20)?,
+        retry_delay_seconds: validate_range("retryDelaySeconds", body.retry_delay_seconds.unwrap_or(30), 1, 86_400)?,
+        is_active,
+        is_paused: body.is_paused.unwrap_or(false),
+        disable_reason: (!is_active).then(|| DISABLED_BY_API.to_owned()),
+        disabled_at: (!is_active).then_some(now),
+        consecutive_failures: 0,
+        last_delivery_at: None,
+        last_delivery_status: None,
+        last_delivery_response_code: None,
+        last_delivery_error: None,
+        created_at: now,
+        updated_at: now,
+        secret: generate_secret(),
+        retired_secret: None,
+    };
+    state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
+    state.store.durable().await?;
+    tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
+    let view = CreatedView { subscription: SubscriptionView::from(&subscription), secret: &subscription.secret };
+    Ok(json_reply(StatusCode::CREATED, &view))
+}
+
+/// `GET /v1/webhooks?limit=50&cursor=wh_…`
+pub async fn list(state: ApiState, headers: HeaderMap, query: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
+    let pairs = parse_query(&query, &["limit", "cursor"])?;
+    let limit = page_limit(&pairs)?;
+    let cursor = query_value(&pairs, "cursor");
+    if cursor.is_some_and(|cursor| !IdKind::Subscription.is_valid(cursor)) {
+        return Err(ApiError::validation("cursor is not a cursor this API returned (expected a wh_ id)"));
+    }
+    let (page, next) = state.store.list_subscriptions(&principal.tenant.id, limit, cursor)?;
+    let data: Vec<SubscriptionView> = page.iter().map(SubscriptionView::from).collect();
+    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
+}
+
+/// `GET /v1/webhooks/:id`
+pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
+    let subscription = find(&state, &principal.tenant.id, &id)?;
+    Ok(json_reply(StatusCode::OK, &SubscriptionView::from(&subscription)))
+}
+
+/// `PATCH /v1/webhooks/:id`
+pub async fn update(state: ApiState, headers: HeaderMap, id: String, body: Vec<u8>) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    let patch: PatchBody = require_json(&headers, &body)?;
+    // Validate everything before touching storage, so a bad field changes nothing.
+    let name = patch.name.as_deref().map(validate_name).transpose()?;
+    let url = patch.url.as_deref().map(|url| validate_url(&config, url)).transpose()?;
+    let events = patch.events.as_deref().map(|events| validate_events(&config, events)).transpose()?;
+    let custom_headers = patch.headers.as_ref().map(|headers| validate_headers(Some(headers))).transpose()?;
+    let max_retries = patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?;
+    let retry_delay =
+        patch.retry_delay_seconds.map(|value| validate_range("retryDelaySeconds", value, 1, 86_400)).transpose()?;
+    let now = now_millis();
+    let apply = |subscription: &mut Subscription| {
+        if let Some(name) = &name {
+            subscription.name = name.clone();
+        }
+        if let Some(url) = &url {
+            subscription.url = url.clone();
+        }
+        if let Some(events) = &events {
+            subscription.events = events.clone();
+        }
+        if let Some(headers) = &custom_headers {
+            subscription.headers = headers.clone();
+        }
+        if let Some(max_retries) = max_retries {
+            subscription.max_retries = max_retries;
+        }
+        if let Some(retry_delay) = retry_delay {
+            subscription.retry_delay_seconds = retry_delay;
+        }
+        if let Some(is_paused) = patch.is_paused {
+            subscription.is_paused = is_paused;
+        }
+        match patch.is_active {
+            Some(true) => {
+                // Re-enabling clears the reason and gives the endpoint a clean slate.
+                if !subscription.is_active {
+                    subscription.consecutive_failures = 0;
+                }
+                subscription.is_active = true;
+                subscription.disable_reason = None;
+                subscription.disabled_at = None;
+            }
+            Some(false) if subscription.is_active => {
+                subscription.is_active = false;
+                subscription.disable_reason = Some(DISABLED_BY_API.to_owned());
+                subscription.disabled_at = Some(now);
+            }
+            _ => {}
+        }
+        subscription.updated_at = now;
+    };
+    let updated = state
+        .store
+        .update_subscription(&principal.tenant.id, &id, apply)?
+        .ok_or_else(|| ApiError::not_found("subscription"))?;
+    state.store.durable().await?;
+    Ok(json_reply(StatusCode::OK, &SubscriptionView::from(&updated)))
+}
+
+/// `DELETE /v1/webhooks/:id`
+pub async fn delete(state: ApiState, headers: HeaderMap, id: String) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    if !IdKind::Subscription.is_valid(&id) || !state.store.delete_subscription(&principal.tenant.id, &id)? {
+        return Err(ApiError::not_found("subscription"));
+    }
+    state.store.durable().await?;
+    tracing::info!(tenant = %principal.tenant.id, %id, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/webhooks/:id/rotate-secret` with an optional `{"graceSeconds": N}`.
+pub async fn rotate_secret(state: ApiState, headers: HeaderMap, id: String, body: Vec<u8>) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    let body: Option<RotateBody> = parse_json(&headers, &body)?;
+    let grace = body.and_then(|body| body.grace_seconds).unwrap_or(0);
+    let grace = validate_range("graceSeconds", grace, 0, 86_400)?;
+    find(&state, &principal.tenant.id, &id)?;
+    let secret = generate_secret();
+    let now = now_millis();
+    state
+        .store
+        .update_subscription(&principal.tenant.id, &id, |subscription| {
+            subscription.retired_secret = (grace > 0).then(|| RetiredSecret {
+                secret: subscription.secret.clone(),
+                valid_until: now + u64::from(grace) * 1000,
+            });
+            subscription.secret = secret.clone();
+            subscription.updated_at = now;
+        })?
+        .ok_or_else(|| ApiError::not_found("subscription"))?;
+    state.store.durable().await?;
+    tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");
+    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret })))
+}
+
+/// A tenant's subscription, or 404 for unknown, malformed and other tenants' ids alike.
+pub fn find(state: &ApiState, tenant_id: &str, id: &str) -> Result<Subscription, ApiError> {
+    if !IdKind::Subscription.is_valid(id) {
+        return Err(ApiError::not_found("subscription"));
+    }
+    state.store.subscription(tenant_id, id)?.ok_or_else(|| ApiError::not_found("subscription"))
+}
+
+fn validate_name(name: &str) -> Result<String, ApiError> {
+    let length = name.chars().count();
+    if name.trim().is_empty() || length > 100 {
+        return Err(ApiError::validation("name must be 1-100 characters and not blank"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(ApiError::validation("name must not contain control characters"));
+    }
+    Ok(name.to_owned())
+}
+
+fn validate_url(config: &Config, url: &str) -> Result<String, ApiError> {
+    crate::net_policy::validate_target_url(url, config.delivery.allow_http, config.delivery.allow_private_targets)
+        .map(|parsed| parsed.to_string())
+        .map_err(ApiError::validation)
+}
+
+fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, ApiError> {
+    if events.is_empty() || events.len() > 50 {
+        return Err(ApiError::validation("events must list between 1 and 50 event types"));
+    }
+    for (index, event) in events.iter().enumerate() {
+        if !config.is_known_event_type(event) {
+            return Err(ApiError::validation(format!(
+                "events[{index}]: unknown event type {event:?} (known: {})",
+                config.event_types.join(", ")
+            )));
+        }
+        if events[..index].contains(event) {
+            return Err(ApiError::validation(format!("events[{index}]: {event:?} is listed twice")));
+        }
+    }
+    Ok(events.to_vec())
+}
+
+/// Header names the daemon sets itself or that would break the request framing.
+fn is_reserved_header(lowercase_name: &str) -> bool {
+    const RESERVED: [&str; 11] = [
+        "host",
+        "content-length",
+        "content-type",
+        "content-encoding",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "user-agent",
+    ];
+    RESERVED.contains(&lowercase_name)
+        || lowercase_name.starts_with("x-atender-")
+        || lowercase_name.starts_with("webhook-")
+        || lowercase_name.starts_with("proxy-")
+}
+
+fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String, String)>, ApiError> {
+    let Some(headers) = headers else { return Ok(Vec::new()) };
+    if headers.len() > 20 {
+        return Err(ApiError::validation("headers may hold at most 20 custom headers"));
+    }
+    let mut seen = Vec::new();
+    let mut valid = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
+        let is_token = !name.is_empty()
+            && name.len() <= 256
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !is_token {
+            return Err(ApiError::validation(format!(
+                "headers: {name:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+            )));
+        }
+        let lowercase = name.to_ascii_lowercase();
+        if is_reserved_header(&lowercase) {
+            return Err(ApiError::validation(format!(
+                "headers: {name:?} is set by the daemon itself and cannot be overridden"
+            )));
+        }
+        if seen.contains(&lowercase) {
+            return Err(ApiError::validation(format!("headers: {name:?} is given twice")));
+        }
+        let Value::String(value) = value else {
+            return Err(ApiError::validation(format!("headers.{name} must be a string")));
+        };
+        if value.len() > 4096 || value.chars().any(|c| c.is_control() && c != '\t') {
+            return Err(ApiError::validation(format!(
+                "headers.{name} must be at most 4096 characters with no CR, LF or other control characters"
+            )));
+        }
+        seen.push(lowercase);
+        valid.push((name.clone(), value.clone()));
+    }
+    Ok(valid)
+}
+
+fn validate_range(field: &str, value: i64, min: u32, max: u32) -> Result<u32, ApiError> {
+    if value < i64::from(min) || value > i64::from(max) {
+        return Err(ApiError::validation(format!("{field} must be between {min} and {max}")));
+    }
+    Ok(value as u32)
+}

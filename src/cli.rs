@@ -1,0 +1,219 @@
+//! The command line: clap's raw form (`Cli`), and one function per command. `serve` wires the
+//! daemon to the process: signals, systemd readiness, the embedded development default.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+use crate::config::{key_digest, Config, LogFormat, Scope, DEVELOPMENT_DEFAULT};
+use crate::daemon::Daemon;
+use crate::delivery::signer::{atender_signature, standard_webhooks_signature};
+
+/// How long SIGTERM waits for requests and delivery attempts in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+#[derive(Debug, Parser)]
+#[command(name = "atender-webhooks", version, about = "Delivers Atender events to tenants' webhook endpoints: signed, retried, durable.")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon. Without --config it runs on an embedded development default
+    /// (127.0.0.1:8080, data in ./atender-data, a demo tenant whose key is printed once).
+    Serve {
+        /// The TOML configuration file (see config.example.toml).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Log as JSON lines instead of the human format (overrides log_format).
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Validate a configuration file and exit: 0 when valid, 1 naming the bad key otherwise.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Generate a new API key: prints the key once and the TOML lines that store its digest.
+    Keygen {
+        /// The tenant id the key belongs to.
+        #[arg(long)]
+        tenant: String,
+        /// A scope the key grants; repeat for several (webhooks:read, webhooks:write, events:write).
+        #[arg(long = "scope", required = true, value_name = "SCOPE")]
+        scopes: Vec<String>,
+        /// A name for the key, shown in the config.
+        #[arg(long, default_value = "key")]
+        name: String,
+    },
+    /// Sign a body read from standard input, as a delivery would: prints X-Atender-Signature,
+    /// and the Standard Webhooks signature when --id and --timestamp are given.
+    Sign {
+        /// The subscription secret (whsec_…).
+        #[arg(long)]
+        secret: String,
+        /// The webhook-id header value (the delivery id).
+        #[arg(long, requires = "timestamp")]
+        id: Option<String>,
+        /// The webhook-timestamp header value (unix seconds).
+        #[arg(long, requires = "id")]
+        timestamp: Option<i64>,
+    },
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config, json_logs } => serve(config, json_logs),
+        Command::CheckConfig { config } => {
+            Config::load(&config).with_context(|| format!("{} is not valid", config.display()))?;
+            println!("{}: ok", config.display());
+            Ok(())
+        }
+        Command::Keygen { tenant, scopes, name } => keygen(&tenant, &scopes, &name),
+        Command::Sign { secret, id, timestamp } => {
+            let mut body = Vec::new();
+            std::io::stdin().read_to_end(&mut body).context("cannot read the body from standard input")?;
+            println!("X-Atender-Signature: {}", atender_signature(&secret, &body));
+            if let (Some(id), Some(timestamp)) = (id, timestamp) {
+                let signature = standard_webhooks_signature(&secret, &id, timestamp, &body)?;
+                println!("webhook-signature: {signature}");
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A new API key: `sa_live_` + 40 base62 characters from the OS CSPRNG.
+pub fn new_api_key() -> String {
+    const ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut key = String::from("sa_live_");
+    while key.len() < 8 + 40 {
+        for byte in crate::model::random_bytes::<64>() {
+            // Rejection sampling keeps every character equally likely.
+            if byte < 248 && key.len() < 48 {
+                key.push(ALPHABET[(byte % 62) as usize] as char);
+            }
+        }
+    }
+    key
+}
+
+fn keygen(tenant: &str, scopes: &[String], name: &str) -> anyhow::Result<()> {
+    if !crate::config::is_valid_tenant_id(tenant) {
+        bail!("--tenant {tenant:?} must be 1-64 characters of a-z, 0-9, '_' or '-'");
+    }
+    for scope in scopes {
+        if Scope::parse(scope).is_none() {
+            bail!("--scope {scope:?} is not a scope (known: webhooks:read, webhooks:write, events:write)");
+        }
+    }
+    let key = new_api_key();
+    let scopes: Vec<String> = scopes.iter().map(|scope| format!("{scope:?}")).collect();
+    println!("API key (shown once; store it now): {key}");
+    println!();
+    println!("# Add under the [[tenants]] block with id = {tenant:?}:");
+    println!("[[tenants.api_keys]]");
+    println!("name = {name:?}");
+    println!("key_sha256 = \"{}\"", hex::encode(key_digest(&key)));
+    println!("scopes = [{}]", scopes.join(", "));
+    Ok(())
+}
+
+fn serve(config_path: Option<PathBuf>, json_logs: bool) -> anyhow::Result<()> {
+    let (config, demo_key) = match &config_path {
+        Some(path) => (Config::load(path).with_context(|| format!("{} is not valid", path.display()))?, None),
+        None => development_config()?,
+    };
+    init_tracing(if json_logs { LogFormat::Json } else { config.log_format });
+    match (&config_path, &demo_key) {
+        (None, Some(key)) => {
+            tracing::warn!("no --config given: running on the embedded DEVELOPMENT DEFAULT (loopback only, data in ./atender-data, http and private targets allowed)");
+            tracing::warn!(tenant = "demo", "demo API key for this run (printed once, all scopes): {key}");
+        }
+        _ => tracing::info!(config = %config_path.as_deref().unwrap_or("".as_ref()).display(), "configuration loaded"),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(serve_until_signalled(config, config_path))
+}
+
+/// The embedded default with a fresh demo key granted every scope.
+fn development_config() -> anyhow::Result<(Config, Option<String>)> {
+    let key = new_api_key();
+    let text = format!(
+        "{DEVELOPMENT_DEFAULT}\n[[tenants.api_keys]]\nname = \"demo\"\nkey_sha256 = \"{}\"\nscopes = [\"webhooks:read\", \"webhooks:write\", \"events:write\"]\n",
+        hex::encode(key_digest(&key))
+    );
+    Ok((Config::parse(&text)?, Some(key)))
+}
+
+async fn serve_until_signalled(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let daemon = Daemon::start(config).await?;
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => reload(&daemon, config_path.as_deref()),
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: no new requests, finishing attempts in flight");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let finished = daemon.shutdown(SHUTDOWN_GRACE).await?;
+    if finished {
+        tracing::info!("shut down cleanly");
+    } else {
+        tracing::warn!("shut down after the grace period; unfinished attempts will be repeated at the next start");
+    }
+    Ok(())
+}
+
+fn reload(daemon: &Daemon, config_path: Option<&std::path::Path>) {
+    let Some(path) = config_path else {
+        tracing::warn!("SIGHUP ignored: running on the embedded default, there is no file to reload");
+        return;
+    };
+    notify_systemd(&[sd_notify::NotifyState::Reloading, monotonic_now()]);
+    match Config::load(path) {
+        Ok(config) => {
+            let kept = daemon.reload(config);
+            if kept.is_empty() {
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            } else {
+                tracing::warn!(config = %path.display(), needs_restart = ?kept, "configuration reloaded; some settings only change on restart and were kept");
+            }
+        }
+        Err(err) => tracing::error!(config = %path.display(), error = %err, "reload refused: the file is not valid; the running configuration is kept"),
+    }
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+}
+
+fn monotonic_now() -> sd_notify::NotifyState<'static> {
+    sd_notify::NotifyState::monotonic_usec_now().unwrap_or(sd_notify::NotifyState::Status("reloading"))
+}
+
+/// Tells systemd our state when run as a `Type=notify` service; a no-op otherwise.
+fn notify_systemd(states: &[sd_notify::NotifyState]) {
+    if let Err(err) = sd_notify::notify(states) {
+        tracing::debug!(error = %err, "systemd notification not sent");
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ATENDER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

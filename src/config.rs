@@ -1,0 +1,551 @@
+//! The configuration file: its raw serde form (exactly the TOML a person writes, unknown keys
+//! rejected, defaults filled in) and the validated, typed [`Config`] the rest of the daemon uses.
+//!
+//! Parsing happens in two stages, like ripgrep's flags: [`RawConfig`] stays as close to the file
+//! as possible, and [`Config::from_raw`] checks every value and names the key that is wrong.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// The development default used by `serve` without `--config`: loopback only, data in
+/// `./atender-data`, and one demo tenant whose key is generated at start-up.
+pub const DEVELOPMENT_DEFAULT: &str = r#"
+listen = "127.0.0.1:8080"
+data_dir = "./atender-data"
+
+[delivery]
+# Local development: let subscriptions point at http:// and loopback receivers.
+allow_http = true
+allow_private_targets = true
+
+[[tenants]]
+id = "demo"
+webhooks_enabled = true
+max_webhooks = 25
+"#;
+
+/// The scopes an API key can carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Scope {
+    WebhooksRead,
+    WebhooksWrite,
+    EventsWrite,
+}
+
+impl Scope {
+    pub const ALL: [Scope; 3] = [Scope::WebhooksRead, Scope::WebhooksWrite, Scope::EventsWrite];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::WebhooksRead => "webhooks:read",
+            Scope::WebhooksWrite => "webhooks:write",
+            Scope::EventsWrite => "events:write",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Scope> {
+        Scope::ALL.into_iter().find(|scope| scope.as_str() == text)
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw form: what the file says.
+// ---------------------------------------------------------------------------------------------
+
+/// The configuration file as written. Every field has a default except the tenants.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address the HTTP API listens on.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Directory holding the sled database.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// `human` or `json` log lines.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    #[serde(default)]
+    pub api: RawApi,
+    #[serde(default)]
+    pub delivery: RawDelivery,
+    #[serde(default)]
+    pub events: RawEvents,
+    #[serde(default)]
+    pub tenants: Vec<RawTenant>,
+}
+
+/// `[api]`: request size limits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawApi {
+    /// Largest accepted body for `POST /v1/events` and `/v1/events/batch`, in bytes.
+    pub max_event_body_bytes: u64,
+    /// Largest accepted body for the `/v1/webhooks` endpoints, in bytes.
+    pub max_subscription_body_bytes: u64,
+}
+
+impl Default for RawApi {
+    fn default() -> Self {
+        RawApi { max_event_body_bytes: 1024 * 1024, max_subscription_body_bytes: 64 * 1024 }
+    }
+}
+
+/// `[delivery]`: the outbound side.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawDelivery {
+    pub workers: u32,
+    pub timeout: String,
+    pub max_retry_delay: String,
+    pub max_in_flight_per_subscription: u32,
+    pub allow_http: bool,
+    pub allow_private_targets: bool,
+    pub hold_retention: String,
+    pub delivery_retention: String,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        RawDelivery {
+            workers: 64,
+            timeout: "10s".into(),
+            max_retry_delay: "6h".into(),
+            max_in_flight_per_subscription: 4,
+            allow_http: false,
+            allow_private_targets: false,
+            hold_retention: "72h".into(),
+            delivery_retention: "7d".into(),
+        }
+    }
+}
+
+/// `[events]`: the catalogue of event types subscriptions may name.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawEvents {
+    pub types: Vec<String>,
+}
+
+impl Default for RawEvents {
+    fn default() -> Self {
+        RawEvents {
+            types: [
+                "message.received",
+                "message.sent",
+                "conversation.created",
+                "conversation.resolved",
+                "sla.breached",
+            ]
+            .map(String::from)
+            .to_vec(),
+        }
+    }
+}
+
+/// `[[tenants]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTenant {
+    pub id: String,
+    #[serde(default = "default_true")]
+    pub webhooks_enabled: bool,
+    #[serde(default = "default_max_webhooks")]
+    pub max_webhooks: u32,
+    #[serde(default)]
+    pub api_keys: Vec<RawApiKey>,
+}
+
+/// `[[tenants.api_keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    pub name: String,
+    pub key_sha256: String,
+    pub scopes: Vec<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_data_dir() -> PathBuf {
+    "/var/lib/atender-webhooks".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_max_webhooks() -> u32 {
+    25
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated form: what the daemon uses.
+// ---------------------------------------------------------------------------------------------
+
+/// A configuration problem, always naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Syntax(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub max_event_body_bytes: u64,
+    pub max_subscription_body_bytes: u64,
+    pub delivery: DeliveryConfig,
+    /// Known event types, in the order the file lists them.
+    pub event_types: Vec<String>,
+    pub tenants: HashMap<String, Arc<Tenant>>,
+    /// API keys by the SHA-256 digest of the plain key.
+    pub api_keys: HashMap<[u8; 32], ApiKey>,
+}
+
+/// `[delivery]`, typed.
+#[derive(Debug, Clone)]
+pub struct DeliveryConfig {
+    pub workers: usize,
+    pub timeout: Duration,
+    pub max_retry_delay: Duration,
+    pub max_in_flight_per_subscription: u32,
+    pub allow_http: bool,
+    pub allow_private_targets: bool,
+    pub hold_retention: Duration,
+    pub delivery_retention: Duration,
+}
+
+/// One tenant and its limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub id: String,
+    pub webhooks_enabled: bool,
+    pub max_webhooks: u32,
+}
+
+/// One API key, known only by its digest.
+#[derive(Debug, Clone)]
+pub struct ApiKey {
+    pub name: String,
+    pub tenant_id: String,
+    pub scopes: HashSet<Scope>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|err| ConfigError::Syntax(err.to_string()))?;
+        Config::from_raw(raw)
+    }
+
+    /// Checks every value of the raw form.
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = raw
+            .listen
+            .parse()
+            .map_err(|_| invalid("listen", format!("{:?} is not an address like \"127.0.0.1:8080\"", raw.listen)))?;
+        if raw.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty"));
+        }
+        let api = &raw.api;
+        if !(1024..=64 * 1024 * 1024).contains(&api.max_event_body_bytes) {
+            return Err(invalid("api.max_event_body_bytes", "must be between 1024 and 67108864"));
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&api.max_subscription_body_bytes) {
+            return Err(invalid("api.max_subscription_body_bytes", "must be between 1024 and 16777216"));
+        }
+        let delivery = validate_delivery(&raw.delivery)?;
+        let event_types = validate_event_types(&raw.events.types)?;
+        let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
+        Ok(Config {
+            listen,
+            data_dir: raw.data_dir,
+            log_format: raw.log_format,
+            max_event_body_bytes: api.max_event_body_bytes,
+            max_subscription_body_bytes: api.max_subscription_body_bytes,
+            delivery,
+            event_types,
+            tenants,
+            api_keys,
+        })
+    }
+
+    /// Looks up an API key by its plain text; the comparison is by digest.
+    pub fn find_key(&self, plain_key: &str) -> Option<&ApiKey> {
+        self.api_keys.get(&key_digest(plain_key))
+    }
+
+    pub fn is_known_event_type(&self, event_type: &str) -> bool {
+        self.event_types.iter().any(|known| known == event_type)
+    }
+}
+
+/// The SHA-256 digest under which a key is stored in the config.
+pub fn key_digest(plain_key: &str) -> [u8; 32] {
+    Sha256::digest(plain_key.as_bytes()).into()
+}
+
+fn duration(key: &str, text: &str, min: Duration, max: Duration) -> Result<Duration, ConfigError> {
+    let value = humantime::parse_duration(text)
+        .map_err(|err| invalid(key, format!("{text:?} is not a duration like \"10s\" or \"6h\": {err}")))?;
+    if value < min || value > max {
+        return Err(invalid(
+            key,
+            format!(
+                "must be between {} and {}",
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+const SECOND: Duration = Duration::from_secs(1);
+const DAY: Duration = Duration::from_secs(86_400);
+
+fn validate_delivery(raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
+    if !(1..=1024).contains(&raw.workers) {
+        return Err(invalid("delivery.workers", "must be between 1 and 1024"));
+    }
+    if !(1..=1000).contains(&raw.max_in_flight_per_subscription) {
+        return Err(invalid("delivery.max_in_flight_per_subscription", "must be between 1 and 1000"));
+    }
+    Ok(DeliveryConfig {
+        workers: raw.workers as usize,
+        timeout: duration("delivery.timeout", &raw.timeout, Duration::from_millis(100), Duration::from_secs(300))?,
+        max_retry_delay: duration("delivery.max_retry_delay", &raw.max_retry_delay, SECOND, 7 * DAY)?,
+        max_in_flight_per_subscription: raw.max_in_flight_per_subscription,
+        allow_http: raw.allow_http,
+        allow_private_targets: raw.allow_private_targets,
+        hold_retention: duration("delivery.hold_retention", &raw.hold_retention, SECOND, 90 * DAY)?,
+        delivery_retention: duration("delivery.delivery_retention", &raw.delivery_retention, SECOND, 365 * DAY)?,
+    })
+}
+
+/// An event type is dot-separated lowercase words: `message.received`.
+pub fn is_valid_event_type_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        })
+}
+
+fn validate_event_types(types: &[String]) -> Result<Vec<String>, ConfigError> {
+    if types.is_empty() || types.len() > 1000 {
+        return Err(invalid("events.types", "must list between 1 and 1000 event types"));
+    }
+    let mut seen = HashSet::new();
+    for name in types {
+        if !is_valid_event_type_name(name) {
+            return Err(invalid(
+                "events.types",
+                format!("{name:?} is not an event type like \"message.received\" (lowercase words separated by dots)"),
+            ));
+        }
+        if !seen.insert(name.as_str()) {
+            return Err(invalid("events.types", format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(types.to_vec())
+}
+
+/// A tenant id is short, lowercase and URL-safe: it appears in payloads and in storage keys.
+pub fn is_valid_tenant_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+type Tenants = (HashMap<String, Arc<Tenant>>, HashMap<[u8; 32], ApiKey>);
+
+fn validate_tenants(raw: &[RawTenant]) -> Result<Tenants, ConfigError> {
+    let mut tenants = HashMap::new();
+    let mut keys = HashMap::new();
+    for (index, tenant) in raw.iter().enumerate() {
+        let at = format!("tenants[{index}]");
+        if !is_valid_tenant_id(&tenant.id) {
+            return Err(invalid(
+                format!("{at}.id"),
+                format!("{:?} must be 1-64 characters of a-z, 0-9, '_' or '-'", tenant.id),
+            ));
+        }
+        if tenants.contains_key(&tenant.id) {
+            return Err(invalid(format!("{at}.id"), format!("tenant {:?} is defined twice", tenant.id)));
+        }
+        if tenant.max_webhooks > 100_000 {
+            return Err(invalid(format!("{at}.max_webhooks"), "must be at most 100000"));
+        }
+        for (key_index, key) in tenant.api_keys.iter().enumerate() {
+            let key_at = format!("{at}.api_keys[{key_index}]");
+            if key.name.trim().is_empty() || key.name.len() > 100 {
+                return Err(invalid(format!("{key_at}.name"), "must be 1-100 characters"));
+            }
+            let digest = parse_digest(&key.key_sha256)
+                .ok_or_else(|| invalid(format!("{key_at}.key_sha256"), "must be 64 hex characters (the SHA-256 of the key; see `atender-webhooks keygen`)"))?;
+            if keys.contains_key(&digest) {
+                return Err(invalid(format!("{key_at}.key_sha256"), "the same key is configured twice"));
+            }
+            let mut scopes = HashSet::new();
+            for scope in &key.scopes {
+                let parsed = Scope::parse(scope).ok_or_else(|| {
+                    invalid(
+                        format!("{key_at}.scopes"),
+                        format!("unknown scope {scope:?} (known: webhooks:read, webhooks:write, events:write)"),
+                    )
+                })?;
+                scopes.insert(parsed);
+            }
+            if scopes.is_empty() {
+                return Err(invalid(format!("{key_at}.scopes"), "must list at least one scope"));
+            }
+            keys.insert(digest, ApiKey { name: key.name.clone(), tenant_id: tenant.id.clone(), scopes });
+        }
+        tenants.insert(
+            tenant.id.clone(),
+            Arc::new(Tenant {
+                id: tenant.id.clone(),
+                webhooks_enabled: tenant.webhooks_enabled,
+                max_webhooks: tenant.max_webhooks,
+            }),
+        );
+    }
+    Ok((tenants, keys))
+}
+
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    let mut digest = [0u8; 32];
+    hex::decode_to_slice(text.to_ascii_lowercase(), &mut digest).ok()?;
+    Some(digest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn development_default_is_valid() {
+        let config = Config::parse(DEVELOPMENT_DEFAULT).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert!(config.tenants.contains_key("demo"));
+        assert_eq!(config.delivery.timeout, Duration::from_secs(10));
+        assert_eq!(config.event_types.len(), 5);
+    }
+
+    #[test]
+    fn example_file_is_valid_and_matches_defaults() {
+        let text = include_str!("../config.example.toml");
+        let config = Config::parse(text).unwrap();
+        let defaults = Config::parse("").unwrap();
+        assert_eq!(config.delivery.workers, defaults.delivery.workers);
+        assert_eq!(config.delivery.max_retry_delay, defaults.delivery.max_retry_delay);
+        assert_eq!(config.delivery.hold_retention, defaults.delivery.hold_retention);
+        assert_eq!(config.delivery.delivery_retention, defaults.delivery.delivery_retention);
+        assert_eq!(config.event_types, defaults.event_types);
+        assert_eq!(config.max_event_body_bytes, defaults.max_event_body_bytes);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let cases = [
+            ("bogus = 1", "unknown field `bogus`"),
+            ("[delivery]\ncolour = 1", "unknown field `colour`"),
+            ("listen = \"nowhere\"", "listen:"),
+            ("[delivery]\ntimeout = \"ten\"", "delivery.timeout:"),
+            ("[delivery]\ntimeout = \"1h\"", "delivery.timeout: must be between"),
+            ("[delivery]\nworkers = 0", "delivery.workers:"),
+            ("[delivery]\nmax_in_flight_per_subscription = 0", "delivery.max_in_flight_per_subscription:"),
+            ("[delivery]\nhold_retention = \"0s\"", "delivery.hold_retention:"),
+            ("[events]\ntypes = []", "events.types:"),
+            ("[events]\ntypes = [\"Message Received\"]", "events.types:"),
+            ("[events]\ntypes = [\"a.b\", \"a.b\"]", "listed twice"),
+            ("[api]\nmax_event_body_bytes = 1", "api.max_event_body_bytes:"),
+            ("[[tenants]]\nid = \"Bad Id\"", "tenants[0].id:"),
+            ("[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"", "tenants[1].id: tenant \"a\" is defined twice"),
+            (
+                "[[tenants]]\nid = \"a\"\n[[tenants.api_keys]]\nname = \"k\"\nkey_sha256 = \"xyz\"\nscopes = [\"events:write\"]",
+                "tenants[0].api_keys[0].key_sha256:",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[[tenants.api_keys]]\nname = \"k\"\nkey_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\nscopes = [\"admin\"]",
+                "tenants[0].api_keys[0].scopes: unknown scope \"admin\"",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "config {text:?} gave {error:?}, expected {expected:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_digest() {
+        let digest = hex::encode(key_digest("sa_live_example"));
+        let text = format!(
+            "[[tenants]]\nid = \"acme\"\n[[tenants.api_keys]]\nname = \"backend\"\nkey_sha256 = \"{digest}\"\nscopes = [\"webhooks:read\"]"
+        );
+        let config = Config::parse(&text).unwrap();
+        let key = config.find_key("sa_live_example").unwrap();
+        assert_eq!(key.tenant_id, "acme");
+        assert!(key.scopes.contains(&Scope::WebhooksRead));
+        assert!(config.find_key("sa_live_other").is_none());
+    }
+}
+
+/// The configuration in force, replaceable at run time (SIGHUP) without a restart.
+#[derive(Debug)]
+pub struct SharedConfig(std::sync::RwLock<Arc<Config>>);
+
+impl SharedConfig {
+    pub fn new(config: Config) -> SharedConfig {
+        SharedConfig(std::sync::RwLock::new(Arc::new(config)))
+    }
+
+    /// A snapshot: a request uses one consistent config from start to end.
+    pub fn current(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    pub fn replace(&self, config: Config) {
+        *self.0.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(config);
+    }
+}

@@ -1,0 +1,114 @@
+//! Start-up and shutdown of the whole daemon as one value: storage, delivery engine and HTTP
+//! listener, wired together. Start-up is one linear function that logs each step.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, ApiState};
+use crate::config::{Config, SharedConfig};
+use crate::delivery::Engine;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+/// A running daemon. Dropping it without [`Daemon::shutdown`] leaves its threads running.
+pub struct Daemon {
+    local_addr: SocketAddr,
+    config: Arc<SharedConfig>,
+    store: Store,
+    health: Arc<Health>,
+    engine: Engine,
+    server: JoinHandle<()>,
+    stop_server: oneshot::Sender<()>,
+}
+
+impl Daemon {
+    /// Opens storage, starts the delivery engine and begins serving the API on `config.listen`
+    /// (port 0 picks a free port; see [`Daemon::local_addr`]).
+    pub async fn start(config: Config) -> anyhow::Result<Daemon> {
+        let data_dir = config.data_dir.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+            .await?
+            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
+        tracing::info!(data_dir = %config.data_dir.display(), "storage open");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let local_addr = listener.local_addr()?;
+        let config = Arc::new(SharedConfig::new(config));
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let engine = Engine::start(store.clone(), config.clone(), metrics.clone(), health.clone())
+            .context("cannot start the delivery engine")?;
+        tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
+        let state = ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(
+            warp::serve(api::routes(state))
+                .incoming(listener)
+                .graceful(async {
+                    let _ = stopped.await;
+                })
+                .run(),
+        );
+        tracing::info!(%local_addr, "listening");
+        Ok(Daemon { local_addr, config, store, health, engine, server, stop_server })
+    }
+
+    /// The address the API actually listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Applies a new configuration's tenants, keys, limits and event catalogue at once, without
+    /// dropping a request. Settings that need a restart (listener, data dir, workers, HTTP client
+    /// settings) are kept, and the returned list names any that differ.
+    pub fn reload(&self, mut new: Config) -> Vec<&'static str> {
+        let current = self.config.current();
+        let mut kept = Vec::new();
+        if new.listen != current.listen {
+            kept.push("listen");
+        }
+        if new.data_dir != current.data_dir {
+            kept.push("data_dir");
+        }
+        if new.delivery.workers != current.delivery.workers {
+            kept.push("delivery.workers");
+        }
+        if new.delivery.timeout != current.delivery.timeout {
+            kept.push("delivery.timeout");
+        }
+        if new.delivery.allow_private_targets != current.delivery.allow_private_targets {
+            kept.push("delivery.allow_private_targets");
+        }
+        new.listen = current.listen;
+        new.data_dir = current.data_dir.clone();
+        new.delivery.workers = current.delivery.workers;
+        new.delivery.timeout = current.delivery.timeout;
+        new.delivery.allow_private_targets = current.delivery.allow_private_targets;
+        self.config.replace(new);
+        kept
+    }
+
+    /// Stops accepting requests, lets requests and delivery attempts in flight finish within
+    /// `grace`, and makes storage durable. Returns whether everything finished in time.
+    pub async fn shutdown(self, grace: Duration) -> anyhow::Result<bool> {
+        self.health.begin_shutdown();
+        let _ = self.stop_server.send(());
+        let server_done = tokio::time::timeout(grace, self.server).await.is_ok();
+        let engine = self.engine;
+        let engine_done = tokio::task::spawn_blocking(move || engine.shutdown(grace)).await?;
+        self.store.durable().await.context("cannot flush storage")?;
+        Ok(server_done && engine_done)
+    }
+
+    /// The store, for tests and benchmarks that inspect state.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}

@@ -1,0 +1,129 @@
+//! The delivery engine, the only module that makes outbound HTTP: the scheduler thread (lanes
+//! and timing wheel over sled's queue), a pool of blocking worker threads sharing one ureq agent,
+//! and the janitor (hold expiry, retention purge). Pure parts: `backoff`, `signer`, `wheel`.
+
+pub mod backoff;
+pub mod http;
+mod janitor;
+mod scheduler;
+pub mod signer;
+pub mod wheel;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::config::SharedConfig;
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::model::Millis;
+use crate::store::Store;
+
+pub use worker::decide;
+
+/// One attempt to make: the queue key of a due delivery.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub subscription_id: String,
+    pub due: Millis,
+    pub delivery_id: String,
+}
+
+/// A worker finished (or skipped) a job; its lane may send the next one.
+#[derive(Debug, Clone)]
+pub struct Completed {
+    pub subscription_id: String,
+    pub due: Millis,
+    pub delivery_id: String,
+}
+
+/// The running engine. [`Engine::shutdown`] drains it.
+pub struct Engine {
+    stop: crossbeam_channel::Sender<()>,
+    stopping: Arc<AtomicBool>,
+    scheduler: Option<JoinHandle<()>>,
+    janitor: Option<JoinHandle<()>>,
+    workers_exited: crossbeam_channel::Receiver<()>,
+    worker_count: usize,
+    health: Arc<Health>,
+}
+
+impl Engine {
+    /// Starts the scheduler, `delivery.workers` worker threads and the janitor.
+    pub fn start(
+        store: Store,
+        config: Arc<SharedConfig>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> std::io::Result<Engine> {
+        let current = config.current();
+        let agent = http::build_agent(&http::HttpClientConfig {
+            timeout: current.delivery.timeout,
+            allow_private_targets: current.delivery.allow_private_targets,
+            user_agent: format!("atender-webhooks/{}", env!("CARGO_PKG_VERSION")),
+            max_idle_connections: current.delivery.workers.max(16),
+        });
+        let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
+        let (exited_tx, workers_exited) = crossbeam_channel::unbounded();
+        let stopping = Arc::new(AtomicBool::new(false));
+        let context = Arc::new(worker::WorkerContext {
+            store: store.clone(),
+            config: config.clone(),
+            metrics,
+            agent,
+            stopping: stopping.clone(),
+        });
+        for index in 0..current.delivery.workers {
+            let (context, jobs, done, exited) = (context.clone(), jobs_rx.clone(), done_tx.clone(), exited_tx.clone());
+            std::thread::Builder::new().name(format!("delivery-{index}")).spawn(move || {
+                worker::run(context, jobs, done);
+                let _ = exited.send(());
+            })?;
+        }
+        let scheduler = scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx);
+        let notices = store.notices();
+        let scheduler_stop = stop_rx.clone();
+        let scheduler = std::thread::Builder::new()
+            .name("scheduler".into())
+            .spawn(move || scheduler.run(notices, done_rx, scheduler_stop))?;
+        let janitor = std::thread::Builder::new()
+            .name("janitor".into())
+            .spawn(move || janitor::run(store, config, stop_rx))?;
+        health.set_delivery_running(true);
+        Ok(Engine {
+            stop,
+            stopping,
+            scheduler: Some(scheduler),
+            janitor: Some(janitor),
+            workers_exited,
+            worker_count: current.delivery.workers,
+            health,
+        })
+    }
+
+    /// Stops dispatching, lets attempts in flight finish within `grace`, and returns whether
+    /// every worker finished in time. Deliveries not attempted stay queued in storage.
+    pub fn shutdown(mut self, grace: Duration) -> bool {
+        self.health.set_delivery_running(false);
+        self.stopping.store(true, Ordering::SeqCst);
+        // Closing the stop channel wakes the scheduler and the janitor; the scheduler drops the
+        // job sender, so idle workers wake and exit.
+        drop(std::mem::replace(&mut self.stop, crossbeam_channel::bounded(0).0));
+        for handle in [self.scheduler.take(), self.janitor.take()].into_iter().flatten() {
+            let _ = handle.join();
+        }
+        let deadline = Instant::now() + grace;
+        let mut exited = 0;
+        while exited < self.worker_count {
+            match self.workers_exited.recv_deadline(deadline) {
+                Ok(()) => exited += 1,
+                Err(_) => break,
+            }
+        }
+        exited == self.worker_count
+    }
+}

@@ -1,0 +1,221 @@
+//! The scheduler thread: decides which queued delivery goes to a worker, and when.
+//!
+//! sled's `queue` tree is the source of truth. In memory there is one [`Lane`] per subscription
+//! with queued work, holding a bounded window (at most about [`LANE_WINDOW`] keys) of that
+//! subscription's next deliveries, refilled from sled as it drains, so memory grows with the
+//! number of busy subscriptions, never with the backlog. The timing wheel holds one wake-up per
+//! lane: the due time of its earliest delivery. A lane never has more than
+//! `max_in_flight_per_subscription` attempts out, so a slow endpoint occupies at most that many
+//! workers and every other lane keeps flowing.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+
+use crate::config::SharedConfig;
+use crate::delivery::wheel::TimingWheel;
+use crate::delivery::{Completed, Job};
+use crate::model::{now_millis, Millis};
+use crate::store::{QueueNotice, Store};
+
+/// Keys of one subscription kept in memory; refilled from sled when half empty.
+pub const LANE_WINDOW: usize = 256;
+
+/// The longest the scheduler sleeps without looking at the clock.
+const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// A queue key: (due, delivery id).
+type Key = (Millis, String);
+
+/// One subscription's slice of the queue.
+#[derive(Default)]
+struct Lane {
+    /// Loaded keys not yet dispatched, in due order.
+    window: BTreeSet<Key>,
+    /// The greatest key loaded from sled; keys after it are found by the next refill.
+    cursor: Option<Key>,
+    /// The last refill reached the end of the subscription's queue.
+    exhausted: bool,
+    /// Keys handed to workers and not yet completed (they stay in sled until then).
+    in_flight: BTreeSet<Key>,
+    /// When the wheel will next wake this lane.
+    wake_at: Option<Millis>,
+}
+
+pub struct Scheduler {
+    store: Store,
+    config: Arc<SharedConfig>,
+    lanes: HashMap<Arc<str>, Lane>,
+    wheel: TimingWheel<Arc<str>>,
+    jobs: Sender<Job>,
+}
+
+impl Scheduler {
+    pub fn new(store: Store, config: Arc<SharedConfig>, jobs: Sender<Job>) -> Scheduler {
+        Scheduler { store, config, lanes: HashMap::new(), wheel: TimingWheel::new(now_millis()), jobs }
+    }
+
+    /// Runs until `stop` is closed or signalled. Starts by recovering every queued delivery,
+    /// including attempts that were in flight when a previous process died.
+    pub fn run(mut self, notices: Receiver<QueueNotice>, completions: Receiver<Completed>, stop: Receiver<()>) {
+        match self.store.subscriptions_with_queue() {
+            Ok(subscriptions) => {
+                tracing::info!(subscriptions = subscriptions.len(), "recovering queued deliveries");
+                for subscription in subscriptions {
+                    let id: Arc<str> = subscription.into();
+                    self.lanes.insert(id.clone(), Lane::default());
+                    self.dispatch(&id);
+                }
+            }
+            Err(err) => tracing::error!(error = %err, "cannot scan the delivery queue at start-up"),
+        }
+        let mut fired = Vec::new();
+        loop {
+            let now = now_millis();
+            let sleep = self
+                .wheel
+                .next_deadline()
+                .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
+                .unwrap_or(MAX_SLEEP)
+                .min(MAX_SLEEP);
+            select! {
+                recv(notices) -> notice => match notice {
+                    Ok(notice) => self.on_notice(notice),
+                    Err(_) => return,
+                },
+                recv(completions) -> completed => match completed {
+                    Ok(completed) => self.on_completed(completed),
+                    Err(_) => return,
+                },
+                recv(stop) -> _ => return,
+                default(sleep) => {}
+            }
+            // Take whatever else arrived meanwhile before looking at the clock.
+            for notice in notices.try_iter() {
+                self.on_notice(notice);
+            }
+            for completed in completions.try_iter() {
+                self.on_completed(completed);
+            }
+            self.wheel.poll(now_millis(), &mut fired);
+            for subscription in fired.drain(..) {
+                if let Some(lane) = self.lanes.get_mut(&subscription) {
+                    lane.wake_at = None;
+                }
+                self.dispatch(&subscription);
+            }
+        }
+    }
+
+    fn on_notice(&mut self, notice: QueueNotice) {
+        match notice {
+            QueueNotice::Queued { subscription_id, due, delivery_id } => {
+                let id: Arc<str> = subscription_id.into();
+                match self.lanes.get_mut(&id) {
+                    // A new lane's first refill reads this key from sled.
+                    None => {
+                        self.lanes.insert(id.clone(), Lane::default());
+                    }
+                    Some(lane) => {
+                        let key = (due, delivery_id);
+                        let loaded_range = lane.exhausted || lane.cursor.as_ref().is_some_and(|cursor| key <= *cursor);
+                        if loaded_range {
+                            lane.window.insert(key);
+                            trim(lane);
+                        }
+                    }
+                }
+                self.dispatch(&id);
+            }
+            QueueNotice::Rescan { subscription_id } => {
+                let id: Arc<str> = subscription_id.into();
+                let lane = self.lanes.entry(id.clone()).or_default();
+                lane.window.clear();
+                lane.cursor = None;
+                lane.exhausted = false;
+                self.dispatch(&id);
+            }
+        }
+    }
+
+    fn on_completed(&mut self, completed: Completed) {
+        let id: Arc<str> = completed.subscription_id.into();
+        if let Some(lane) = self.lanes.get_mut(&id) {
+            lane.in_flight.remove(&(completed.due, completed.delivery_id));
+        }
+        self.dispatch(&id);
+    }
+
+    /// Hands due deliveries of one lane to the workers up to its in-flight cap, and arranges the
+    /// next wake-up. Removes the lane when it has nothing left.
+    fn dispatch(&mut self, id: &Arc<str>) {
+        let cap = self.config.current().delivery.max_in_flight_per_subscription as usize;
+        let now = now_millis();
+        let Some(lane) = self.lanes.get_mut(id) else { return };
+        refill(&self.store, id, lane);
+        while lane.in_flight.len() < cap {
+            let Some(first) = lane.window.first() else { break };
+            if first.0 > now {
+                break;
+            }
+            let key = lane.window.pop_first().expect("window is not empty");
+            lane.in_flight.insert(key.clone());
+            let job = Job { subscription_id: id.to_string(), due: key.0, delivery_id: key.1 };
+            if self.jobs.send(job).is_err() {
+                return;
+            }
+            if lane.window.len() < LANE_WINDOW / 2 {
+                refill(&self.store, id, lane);
+            }
+        }
+        if lane.in_flight.len() < cap {
+            if let Some((due, _)) = lane.window.first() {
+                if lane.wake_at.is_none_or(|wake| *due < wake) {
+                    lane.wake_at = Some(*due);
+                    self.wheel.insert(*due, id.clone());
+                }
+            }
+        }
+        if lane.window.is_empty() && lane.exhausted && lane.in_flight.is_empty() {
+            self.lanes.remove(id);
+        }
+    }
+}
+
+/// Loads the lane's next keys from sled when its window runs low.
+fn refill(store: &Store, id: &str, lane: &mut Lane) {
+    if lane.exhausted || lane.window.len() >= LANE_WINDOW / 2 {
+        return;
+    }
+    let wanted = LANE_WINDOW - lane.window.len();
+    let after = lane.cursor.as_ref().map(|(due, delivery)| (*due, delivery.as_str()));
+    match store.queued_after(id, after, wanted) {
+        Ok(keys) => {
+            lane.exhausted = keys.len() < wanted;
+            if let Some(last) = keys.last() {
+                lane.cursor = Some(last.clone());
+            }
+            for key in keys {
+                if !lane.in_flight.contains(&key) {
+                    lane.window.insert(key);
+                }
+            }
+        }
+        Err(err) => tracing::error!(subscription = id, error = %err, "cannot read the delivery queue"),
+    }
+}
+
+/// Keeps a lane's window bounded when many notices arrive for keys already in range: the
+/// latest keys are dropped from memory (they stay in sled) and the cursor moves back.
+fn trim(lane: &mut Lane) {
+    if lane.window.len() <= 2 * LANE_WINDOW {
+        return;
+    }
+    while lane.window.len() > LANE_WINDOW {
+        lane.window.pop_last();
+    }
+    lane.cursor = lane.window.last().cloned();
+    lane.exhausted = false;
+}

@@ -1,0 +1,160 @@
+//! A delivery worker: one OS thread making blocking HTTP attempts through the shared ureq agent,
+//! then recording each outcome and the retry decision in storage.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::SharedConfig;
+use crate::delivery::backoff::{jitter_fraction, retry_delay};
+use crate::delivery::http::{post, AttemptResult, Outcome};
+use crate::delivery::signer::{atender_signature, standard_webhooks_header};
+use crate::delivery::{Completed, Job};
+use crate::metrics::{AttemptLabel, Metrics};
+use crate::model::{now_millis, Attempt, Millis, Subscription};
+use crate::store::{AttemptContext, AttemptDecision, Store};
+
+/// What a worker needs, shared by all of them.
+pub struct WorkerContext {
+    pub store: Store,
+    pub config: Arc<SharedConfig>,
+    pub metrics: Arc<Metrics>,
+    pub agent: ureq::Agent,
+    /// Set on shutdown: jobs not yet started stay queued for the next start.
+    pub stopping: Arc<AtomicBool>,
+}
+
+/// Takes jobs until the channel closes or the engine stops.
+pub fn run(context: Arc<WorkerContext>, jobs: crossbeam_channel::Receiver<Job>, done: crossbeam_channel::Sender<Completed>) {
+    while let Ok(job) = jobs.recv() {
+        if context.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(err) = attempt(&context, &job) {
+            tracing::error!(delivery = %job.delivery_id, error = %err, "cannot record a delivery attempt");
+        }
+        let completed = Completed { subscription_id: job.subscription_id, due: job.due, delivery_id: job.delivery_id };
+        if done.send(completed).is_err() {
+            break;
+        }
+    }
+}
+
+fn attempt(context: &WorkerContext, job: &Job) -> Result<(), crate::store::StoreError> {
+    let store = &context.store;
+    let Some(AttemptContext { delivery, subscription, event }) =
+        store.attempt_context(&job.subscription_id, job.due, &job.delivery_id)?
+    else {
+        return Ok(());
+    };
+    if !subscription.is_deliverable() {
+        return store.hold(&job.subscription_id, job.due, &job.delivery_id);
+    }
+    let started_at = now_millis();
+    let headers = delivery_headers(&subscription, &delivery.id, &event.event_type, &event.body, started_at);
+    context.metrics.in_flight().inc();
+    let outcome = post(&context.agent, &subscription.url, &headers, &event.body);
+    context.metrics.in_flight().dec();
+    context.metrics.attempt_finished(label(outcome.result), outcome.duration.as_secs_f64());
+
+    let finished_at = now_millis();
+    let attempt_number = delivery.attempts_in_round + 1;
+    let config = context.config.current();
+    let decision = decide(&subscription, attempt_number, &outcome, finished_at, config.delivery.max_retry_delay);
+    let attempt = Attempt {
+        at: started_at,
+        duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
+        response_code: outcome.status,
+        error: outcome.error.clone(),
+    };
+    match &decision {
+        AttemptDecision::Succeeded => {
+            tracing::debug!(delivery = %delivery.id, subscription = %subscription.id, status = ?outcome.status, "delivered");
+        }
+        AttemptDecision::Retry { due } => tracing::info!(
+            delivery = %delivery.id,
+            subscription = %subscription.id,
+            attempt = attempt_number,
+            error = outcome.error.as_deref().unwrap_or(""),
+            retry_in_ms = due.saturating_sub(finished_at),
+            "delivery attempt failed; will retry"
+        ),
+        AttemptDecision::GiveUp { disable_reason } => {
+            tracing::warn!(
+                delivery = %delivery.id,
+                subscription = %subscription.id,
+                tenant = %subscription.tenant_id,
+                reason = %disable_reason,
+                "delivery failed for good; subscription disabled"
+            );
+            if subscription.is_active {
+                context.metrics.subscription_disabled();
+            }
+        }
+    }
+    store.record_attempt(&job.subscription_id, job.due, &job.delivery_id, attempt, &decision)
+}
+
+/// The retry policy: success, retry after the backoff (or the receiver's Retry-After), or give
+/// up and disable the subscription (retries exhausted, or 410 Gone).
+pub fn decide(
+    subscription: &Subscription,
+    attempt_number: u32,
+    outcome: &Outcome,
+    now: Millis,
+    max_retry_delay: Duration,
+) -> AttemptDecision {
+    if outcome.result == AttemptResult::Success {
+        return AttemptDecision::Succeeded;
+    }
+    let last = outcome.error.clone().unwrap_or_else(|| "unknown error".to_owned());
+    if outcome.status == Some(410) {
+        return AttemptDecision::GiveUp {
+            disable_reason: "endpoint answered 410 Gone: the receiver says this endpoint no longer exists".to_owned(),
+        };
+    }
+    if attempt_number > subscription.max_retries {
+        return AttemptDecision::GiveUp {
+            disable_reason: format!("too many consecutive failures: {attempt_number} attempts failed, last: {last}"),
+        };
+    }
+    let delay = match outcome.retry_after {
+        // The receiver said when to come back; honour it, within the configured ceiling.
+        Some(retry_after) => retry_after.clamp(Duration::from_secs(1), max_retry_delay),
+        None => retry_delay(subscription.retry_delay_seconds, attempt_number, max_retry_delay, jitter_fraction()),
+    };
+    AttemptDecision::Retry { due: now + delay.as_millis() as Millis }
+}
+
+/// The signed headers of one attempt. Ours come last so custom headers (already validated not
+/// to use these names) can never override them.
+fn delivery_headers(
+    subscription: &Subscription,
+    delivery_id: &str,
+    event_type: &str,
+    body: &[u8],
+    now: Millis,
+) -> Vec<(String, String)> {
+    let timestamp = (now / 1000) as i64;
+    let mut headers = subscription.headers.clone();
+    headers.push(("X-Atender-Event".into(), event_type.to_owned()));
+    headers.push(("X-Atender-Delivery".into(), delivery_id.to_owned()));
+    headers.push(("X-Atender-Signature".into(), atender_signature(&subscription.secret, body)));
+    headers.push(("webhook-id".into(), delivery_id.to_owned()));
+    headers.push(("webhook-timestamp".into(), timestamp.to_string()));
+    match standard_webhooks_header(&subscription.signing_secrets(now), delivery_id, timestamp, body) {
+        Ok(signature) => headers.push(("webhook-signature".into(), signature)),
+        Err(err) => tracing::error!(subscription = %subscription.id, error = %err, "cannot sign with the stored secret"),
+    }
+    headers
+}
+
+fn label(result: AttemptResult) -> AttemptLabel {
+    match result {
+        AttemptResult::Success => AttemptLabel::Success,
+        AttemptResult::HttpError => AttemptLabel::HttpError,
+        AttemptResult::Timeout => AttemptLabel::Timeout,
+        AttemptResult::ConnectError => AttemptLabel::ConnectError,
+        AttemptResult::Refused => AttemptLabel::Refused,
+    }
+}

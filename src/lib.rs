@@ -1,0 +1,26 @@
+//! atender-webhooks: a single-binary webhook delivery daemon. Modules in reading order:
+//!
+//! - [`config`]: the TOML file, raw and validated.
+//! - [`model`]: domain types and ids; no I/O.
+//! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
+//! - [`store`]: the only module that knows sled.
+//! - [`api`]: the only module that knows warp and JSON shapes.
+//! - [`delivery`]: the only module that makes outbound HTTP.
+//! - [`metrics`], [`health`]: shared observability state.
+//! - [`daemon`]: wires them together; [`cli`]: the command line.
+//!
+//! Dependencies point one way: `api` and `delivery` use `store` and `model`, never each other.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod delivery;
+pub mod health;
+pub mod metrics;
+pub mod model;
+pub mod net_policy;
+pub mod store;
+
+pub use config::Config;
+pub use daemon::Daemon;

@@ -1,0 +1,126 @@
+//! Prometheus metrics, in a registry owned by the daemon (no global recorder), rendered in the
+//! text exposition format by `GET /metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, &'static str)>;
+
+/// How an attempt ended, as counted by `atender_delivery_attempts_total{result=…}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptLabel {
+    Success,
+    HttpError,
+    Timeout,
+    ConnectError,
+    Refused,
+}
+
+impl AttemptLabel {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptLabel::Success => "success",
+            AttemptLabel::HttpError => "http_error",
+            AttemptLabel::Timeout => "timeout",
+            AttemptLabel::ConnectError => "connect_error",
+            AttemptLabel::Refused => "refused",
+        }
+    }
+}
+
+/// The daemon's metrics. Cheap to update from any thread.
+pub struct Metrics {
+    registry: Registry,
+    events_published: Counter,
+    attempts: Family<Labels, Counter>,
+    attempt_duration: Histogram,
+    in_flight: Gauge,
+    queue_depth: Family<Labels, Gauge>,
+    subscriptions_disabled_total: Counter,
+    group_commit_flushes: Counter<u64, AtomicU64>,
+    group_commit_requests: Counter<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("atender");
+        let events_published = Counter::default();
+        registry.register("events_published", "Events accepted (answered 202), duplicates excluded", events_published.clone());
+        let attempts = Family::<Labels, Counter>::default();
+        registry.register("delivery_attempts", "Delivery attempts by result", attempts.clone());
+        let attempt_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register("delivery_attempt_duration_seconds", "Duration of delivery attempts", attempt_duration.clone());
+        let in_flight = Gauge::default();
+        registry.register("delivery_in_flight", "Attempts in flight now", in_flight.clone());
+        let queue_depth = Family::<Labels, Gauge>::default();
+        registry.register("deliveries_queued", "Deliveries waiting, by state (pending, held)", queue_depth.clone());
+        let subscriptions_disabled_total = Counter::default();
+        registry.register(
+            "subscriptions_disabled",
+            "Subscriptions disabled automatically after failures or 410 Gone",
+            subscriptions_disabled_total.clone(),
+        );
+        let group_commit_flushes = Counter::default();
+        registry.register("storage_flushes", "Group-commit flushes (fsyncs) of the data dir", group_commit_flushes.clone());
+        let group_commit_requests = Counter::default();
+        registry.register(
+            "storage_durable_writes",
+            "Writes made durable by group commit (divide by flushes for the mean group size)",
+            group_commit_requests.clone(),
+        );
+        Metrics {
+            registry,
+            events_published,
+            attempts,
+            attempt_duration,
+            in_flight,
+            queue_depth,
+            subscriptions_disabled_total,
+            group_commit_flushes,
+            group_commit_requests,
+        }
+    }
+
+    pub fn events_published(&self, count: u64) {
+        self.events_published.inc_by(count);
+    }
+
+    pub fn attempt_finished(&self, label: AttemptLabel, seconds: f64) {
+        self.attempts.get_or_create(&vec![("result", label.as_str())]).inc();
+        self.attempt_duration.observe(seconds);
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.in_flight
+    }
+
+    pub fn subscription_disabled(&self) {
+        self.subscriptions_disabled_total.inc();
+    }
+
+    /// Renders the text format; the gauges read from storage are set just before.
+    pub fn render(&self, pending: usize, held: usize, flushes: u64, durable_writes: u64) -> String {
+        self.queue_depth.get_or_create(&vec![("state", "pending")]).set(pending as i64);
+        self.queue_depth.get_or_create(&vec![("state", "held")]).set(held as i64);
+        let flushes_now = self.group_commit_flushes.get();
+        self.group_commit_flushes.inc_by(flushes.saturating_sub(flushes_now));
+        let requests_now = self.group_commit_requests.get();
+        self.group_commit_requests.inc_by(durable_writes.saturating_sub(requests_now));
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,418 @@
+//! Deliveries: the due-ordered queue the engine drains, attempt outcomes, hold and release,
+//! redelivery, expiry and retention purge, and the per-subscription delivery log.
+
+use std::ops::Bound;
+
+use sled::Transactional;
+
+use crate::model::{
+    Attempt, Delivery, DeliveryState, Event, IdKind, LastDeliveryStatus, Millis, Subscription,
+};
+use crate::store::codec::{decode, encode};
+use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+
+/// Everything a worker needs for one attempt, read together.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    pub delivery: Delivery,
+    pub subscription: Subscription,
+    pub event: Event,
+}
+
+/// What happens after an attempt, decided by the engine's retry policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptDecision {
+    /// 2xx: the delivery is done.
+    Succeeded,
+    /// Failed; try again at `due`.
+    Retry { due: Millis },
+    /// Failed for good: the delivery is `failed` and the subscription is disabled with `reason`.
+    GiveUp { disable_reason: String },
+}
+
+/// The byte stored as the value of a `subscription_deliveries` entry, so the log can filter by
+/// state without decoding records. Append only: these numbers are on disk.
+fn state_byte(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => 0,
+        DeliveryState::Held => 1,
+        DeliveryState::Succeeded => 2,
+        DeliveryState::Failed => 3,
+        DeliveryState::Expired => 4,
+    }
+}
+
+/// Most log index entries examined for one page of a filtered listing, so a rare status on a
+/// busy subscription costs a bounded scan; the page then ends early with a cursor.
+const MAX_SCANNED_PER_PAGE: usize = 10_000;
+
+impl Store {
+    /// Subscriptions that have at least one queued delivery (one seek per subscription).
+    pub fn subscriptions_with_queue(&self) -> Result<Vec<String>, StoreError> {
+        let mut found = Vec::new();
+        let mut from = Vec::new();
+        while let Some(entry) = self.queue.range(from.clone()..).next() {
+            let (key, _) = entry?;
+            let Some((subscription_id, _, _)) = keys::parse_queue(&key) else {
+                self.queue.remove(&key)?;
+                continue;
+            };
+            from = keys::prefix_end(subscription_id.as_bytes());
+            found.push(subscription_id.to_owned());
+        }
+        Ok(found)
+    }
+
+    /// Up to `limit` queued deliveries of one subscription in due order, after `after`.
+    pub fn queued_after(
+        &self,
+        subscription_id: &str,
+        after: Option<(Millis, &str)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, String)>, StoreError> {
+        let start = match after {
+            Some((due, delivery_id)) => Bound::Excluded(keys::queue(subscription_id, due, delivery_id)),
+            None => Bound::Included(subscription_id.as_bytes().to_vec()),
+        };
+        let end = Bound::Excluded(keys::prefix_end(subscription_id.as_bytes()));
+        let mut found = Vec::new();
+        for entry in self.queue.range::<Vec<u8>, _>((start, end)).take(limit) {
+            let (key, _) = entry?;
+            if let Some((_, due, delivery_id)) = keys::parse_queue(&key) {
+                found.push((due, delivery_id.to_owned()));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Reads a queued delivery with its subscription and event. `None` when any of them is
+    /// gone (the subscription was deleted); the stray queue entry is then removed.
+    pub fn attempt_context(
+        &self,
+        subscription_id: &str,
+        due: Millis,
+        delivery_id: &str,
+    ) -> Result<Option<AttemptContext>, StoreError> {
+        let delivery: Option<Delivery> =
+            self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()?;
+        let subscription = self.subscription_by_id(subscription_id)?;
+        let context = match (delivery, subscription) {
+            (Some(delivery), Some(subscription)) if delivery.state == DeliveryState::Pending => {
+                let event = self.event(&delivery.event_id)?;
+                event.map(|event| AttemptContext { delivery, subscription, event })
+            }
+            _ => None,
+        };
+        if context.is_none() {
+            self.queue.remove(keys::queue(subscription_id, due, delivery_id))?;
+        }
+        Ok(context)
+    }
+
+    /// Records an attempt's outcome: the delivery's state, log and queue entry, and the
+    /// subscription's last-delivery fields, failure counter and disable state, atomically.
+    pub fn record_attempt(
+        &self,
+        subscription_id: &str,
+        due: Millis,
+        delivery_id: &str,
+        attempt: Attempt,
+        decision: &AttemptDecision,
+    ) -> Result<(), StoreError> {
+        let now = attempt.at;
+        let old_queue_key = keys::queue(subscription_id, due, delivery_id);
+        let log_key = keys::subscription_delivery(subscription_id, delivery_id);
+        (&self.deliveries, &self.queue, &self.subscription_deliveries, &self.finished, &self.subscriptions)
+            .transaction(|(deliveries, queue, log, finished, subscriptions)| {
+                queue.remove(old_queue_key.as_slice())?;
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+                let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                delivery.push_attempt(attempt.clone());
+                match decision {
+                    AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
+                        delivery.state = if *decision == AttemptDecision::Succeeded {
+                            DeliveryState::Succeeded
+                        } else {
+                            DeliveryState::Failed
+                        };
+                        delivery.next_attempt_at = None;
+                        delivery.finished_at = Some(now);
+                        finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
+                    }
+                    AttemptDecision::Retry { due } => {
+                        delivery.next_attempt_at = Some(*due);
+                        queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
+                    }
+                }
+                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                log.insert(log_key.as_slice(), &[state_byte(delivery.state)])?;
+
+                if let Some(bytes) = subscriptions.get(subscription_id.as_bytes())? {
+                    let mut subscription: Subscription = abort_on(decode(&bytes))?;
+                    let succeeded = *decision == AttemptDecision::Succeeded;
+                    subscription.last_delivery_at = Some(now);
+                    subscription.last_delivery_status =
+                        Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
+                    subscription.last_delivery_response_code = attempt.response_code;
+                    subscription.last_delivery_error = attempt.error.clone();
+                    subscription.consecutive_failures =
+                        if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
+                    if let AttemptDecision::GiveUp { disable_reason } = decision {
+                        if subscription.is_active {
+                            subscription.is_active = false;
+                            subscription.disabled_at = Some(now);
+                            subscription.disable_reason = Some(disable_reason.clone());
+                        }
+                    }
+                    subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
+                }
+                Ok(())
+            })?;
+        if let AttemptDecision::Retry { due } = decision {
+            self.announce(QueueNotice::Queued {
+                subscription_id: subscription_id.to_owned(),
+                due: *due,
+                delivery_id: delivery_id.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Moves a queued delivery to `held` (its subscription is paused or disabled).
+    pub fn hold(&self, subscription_id: &str, due: Millis, delivery_id: &str) -> Result<(), StoreError> {
+        let queue_key = keys::queue(subscription_id, due, delivery_id);
+        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
+        (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries).transaction(
+            |(deliveries, queue, held, log)| {
+                queue.remove(queue_key.as_slice())?;
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+                let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                if delivery.state != DeliveryState::Pending {
+                    return Ok(());
+                }
+                delivery.state = DeliveryState::Held;
+                delivery.next_attempt_at = None;
+                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                held.insert(index_key.as_slice(), &[])?;
+                log.insert(index_key.as_slice(), &[state_byte(DeliveryState::Held)])?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Queues every held delivery of a subscription for now, in batches, with a fresh round of
+    /// retries. Returns how many were released.
+    pub fn release_held(&self, subscription_id: &str) -> Result<usize, StoreError> {
+        let mut released = 0;
+        loop {
+            let batch: Vec<String> = self
+                .held
+                .scan_prefix(subscription_id.as_bytes())
+                .take(500)
+                .map(|entry| entry.map(|(key, _)| keys::delivery_of(&key).unwrap_or_default().to_owned()))
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            let now = crate::model::now_millis();
+            (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries).transaction(
+                |(deliveries, queue, held, log)| {
+                    for delivery_id in &batch {
+                        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
+                        held.remove(index_key.as_slice())?;
+                        let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
+                        let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                        if delivery.state != DeliveryState::Held {
+                            continue;
+                        }
+                        delivery.state = DeliveryState::Pending;
+                        delivery.attempts_in_round = 0;
+                        delivery.next_attempt_at = Some(now);
+                        deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                        queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
+                        log.insert(index_key.as_slice(), &[state_byte(DeliveryState::Pending)])?;
+                    }
+                    Ok(())
+                },
+            )?;
+            released += batch.len();
+        }
+        if released > 0 {
+            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.to_owned() });
+        }
+        Ok(released)
+    }
+
+    /// Held deliveries created before `now - retention` become `expired`. Returns how many.
+    pub fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(retention_ms);
+        let mut expired = 0;
+        for entry in self.held.iter() {
+            let (key, _) = entry?;
+            let Some(delivery_id) = keys::delivery_of(&key) else { continue };
+            let created = IdKind::Delivery.created_at(delivery_id).unwrap_or(0);
+            if created >= cutoff {
+                continue;
+            }
+            let subscription_id = std::str::from_utf8(&key[..keys::SUBSCRIPTION_ID_LEN]).unwrap_or_default();
+            (&self.deliveries, &self.held, &self.subscription_deliveries, &self.finished).transaction(
+                |(deliveries, held, log, finished)| {
+                    held.remove(&key)?;
+                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                    if delivery.state != DeliveryState::Held {
+                        return Ok(());
+                    }
+                    delivery.state = DeliveryState::Expired;
+                    delivery.finished_at = Some(now);
+                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                    finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
+                    log.insert(keys::subscription_delivery(subscription_id, delivery_id), &[state_byte(DeliveryState::Expired)])?;
+                    Ok(())
+                },
+            )?;
+            expired += 1;
+        }
+        Ok(expired)
+    }
+
+    /// Removes finished deliveries (and events nobody references any more) that finished
+    /// before `now - retention`. Returns how many deliveries were purged.
+    pub fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(retention_ms);
+        let mut purged = 0;
+        for entry in self.finished.range(..keys::timed(cutoff, b"")) {
+            let (key, _) = entry?;
+            self.finished.remove(&key)?;
+            if let Some(delivery_id) = keys::parse_timed(&key).and_then(|(_, id)| std::str::from_utf8(id).ok()) {
+                // A delivery redelivered since it finished is no longer finished: keep it.
+                let finished_still = self.delivery(delivery_id)?.is_some_and(|d| d.state.is_finished());
+                if finished_still {
+                    self.remove_delivery(delivery_id)?;
+                    purged += 1;
+                }
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Removes a delivery record with every index entry pointing at it, and its event when it
+    /// was the last delivery referencing it.
+    pub(super) fn remove_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+        (&self.deliveries, &self.events, &self.queue, &self.held, &self.subscription_deliveries).transaction(
+            |(deliveries, events, queue, held, log)| {
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+                let delivery: Delivery = abort_on(decode(&bytes))?;
+                let subscription_id = delivery.subscription_id.as_str();
+                deliveries.remove(delivery_id.as_bytes())?;
+                if let Some(due) = delivery.next_attempt_at {
+                    queue.remove(keys::queue(subscription_id, due, delivery_id))?;
+                }
+                held.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
+                log.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
+                if let Some(bytes) = events.get(delivery.event_id.as_bytes())? {
+                    let mut event: Event = abort_on(decode(&bytes))?;
+                    event.live_deliveries = event.live_deliveries.saturating_sub(1);
+                    if event.live_deliveries == 0 {
+                        events.remove(delivery.event_id.as_bytes())?;
+                    } else {
+                        events.insert(delivery.event_id.as_bytes(), encode(&event))?;
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Queues a delivery again with a fresh round of retries (held instead while the
+    /// subscription is paused or disabled). A delivery still pending or held is left as it is.
+    pub fn redeliver(&self, subscription: &Subscription, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+        let now = crate::model::now_millis();
+        let subscription_id = subscription.id.as_str();
+        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
+        let result = (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+            .transaction(|(deliveries, queue, held, log, finished)| {
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
+                let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                if delivery.subscription_id != subscription_id {
+                    return Ok(None);
+                }
+                if !delivery.state.is_finished() {
+                    return Ok(Some(delivery));
+                }
+                if let Some(finished_at) = delivery.finished_at.take() {
+                    finished.remove(keys::timed(finished_at, delivery_id.as_bytes()))?;
+                }
+                delivery.attempts_in_round = 0;
+                if subscription.is_deliverable() {
+                    delivery.state = DeliveryState::Pending;
+                    delivery.next_attempt_at = Some(now);
+                    queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
+                } else {
+                    delivery.state = DeliveryState::Held;
+                    delivery.next_attempt_at = None;
+                    held.insert(index_key.as_slice(), &[])?;
+                }
+                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                log.insert(index_key.as_slice(), &[state_byte(delivery.state)])?;
+                Ok(Some(delivery))
+            })?;
+        if let Some(delivery) = &result {
+            if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
+                self.announce(QueueNotice::Queued {
+                    subscription_id: subscription_id.to_owned(),
+                    due: now,
+                    delivery_id: delivery_id.to_owned(),
+                });
+            }
+        }
+        Ok(result)
+    }
+
+    pub fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    pub fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
+        self.events.get(event_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    /// One page of a subscription's delivery log, newest first, optionally only one state.
+    pub fn list_deliveries(
+        &self,
+        subscription_id: &str,
+        state: Option<DeliveryState>,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
+        let start = subscription_id.as_bytes().to_vec();
+        let end = match cursor {
+            Some(cursor) => keys::subscription_delivery(subscription_id, cursor),
+            None => keys::prefix_end(subscription_id.as_bytes()),
+        };
+        let wanted = state.map(state_byte);
+        let mut page = Vec::new();
+        let mut last_scanned = None;
+        let mut scanned = 0;
+        let mut more = false;
+        for entry in self.subscription_deliveries.range(start..end).rev() {
+            let (key, value) = entry?;
+            if page.len() == limit || scanned == MAX_SCANNED_PER_PAGE {
+                more = true;
+                break;
+            }
+            scanned += 1;
+            let delivery_id = keys::delivery_of(&key).unwrap_or_default();
+            last_scanned = Some(delivery_id.to_owned());
+            if wanted.is_some_and(|wanted| value.first() != Some(&wanted)) {
+                continue;
+            }
+            if let Some(delivery) = self.delivery(delivery_id)? {
+                page.push(delivery);
+            }
+        }
+        Ok((page, if more { last_scanned } else { None }))
+    }
+}

@@ -1,0 +1,191 @@
+//! Publishing: an event, its fan-out deliveries, their queue (or held) entries and the client's
+//! idempotency record, all written in one transaction — an outbox, so an acknowledged event can
+//! never exist without its queued deliveries.
+
+use sled::transaction::TransactionalTree;
+use sled::Transactional;
+
+use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
+use crate::store::codec::{decode, encode, IdempotencyRecord};
+use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+
+/// How long a client idempotency id is remembered.
+pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
+
+/// An event ready to store: its id and exact delivery body were made by the caller.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub body: Vec<u8>,
+    /// The client's idempotency id, if it sent one.
+    pub client_id: Option<String>,
+}
+
+/// The answer for one published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: String,
+    pub deliveries: u32,
+    /// True when the client id was seen within 24 h and nothing new was created.
+    pub duplicate: bool,
+}
+
+/// What the transaction writes for one event, prepared outside it.
+struct Planned {
+    event: Event,
+    deliveries: Vec<Delivery>,
+    client_key: Option<Vec<u8>>,
+}
+
+impl Store {
+    /// Stores `events` of `tenant_id` with one delivery per matching subscription (none when
+    /// `webhooks_enabled` is false). Not yet durable: the caller awaits [`Store::durable`].
+    pub fn publish(
+        &self,
+        tenant_id: &str,
+        webhooks_enabled: bool,
+        events: &[NewEvent],
+        now: Millis,
+    ) -> Result<Vec<Published>, StoreError> {
+        let subscriptions = if webhooks_enabled { self.tenant_subscriptions(tenant_id)? } else { Vec::new() };
+        let planned: Vec<Planned> =
+            events.iter().map(|event| plan(tenant_id, event, &subscriptions, now)).collect();
+
+        let trees = (
+            &self.events,
+            &self.deliveries,
+            &self.queue,
+            &self.held,
+            &self.subscription_deliveries,
+            &self.idempotency,
+            &self.idempotency_expiry,
+        );
+        let answers = trees.transaction(|(events, deliveries, queue, held, log, idempotency, expiry)| {
+            let mut answers = Vec::with_capacity(planned.len());
+            for plan in &planned {
+                if let Some(key) = &plan.client_key {
+                    if let Some(previous) = remembered(idempotency, key, now)? {
+                        answers.push(Published {
+                            event_id: previous.event_id,
+                            deliveries: previous.deliveries,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    let record = IdempotencyRecord {
+                        created_at: now,
+                        event_id: plan.event.id.clone(),
+                        deliveries: plan.deliveries.len() as u32,
+                    };
+                    idempotency.insert(key.as_slice(), encode(&record))?;
+                    expiry.insert(keys::timed(now, key), &[])?;
+                }
+                // An event nobody subscribed to is answered but not kept: nothing references it.
+                if !plan.deliveries.is_empty() {
+                    events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
+                }
+                for delivery in &plan.deliveries {
+                    let subscription_id = delivery.subscription_id.as_str();
+                    deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
+                    log.insert(
+                        keys::subscription_delivery(subscription_id, &delivery.id),
+                        &[delivery.state as u8],
+                    )?;
+                    match delivery.state {
+                        DeliveryState::Held => {
+                            held.insert(keys::subscription_delivery(subscription_id, &delivery.id), &[])?
+                        }
+                        _ => queue.insert(keys::queue(subscription_id, now, &delivery.id), &[])?,
+                    };
+                }
+                answers.push(Published {
+                    event_id: plan.event.id.clone(),
+                    deliveries: plan.deliveries.len() as u32,
+                    duplicate: false,
+                });
+            }
+            Ok(answers)
+        })?;
+
+        for (plan, answer) in planned.iter().zip(&answers) {
+            if answer.duplicate {
+                continue;
+            }
+            for delivery in plan.deliveries.iter().filter(|d| d.state == DeliveryState::Pending) {
+                self.announce(QueueNotice::Queued {
+                    subscription_id: delivery.subscription_id.clone(),
+                    due: now,
+                    delivery_id: delivery.id.clone(),
+                });
+            }
+        }
+        Ok(answers)
+    }
+
+    /// Forgets idempotency ids older than the 24 h window. Returns how many.
+    pub fn purge_idempotency(&self, now: Millis) -> Result<usize, StoreError> {
+        let cutoff = now.saturating_sub(IDEMPOTENCY_WINDOW_MS);
+        let mut purged = 0;
+        for entry in self.idempotency_expiry.range(..keys::timed(cutoff, b"")) {
+            let (key, _) = entry?;
+            if let Some((_, client_key)) = keys::parse_timed(&key) {
+                // Only drop the record if it is this old one, not a newer reuse of the id.
+                if let Some(bytes) = self.idempotency.get(client_key)? {
+                    let record: IdempotencyRecord = decode(&bytes)?;
+                    if record.created_at <= cutoff {
+                        self.idempotency.remove(client_key)?;
+                    }
+                }
+            }
+            self.idempotency_expiry.remove(key)?;
+            purged += 1;
+        }
+        Ok(purged)
+    }
+}
+
+fn remembered(
+    idempotency: &TransactionalTree,
+    key: &[u8],
+    now: Millis,
+) -> Result<Option<IdempotencyRecord>, sled::transaction::ConflictableTransactionError<StoreError>> {
+    let Some(bytes) = idempotency.get(key)? else { return Ok(None) };
+    let record: IdempotencyRecord = abort_on(decode(&bytes))?;
+    Ok((record.created_at + IDEMPOTENCY_WINDOW_MS > now).then_some(record))
+}
+
+fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: Millis) -> Planned {
+    let deliveries: Vec<Delivery> = subscriptions
+        .iter()
+        .filter(|subscription| subscription.wants(&event.event_type))
+        .map(|subscription| {
+            let deliverable = subscription.is_deliverable();
+            Delivery {
+                id: IdKind::Delivery.new_id(now),
+                tenant_id: tenant_id.to_owned(),
+                subscription_id: subscription.id.clone(),
+                event_id: event.id.clone(),
+                event_type: event.event_type.clone(),
+                state: if deliverable { DeliveryState::Pending } else { DeliveryState::Held },
+                attempts: Vec::new(),
+                attempts_in_round: 0,
+                next_attempt_at: deliverable.then_some(now),
+                created_at: now,
+                finished_at: None,
+            }
+        })
+        .collect();
+    Planned {
+        event: Event {
+            id: event.id.clone(),
+            tenant_id: tenant_id.to_owned(),
+            event_type: event.event_type.clone(),
+            created_at: now,
+            body: event.body.clone(),
+            live_deliveries: deliveries.len() as u32,
+        },
+        client_key: event.client_id.as_deref().map(|client_id| keys::idempotency(tenant_id, client_id)),
+        deliveries,
+    }
+}

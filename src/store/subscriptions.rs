@@ -1,0 +1,193 @@
+//! Subscriptions: create under the tenant's limit, read, list newest first, update, delete.
+
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::Transactional;
+
+use crate::model::Subscription;
+use crate::store::codec::{decode, encode};
+use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+
+fn read_count(counts: &TransactionalTree, tenant_id: &str) -> Result<u32, ConflictableTransactionError<StoreError>> {
+    Ok(counts
+        .get(tenant_id.as_bytes())?
+        .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_ref()).ok())
+        .map(u32::from_be_bytes)
+        .unwrap_or(0))
+}
+
+impl Store {
+    /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
+    /// the insert are one transaction, so concurrent creates can never exceed the limit.
+    pub fn create_subscription(&self, subscription: &Subscription, max_webhooks: u32) -> Result<(), StoreError> {
+        let tenant_id = subscription.tenant_id.as_str();
+        let value = encode(subscription);
+        (&self.subscriptions, &self.tenant_subscriptions, &self.tenant_counts).transaction(
+            |(subscriptions, index, counts)| {
+                let count = read_count(counts, tenant_id)?;
+                if count >= max_webhooks {
+                    return Err(ConflictableTransactionError::Abort(StoreError::LimitExceeded));
+                }
+                subscriptions.insert(subscription.id.as_bytes(), value.as_slice())?;
+                index.insert(keys::tenant_subscription(tenant_id, &subscription.id), &[])?;
+                counts.insert(tenant_id.as_bytes(), &(count + 1).to_be_bytes())?;
+                Ok(())
+            },
+        )?;
+        Ok(())
+    }
+
+    /// A subscription by id, whoever owns it (for the delivery engine).
+    pub fn subscription_by_id(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+        self.subscriptions.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    /// A subscription of `tenant_id`; another tenant's id reads as absent.
+    pub fn subscription(&self, tenant_id: &str, id: &str) -> Result<Option<Subscription>, StoreError> {
+        Ok(self.subscription_by_id(id)?.filter(|found| found.tenant_id == tenant_id))
+    }
+
+    /// One page of a tenant's subscriptions, newest first, starting after `cursor` (the last id
+    /// of the previous page). Returns the page and the cursor of the next one, if any.
+    pub fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        limit: usize,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<Subscription>, Option<String>), StoreError> {
+        let prefix = keys::tenant_prefix(tenant_id);
+        let end = match cursor {
+            Some(cursor) => keys::tenant_subscription(tenant_id, cursor),
+            None => keys::prefix_end(&prefix),
+        };
+        let mut page = Vec::with_capacity(limit.min(100));
+        let mut more = false;
+        for entry in self.tenant_subscriptions.range(prefix.clone()..end).rev() {
+            let (key, _) = entry?;
+            if page.len() == limit {
+                more = true;
+                break;
+            }
+            let id = std::str::from_utf8(&key[prefix.len()..])
+                .map_err(|_| StoreError::Corrupt("tenant index key is not UTF-8".into()))?;
+            if let Some(subscription) = self.subscription_by_id(id)? {
+                page.push(subscription);
+            }
+        }
+        let next = if more { page.last().map(|last| last.id.clone()) } else { None };
+        Ok((page, next))
+    }
+
+    /// All of a tenant's subscriptions (for fan-out at publish).
+    pub fn tenant_subscriptions(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        let prefix = keys::tenant_prefix(tenant_id);
+        let mut all = Vec::new();
+        for entry in self.tenant_subscriptions.scan_prefix(&prefix) {
+            let (key, _) = entry?;
+            if let Some(id) = std::str::from_utf8(&key[prefix.len()..]).ok() {
+                if let Some(subscription) = self.subscription_by_id(id)? {
+                    all.push(subscription);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Applies `change` to a tenant's subscription atomically and returns the result. When the
+    /// change makes the subscription deliverable again, its held deliveries are released.
+    /// `change` may run more than once (transactions retry), so it must be a pure edit.
+    pub fn update_subscription(
+        &self,
+        tenant_id: &str,
+        id: &str,
+        change: impl Fn(&mut Subscription),
+    ) -> Result<Option<Subscription>, StoreError> {
+        let outcome = self.subscriptions.transaction(|subscriptions| {
+            let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
+            let before: Subscription = abort_on(decode(&bytes))?;
+            if before.tenant_id != tenant_id {
+                return Ok(None);
+            }
+            let mut after = before.clone();
+            change(&mut after);
+            subscriptions.insert(id.as_bytes(), encode(&after))?;
+            Ok(Some((before.is_deliverable(), after)))
+        })?;
+        let Some((was_deliverable, after)) = outcome else { return Ok(None) };
+        if !was_deliverable && after.is_deliverable() {
+            self.release_held(&after.id)?;
+        }
+        Ok(Some(after))
+    }
+
+    /// Removes a tenant's subscription and then every delivery queued or logged for it.
+    /// Returns false when there is no such subscription.
+    pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let removed = (
+            &self.subscriptions,
+            &self.tenant_subscriptions,
+            &self.tenant_counts,
+            &self.deleted_subscriptions,
+        )
+            .transaction(|(subscriptions, index, counts, deleted)| {
+                let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(false) };
+                let subscription: Subscription = abort_on(decode(&bytes))?;
+                if subscription.tenant_id != tenant_id {
+                    return Ok(false);
+                }
+                subscriptions.remove(id.as_bytes())?;
+                index.remove(keys::tenant_subscription(tenant_id, id))?;
+                let count = read_count(counts, tenant_id)?;
+                counts.insert(tenant_id.as_bytes(), &count.saturating_sub(1).to_be_bytes())?;
+                // The tombstone makes the cleanup below resumable after a crash.
+                deleted.insert(id.as_bytes(), &[])?;
+                Ok(true)
+            })?;
+        if removed {
+            self.purge_subscription_data(id)?;
+            self.announce(QueueNotice::Rescan { subscription_id: id.to_owned() });
+        }
+        Ok(removed)
+    }
+
+    /// Finishes the cleanup of every deleted subscription (after a crash mid-cleanup).
+    pub fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError> {
+        let mut purged = 0;
+        for entry in self.deleted_subscriptions.iter() {
+            let (key, _) = entry?;
+            if let Ok(id) = std::str::from_utf8(&key) {
+                self.purge_subscription_data(id)?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    /// Drops the queue, held and log entries and delivery records of a deleted subscription, in
+    /// batches so a subscription with a huge backlog never makes one giant transaction.
+    fn purge_subscription_data(&self, id: &str) -> Result<(), StoreError> {
+        loop {
+            let batch: Vec<String> = self
+                .subscription_deliveries
+                .scan_prefix(id.as_bytes())
+                .take(500)
+                .map(|entry| entry.map(|(key, _)| keys::delivery_of(&key).unwrap_or_default().to_owned()))
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
+            }
+            for delivery_id in &batch {
+                self.remove_delivery(delivery_id)?;
+                // Index entries whose record was already gone.
+                self.subscription_deliveries.remove(keys::subscription_delivery(id, delivery_id))?;
+                self.held.remove(keys::subscription_delivery(id, delivery_id))?;
+            }
+        }
+        // Queue entries are removed with their delivery; sweep any stray ones too.
+        for entry in self.queue.scan_prefix(id.as_bytes()) {
+            let (key, _) = entry?;
+            self.queue.remove(key)?;
+        }
+        self.deleted_subscriptions.remove(id.as_bytes())?;
+        Ok(())
+    }
+}
