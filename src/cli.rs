@@ -16,7 +16,11 @@ use crate::delivery::signer::{atender_signature, standard_webhooks_signature};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Parser)]
-#[command(name = "atender-webhooks", version, about = "Delivers Atender events to tenants' webhook endpoints: signed, retried, durable.")]
+#[command(
+    name = "atender-webhooks",
+    version,
+    about = "Delivers Atender events to tenants' webhook endpoints: signed, retried, durable."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -136,7 +140,9 @@ fn serve(config_path: Option<PathBuf>, json_logs: bool) -> anyhow::Result<()> {
             tracing::warn!("no --config given: running on the embedded DEVELOPMENT DEFAULT (loopback only, data in ./atender-data, http and private targets allowed)");
             tracing::warn!(tenant = "demo", "demo API key for this run (printed once, all scopes): {key}");
         }
-        _ => tracing::info!(config = %config_path.as_deref().unwrap_or("".as_ref()).display(), "configuration loaded"),
+        _ => {
+            tracing::info!(config = %config_path.as_deref().unwrap_or("".as_ref()).display(), "configuration loaded")
+        }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(serve_until_signalled(config, config_path))
@@ -172,7 +178,9 @@ async fn serve_until_signalled(config: Config, config_path: Option<PathBuf>) -> 
     if finished {
         tracing::info!("shut down cleanly");
     } else {
-        tracing::warn!("shut down after the grace period; unfinished attempts will be repeated at the next start");
+        tracing::warn!(
+            "shut down after the grace period; unfinished attempts will be repeated at the next start"
+        );
     }
     Ok(())
 }
@@ -192,7 +200,9 @@ fn reload(daemon: &Daemon, config_path: Option<&std::path::Path>) {
                 tracing::warn!(config = %path.display(), needs_restart = ?kept, "configuration reloaded; some settings only change on restart and were kept");
             }
         }
-        Err(err) => tracing::error!(config = %path.display(), error = %err, "reload refused: the file is not valid; the running configuration is kept"),
+        Err(err) => {
+            tracing::error!(config = %path.display(), error = %err, "reload refused: the file is not valid; the running configuration is kept")
+        }
     }
     notify_systemd(&[sd_notify::NotifyState::Ready]);
 }

@@ -267,17 +267,15 @@ impl Config {
 
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|err| ConfigError::Syntax(err.to_string()))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax(err.to_string()))?;
         Config::from_raw(raw)
     }
 
     /// Checks every value of the raw form.
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let listen: SocketAddr = raw
-            .listen
-            .parse()
-            .map_err(|_| invalid("listen", format!("{:?} is not an address like \"127.0.0.1:8080\"", raw.listen)))?;
+        let listen: SocketAddr = raw.listen.parse().map_err(|_| {
+            invalid("listen", format!("{:?} is not an address like \"127.0.0.1:8080\"", raw.listen))
+        })?;
         if raw.data_dir.as_os_str().is_empty() {
             return Err(invalid("data_dir", "must not be empty"));
         }
@@ -347,13 +345,23 @@ fn validate_delivery(raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     }
     Ok(DeliveryConfig {
         workers: raw.workers as usize,
-        timeout: duration("delivery.timeout", &raw.timeout, Duration::from_millis(100), Duration::from_secs(300))?,
+        timeout: duration(
+            "delivery.timeout",
+            &raw.timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        )?,
         max_retry_delay: duration("delivery.max_retry_delay", &raw.max_retry_delay, SECOND, 7 * DAY)?,
         max_in_flight_per_subscription: raw.max_in_flight_per_subscription,
         allow_http: raw.allow_http,
         allow_private_targets: raw.allow_private_targets,
         hold_retention: duration("delivery.hold_retention", &raw.hold_retention, SECOND, 90 * DAY)?,
-        delivery_retention: duration("delivery.delivery_retention", &raw.delivery_retention, SECOND, 365 * DAY)?,
+        delivery_retention: duration(
+            "delivery.delivery_retention",
+            &raw.delivery_retention,
+            SECOND,
+            365 * DAY,
+        )?,
     })
 }
 
@@ -363,7 +371,9 @@ pub fn is_valid_event_type_name(name: &str) -> bool {
         && name.len() <= 100
         && name.split('.').all(|part| {
             !part.is_empty()
-                && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         })
 }
 
@@ -417,8 +427,12 @@ fn validate_tenants(raw: &[RawTenant]) -> Result<Tenants, ConfigError> {
             if key.name.trim().is_empty() || key.name.len() > 100 {
                 return Err(invalid(format!("{key_at}.name"), "must be 1-100 characters"));
             }
-            let digest = parse_digest(&key.key_sha256)
-                .ok_or_else(|| invalid(format!("{key_at}.key_sha256"), "must be 64 hex characters (the SHA-256 of the key; see `atender-webhooks keygen`)"))?;
+            let digest = parse_digest(&key.key_sha256).ok_or_else(|| {
+                invalid(
+                    format!("{key_at}.key_sha256"),
+                    "must be 64 hex characters (the SHA-256 of the key; see `atender-webhooks keygen`)",
+                )
+            })?;
             if keys.contains_key(&digest) {
                 return Err(invalid(format!("{key_at}.key_sha256"), "the same key is configured twice"));
             }
@@ -427,7 +441,9 @@ fn validate_tenants(raw: &[RawTenant]) -> Result<Tenants, ConfigError> {
                 let parsed = Scope::parse(scope).ok_or_else(|| {
                     invalid(
                         format!("{key_at}.scopes"),
-                        format!("unknown scope {scope:?} (known: webhooks:read, webhooks:write, events:write)"),
+                        format!(
+                            "unknown scope {scope:?} (known: webhooks:read, webhooks:write, events:write)"
+                        ),
                     )
                 })?;
                 scopes.insert(parsed);

@@ -46,7 +46,8 @@ impl Daemon {
         let engine = Engine::start(store.clone(), config.clone(), metrics.clone(), health.clone())
             .context("cannot start the delivery engine")?;
         tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
-        let state = ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };
+        let state =
+            ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(
             warp::serve(api::routes(state))

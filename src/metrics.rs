@@ -57,15 +57,27 @@ impl Metrics {
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("atender");
         let events_published = Counter::default();
-        registry.register("events_published", "Events accepted (answered 202), duplicates excluded", events_published.clone());
+        registry.register(
+            "events_published",
+            "Events accepted (answered 202), duplicates excluded",
+            events_published.clone(),
+        );
         let attempts = Family::<Labels, Counter>::default();
         registry.register("delivery_attempts", "Delivery attempts by result", attempts.clone());
         let attempt_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
-        registry.register("delivery_attempt_duration_seconds", "Duration of delivery attempts", attempt_duration.clone());
+        registry.register(
+            "delivery_attempt_duration_seconds",
+            "Duration of delivery attempts",
+            attempt_duration.clone(),
+        );
         let in_flight = Gauge::default();
         registry.register("delivery_in_flight", "Attempts in flight now", in_flight.clone());
         let queue_depth = Family::<Labels, Gauge>::default();
-        registry.register("deliveries_queued", "Deliveries waiting, by state (pending, held)", queue_depth.clone());
+        registry.register(
+            "deliveries_queued",
+            "Deliveries waiting, by state (pending, held)",
+            queue_depth.clone(),
+        );
         let subscriptions_disabled_total = Counter::default();
         registry.register(
             "subscriptions_disabled",
@@ -73,7 +85,11 @@ impl Metrics {
             subscriptions_disabled_total.clone(),
         );
         let group_commit_flushes = Counter::default();
-        registry.register("storage_flushes", "Group-commit flushes (fsyncs) of the data dir", group_commit_flushes.clone());
+        registry.register(
+            "storage_flushes",
+            "Group-commit flushes (fsyncs) of the data dir",
+            group_commit_flushes.clone(),
+        );
         let group_commit_requests = Counter::default();
         registry.register(
             "storage_durable_writes",

@@ -65,7 +65,12 @@ impl DeliveryView {
 }
 
 /// `GET /v1/webhooks/:id/deliveries?status=failed&limit=50&cursor=dlv_…`
-pub async fn list(state: ApiState, headers: HeaderMap, id: String, query: String) -> Result<Response, ApiError> {
+pub async fn list(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    query: String,
+) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
     let subscription = find(&state, &principal.tenant.id, &id)?;
@@ -90,7 +95,12 @@ pub async fn list(state: ApiState, headers: HeaderMap, id: String, query: String
 }
 
 /// `GET /v1/webhooks/:id/deliveries/:deliveryId`, with the payload as delivered.
-pub async fn get(state: ApiState, headers: HeaderMap, id: String, delivery_id: String) -> Result<Response, ApiError> {
+pub async fn get(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    delivery_id: String,
+) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
     let subscription = find(&state, &principal.tenant.id, &id)?;
@@ -104,15 +114,18 @@ pub async fn get(state: ApiState, headers: HeaderMap, id: String, delivery_id: S
 }
 
 /// `POST /v1/webhooks/:id/deliveries/:deliveryId/redeliver`: queue it again (202).
-pub async fn redeliver(state: ApiState, headers: HeaderMap, id: String, delivery_id: String) -> Result<Response, ApiError> {
+pub async fn redeliver(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    delivery_id: String,
+) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let subscription = find(&state, &principal.tenant.id, &id)?;
     find_delivery(&state, &subscription.id, &delivery_id)?;
-    let delivery = state
-        .store
-        .redeliver(&subscription, &delivery_id)?
-        .ok_or_else(|| ApiError::not_found("delivery"))?;
+    let delivery =
+        state.store.redeliver(&subscription, &delivery_id)?.ok_or_else(|| ApiError::not_found("delivery"))?;
     state.store.durable().await?;
     Ok(json_reply(StatusCode::ACCEPTED, &DeliveryView::new(&delivery, None)))
 }

@@ -54,9 +54,14 @@ pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resu
     let body: EventBody = require_json(&headers, &body)?;
     let now = now_millis();
     let event = prepare(&config, &principal.tenant.id, body, now, "")?;
-    let answers = store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, vec![event], now).await?;
+    let answers =
+        store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, vec![event], now)
+            .await?;
     let answer = &answers[0];
-    Ok(json_reply(StatusCode::ACCEPTED, &PublishedView { id: &answer.event_id, deliveries: answer.deliveries }))
+    Ok(json_reply(
+        StatusCode::ACCEPTED,
+        &PublishedView { id: &answer.event_id, deliveries: answer.deliveries },
+    ))
 }
 
 /// `POST /v1/events/batch` with `{"events": [...]}`; answers `{"data": [{"id", "deliveries"}]}`
@@ -73,11 +78,16 @@ pub async fn publish_batch(state: ApiState, headers: HeaderMap, body: Vec<u8>) -
         .events
         .into_iter()
         .enumerate()
-        .map(|(index, event)| prepare(&config, &principal.tenant.id, event, now, &format!("events[{index}].")))
+        .map(|(index, event)| {
+            prepare(&config, &principal.tenant.id, event, now, &format!("events[{index}]."))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let answers = store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, events, now).await?;
-    let data: Vec<PublishedView> =
-        answers.iter().map(|answer| PublishedView { id: &answer.event_id, deliveries: answer.deliveries }).collect();
+    let answers =
+        store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, events, now).await?;
+    let data: Vec<PublishedView> = answers
+        .iter()
+        .map(|answer| PublishedView { id: &answer.event_id, deliveries: answer.deliveries })
+        .collect();
     Ok(json_reply(StatusCode::ACCEPTED, &serde_json::json!({ "data": data })))
 }
 
@@ -100,7 +110,13 @@ async fn store_events(
 }
 
 /// Validates one event and renders its delivery body. `at` prefixes field names in batches.
-fn prepare(config: &Config, tenant_id: &str, body: EventBody, now: Millis, at: &str) -> Result<NewEvent, ApiError> {
+fn prepare(
+    config: &Config,
+    tenant_id: &str,
+    body: EventBody,
+    now: Millis,
+    at: &str,
+) -> Result<NewEvent, ApiError> {
     if !config.is_known_event_type(&body.event) {
         return Err(ApiError::validation(format!(
             "{at}event: unknown event type {:?} (known: {})",
@@ -122,13 +138,9 @@ fn prepare(config: &Config, tenant_id: &str, body: EventBody, now: Millis, at: &
         return Err(ApiError::validation(format!("{at}data must be a JSON object")));
     }
     let id = IdKind::Event.new_id(now);
-    let payload = DeliveryPayload {
-        id: &id,
-        event: &body.event,
-        tenant_id,
-        timestamp: rfc3339(now),
-        data: &data,
-    };
-    let rendered = serde_json::to_vec(&payload).map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
+    let payload =
+        DeliveryPayload { id: &id, event: &body.event, tenant_id, timestamp: rfc3339(now), data: &data };
+    let rendered = serde_json::to_vec(&payload)
+        .map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
     Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id })
 }

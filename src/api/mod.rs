@@ -99,39 +99,31 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
     let webhooks_root = warp::path!("v1" / "webhooks");
     let webhook = warp::path!("v1" / "webhooks" / String);
 
-    let create = webhooks_root
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .and(sub_body())
-        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
+    let create = webhooks_root.and(warp::post()).and(with_state.clone()).and(headers()).and(sub_body()).then(
+        |state, headers, body: Result<Vec<u8>, Response>| async move {
             match body {
                 Ok(body) => respond(webhooks::create(state, headers, body).await),
                 Err(response) => response,
             }
-        });
-    let list = webhooks_root
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(headers())
-        .and(query())
-        .then(|state, headers, query| async move { respond(webhooks::list(state, headers, query).await) });
+        },
+    );
+    let list =
+        webhooks_root.and(warp::get()).and(with_state.clone()).and(headers()).and(query()).then(
+            |state, headers, query| async move { respond(webhooks::list(state, headers, query).await) },
+        );
     let get = webhook
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
         .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) });
-    let update = webhook
-        .and(warp::patch())
-        .and(with_state.clone())
-        .and(headers())
-        .and(sub_body())
-        .then(|id, state, headers, body: Result<Vec<u8>, Response>| async move {
+    let update = webhook.and(warp::patch()).and(with_state.clone()).and(headers()).and(sub_body()).then(
+        |id, state, headers, body: Result<Vec<u8>, Response>| async move {
             match body {
                 Ok(body) => respond(webhooks::update(state, headers, id, body).await),
                 Err(response) => response,
             }
-        });
+        },
+    );
     let delete = webhook
         .and(warp::delete())
         .and(with_state.clone())
@@ -153,7 +145,9 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(query())
-        .then(|id, state, headers, query| async move { respond(deliveries::list(state, headers, id, query).await) });
+        .then(|id, state, headers, query| async move {
+            respond(deliveries::list(state, headers, id, query).await)
+        });
     let delivery_get = warp::path!("v1" / "webhooks" / String / "deliveries" / String)
         .and(warp::get())
         .and(with_state.clone())

@@ -1,2 +1,4 @@
 //! The OpenAPI 3 document of the API.
-pub fn document() -> serde_json::Value { serde_json::json!({}) }
+pub fn document() -> serde_json::Value {
+    serde_json::json!({})
+}

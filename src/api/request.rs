@@ -30,10 +30,15 @@ pub enum Gate {
 }
 
 /// Authenticates the bearer key and checks its scope and the tenant's webhook switch.
-pub fn authorize(config: &Config, headers: &HeaderMap, scope: Scope, gate: Gate) -> Result<Principal, ApiError> {
-    let value = headers
-        .get(header::AUTHORIZATION)
-        .ok_or_else(|| ApiError::unauthorized("missing Authorization header; send Authorization: Bearer <api key>"))?;
+pub fn authorize(
+    config: &Config,
+    headers: &HeaderMap,
+    scope: Scope,
+    gate: Gate,
+) -> Result<Principal, ApiError> {
+    let value = headers.get(header::AUTHORIZATION).ok_or_else(|| {
+        ApiError::unauthorized("missing Authorization header; send Authorization: Bearer <api key>")
+    })?;
     let key = value
         .to_str()
         .ok()
@@ -128,7 +133,9 @@ pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Res
         };
         ApiError::validation(reason)
     })?;
-    deserializer.end().map_err(|err| ApiError::validation(format!("request body is not valid JSON: {err}")))?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::validation(format!("request body is not valid JSON: {err}")))?;
     Ok(Some(value))
 }
 

@@ -46,7 +46,11 @@ impl From<&Subscription> for SubscriptionView {
             name: s.name.clone(),
             url: s.url.clone(),
             events: s.events.clone(),
-            headers: s.headers.iter().map(|(name, value)| (name.clone(), Value::String(value.clone()))).collect(),
+            headers: s
+                .headers
+                .iter()
+                .map(|(name, value)| (name.clone(), Value::String(value.clone())))
+                .collect(),
             max_retries: s.max_retries,
             retry_delay_seconds: s.retry_delay_seconds,
             is_active: s.is_active,
@@ -122,7 +126,12 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
         events: validate_events(&config, &body.events)?,
         headers: validate_headers(body.headers.as_ref())?,
         max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(5), 0, 20)?,
-        retry_delay_seconds: validate_range("retryDelaySeconds", body.retry_delay_seconds.unwrap_or(30), 1, 86_400)?,
+        retry_delay_seconds: validate_range(
+            "retryDelaySeconds",
+            body.retry_delay_seconds.unwrap_or(30),
+            1,
+            86_400,
+        )?,
         is_active,
         is_paused: body.is_paused.unwrap_or(false),
         disable_reason: (!is_active).then(|| DISABLED_BY_API.to_owned()),
@@ -140,7 +149,8 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
     state.store.durable().await?;
     tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
-    let view = CreatedView { subscription: SubscriptionView::from(&subscription), secret: &subscription.secret };
+    let view =
+        CreatedView { subscription: SubscriptionView::from(&subscription), secret: &subscription.secret };
     Ok(json_reply(StatusCode::CREATED, &view))
 }
 
@@ -168,7 +178,12 @@ pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Resp
 }
 
 /// `PATCH /v1/webhooks/:id`
-pub async fn update(state: ApiState, headers: HeaderMap, id: String, body: Vec<u8>) -> Result<Response, ApiError> {
+pub async fn update(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    body: Vec<u8>,
+) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let patch: PatchBody = require_json(&headers, &body)?;
@@ -177,9 +192,12 @@ pub async fn update(state: ApiState, headers: HeaderMap, id: String, body: Vec<u
     let url = patch.url.as_deref().map(|url| validate_url(&config, url)).transpose()?;
     let events = patch.events.as_deref().map(|events| validate_events(&config, events)).transpose()?;
     let custom_headers = patch.headers.as_ref().map(|headers| validate_headers(Some(headers))).transpose()?;
-    let max_retries = patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?;
-    let retry_delay =
-        patch.retry_delay_seconds.map(|value| validate_range("retryDelaySeconds", value, 1, 86_400)).transpose()?;
+    let max_retries =
+        patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?;
+    let retry_delay = patch
+        .retry_delay_seconds
+        .map(|value| validate_range("retryDelaySeconds", value, 1, 86_400))
+        .transpose()?;
     let now = now_millis();
     let apply = |subscription: &mut Subscription| {
         if let Some(name) = &name {
@@ -243,7 +261,12 @@ pub async fn delete(state: ApiState, headers: HeaderMap, id: String) -> Result<R
 }
 
 /// `POST /v1/webhooks/:id/rotate-secret` with an optional `{"graceSeconds": N}`.
-pub async fn rotate_secret(state: ApiState, headers: HeaderMap, id: String, body: Vec<u8>) -> Result<Response, ApiError> {
+pub async fn rotate_secret(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    body: Vec<u8>,
+) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let body: Option<RotateBody> = parse_json(&headers, &body)?;
@@ -288,9 +311,13 @@ fn validate_name(name: &str) -> Result<String, ApiError> {
 }
 
 fn validate_url(config: &Config, url: &str) -> Result<String, ApiError> {
-    crate::net_policy::validate_target_url(url, config.delivery.allow_http, config.delivery.allow_private_targets)
-        .map(|parsed| parsed.to_string())
-        .map_err(ApiError::validation)
+    crate::net_policy::validate_target_url(
+        url,
+        config.delivery.allow_http,
+        config.delivery.allow_private_targets,
+    )
+    .map(|parsed| parsed.to_string())
+    .map_err(ApiError::validation)
 }
 
 fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, ApiError> {

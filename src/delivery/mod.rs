@@ -78,7 +78,8 @@ impl Engine {
             stopping: stopping.clone(),
         });
         for index in 0..current.delivery.workers {
-            let (context, jobs, done, exited) = (context.clone(), jobs_rx.clone(), done_tx.clone(), exited_tx.clone());
+            let (context, jobs, done, exited) =
+                (context.clone(), jobs_rx.clone(), done_tx.clone(), exited_tx.clone());
             std::thread::Builder::new().name(format!("delivery-{index}")).spawn(move || {
                 worker::run(context, jobs, done);
                 let _ = exited.send(());

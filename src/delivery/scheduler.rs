@@ -59,7 +59,12 @@ impl Scheduler {
 
     /// Runs until `stop` is closed or signalled. Starts by recovering every queued delivery,
     /// including attempts that were in flight when a previous process died.
-    pub fn run(mut self, notices: Receiver<QueueNotice>, completions: Receiver<Completed>, stop: Receiver<()>) {
+    pub fn run(
+        mut self,
+        notices: Receiver<QueueNotice>,
+        completions: Receiver<Completed>,
+        stop: Receiver<()>,
+    ) {
         match self.store.subscriptions_with_queue() {
             Ok(subscriptions) => {
                 tracing::info!(subscriptions = subscriptions.len(), "recovering queued deliveries");
@@ -120,7 +125,8 @@ impl Scheduler {
                     }
                     Some(lane) => {
                         let key = (due, delivery_id);
-                        let loaded_range = lane.exhausted || lane.cursor.as_ref().is_some_and(|cursor| key <= *cursor);
+                        let loaded_range =
+                            lane.exhausted || lane.cursor.as_ref().is_some_and(|cursor| key <= *cursor);
                         if loaded_range {
                             lane.window.insert(key);
                             trim(lane);

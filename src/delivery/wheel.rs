@@ -97,7 +97,11 @@ impl<T> TimingWheel<T> {
             let position = ((self.elapsed >> shift) as usize) & (SLOTS - 1);
             let ahead = level.occupied >> position;
             // Entries of a level never lie behind the current position (see `position`).
-            let slot = if ahead != 0 { position + ahead.trailing_zeros() as usize } else { level.occupied.trailing_zeros() as usize };
+            let slot = if ahead != 0 {
+                position + ahead.trailing_zeros() as usize
+            } else {
+                level.occupied.trailing_zeros() as usize
+            };
             let level_span = 1u64 << (shift + SLOT_BITS);
             let level_start = self.elapsed & !(level_span - 1);
             let start = level_start + ((slot as u64) << shift);

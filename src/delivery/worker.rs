@@ -25,7 +25,11 @@ pub struct WorkerContext {
 }
 
 /// Takes jobs until the channel closes or the engine stops.
-pub fn run(context: Arc<WorkerContext>, jobs: crossbeam_channel::Receiver<Job>, done: crossbeam_channel::Sender<Completed>) {
+pub fn run(
+    context: Arc<WorkerContext>,
+    jobs: crossbeam_channel::Receiver<Job>,
+    done: crossbeam_channel::Sender<Completed>,
+) {
     while let Ok(job) = jobs.recv() {
         if context.stopping.load(Ordering::SeqCst) {
             break;
@@ -33,7 +37,8 @@ pub fn run(context: Arc<WorkerContext>, jobs: crossbeam_channel::Receiver<Job>, 
         if let Err(err) = attempt(&context, &job) {
             tracing::error!(delivery = %job.delivery_id, error = %err, "cannot record a delivery attempt");
         }
-        let completed = Completed { subscription_id: job.subscription_id, due: job.due, delivery_id: job.delivery_id };
+        let completed =
+            Completed { subscription_id: job.subscription_id, due: job.due, delivery_id: job.delivery_id };
         if done.send(completed).is_err() {
             break;
         }
@@ -60,7 +65,8 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<(), crate::store::Store
     let finished_at = now_millis();
     let attempt_number = delivery.attempts_in_round + 1;
     let config = context.config.current();
-    let decision = decide(&subscription, attempt_number, &outcome, finished_at, config.delivery.max_retry_delay);
+    let decision =
+        decide(&subscription, attempt_number, &outcome, finished_at, config.delivery.max_retry_delay);
     let attempt = Attempt {
         at: started_at,
         duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
@@ -110,18 +116,23 @@ pub fn decide(
     let last = outcome.error.clone().unwrap_or_else(|| "unknown error".to_owned());
     if outcome.status == Some(410) {
         return AttemptDecision::GiveUp {
-            disable_reason: "endpoint answered 410 Gone: the receiver says this endpoint no longer exists".to_owned(),
+            disable_reason: "endpoint answered 410 Gone: the receiver says this endpoint no longer exists"
+                .to_owned(),
         };
     }
     if attempt_number > subscription.max_retries {
         return AttemptDecision::GiveUp {
-            disable_reason: format!("too many consecutive failures: {attempt_number} attempts failed, last: {last}"),
+            disable_reason: format!(
+                "too many consecutive failures: {attempt_number} attempts failed, last: {last}"
+            ),
         };
     }
     let delay = match outcome.retry_after {
         // The receiver said when to come back; honour it, within the configured ceiling.
         Some(retry_after) => retry_after.clamp(Duration::from_secs(1), max_retry_delay),
-        None => retry_delay(subscription.retry_delay_seconds, attempt_number, max_retry_delay, jitter_fraction()),
+        None => {
+            retry_delay(subscription.retry_delay_seconds, attempt_number, max_retry_delay, jitter_fraction())
+        }
     };
     AttemptDecision::Retry { due: now + delay.as_millis() as Millis }
 }
@@ -144,7 +155,9 @@ fn delivery_headers(
     headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     match standard_webhooks_header(&subscription.signing_secrets(now), delivery_id, timestamp, body) {
         Ok(signature) => headers.push(("webhook-signature".into(), signature)),
-        Err(err) => tracing::error!(subscription = %subscription.id, error = %err, "cannot sign with the stored secret"),
+        Err(err) => {
+            tracing::error!(subscription = %subscription.id, error = %err, "cannot sign with the stored secret")
+        }
     }
     headers
 }

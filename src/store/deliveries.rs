@@ -124,50 +124,50 @@ impl Store {
         let log_key = keys::subscription_delivery(subscription_id, delivery_id);
         (&self.deliveries, &self.queue, &self.subscription_deliveries, &self.finished, &self.subscriptions)
             .transaction(|(deliveries, queue, log, finished, subscriptions)| {
-                queue.remove(old_queue_key.as_slice())?;
-                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
-                let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                delivery.push_attempt(attempt.clone());
-                match decision {
-                    AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
-                        delivery.state = if *decision == AttemptDecision::Succeeded {
-                            DeliveryState::Succeeded
-                        } else {
-                            DeliveryState::Failed
-                        };
-                        delivery.next_attempt_at = None;
-                        delivery.finished_at = Some(now);
-                        finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
-                    }
-                    AttemptDecision::Retry { due } => {
-                        delivery.next_attempt_at = Some(*due);
-                        queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
-                    }
+            queue.remove(old_queue_key.as_slice())?;
+            let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+            let mut delivery: Delivery = abort_on(decode(&bytes))?;
+            delivery.push_attempt(attempt.clone());
+            match decision {
+                AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
+                    delivery.state = if *decision == AttemptDecision::Succeeded {
+                        DeliveryState::Succeeded
+                    } else {
+                        DeliveryState::Failed
+                    };
+                    delivery.next_attempt_at = None;
+                    delivery.finished_at = Some(now);
+                    finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
                 }
-                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                log.insert(log_key.as_slice(), &[state_byte(delivery.state)])?;
+                AttemptDecision::Retry { due } => {
+                    delivery.next_attempt_at = Some(*due);
+                    queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
+                }
+            }
+            deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+            log.insert(log_key.as_slice(), &[state_byte(delivery.state)])?;
 
-                if let Some(bytes) = subscriptions.get(subscription_id.as_bytes())? {
-                    let mut subscription: Subscription = abort_on(decode(&bytes))?;
-                    let succeeded = *decision == AttemptDecision::Succeeded;
-                    subscription.last_delivery_at = Some(now);
-                    subscription.last_delivery_status =
-                        Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
-                    subscription.last_delivery_response_code = attempt.response_code;
-                    subscription.last_delivery_error = attempt.error.clone();
-                    subscription.consecutive_failures =
-                        if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
-                    if let AttemptDecision::GiveUp { disable_reason } = decision {
-                        if subscription.is_active {
-                            subscription.is_active = false;
-                            subscription.disabled_at = Some(now);
-                            subscription.disable_reason = Some(disable_reason.clone());
-                        }
+            if let Some(bytes) = subscriptions.get(subscription_id.as_bytes())? {
+                let mut subscription: Subscription = abort_on(decode(&bytes))?;
+                let succeeded = *decision == AttemptDecision::Succeeded;
+                subscription.last_delivery_at = Some(now);
+                subscription.last_delivery_status =
+                    Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
+                subscription.last_delivery_response_code = attempt.response_code;
+                subscription.last_delivery_error = attempt.error.clone();
+                subscription.consecutive_failures =
+                    if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
+                if let AttemptDecision::GiveUp { disable_reason } = decision {
+                    if subscription.is_active {
+                        subscription.is_active = false;
+                        subscription.disabled_at = Some(now);
+                        subscription.disable_reason = Some(disable_reason.clone());
                     }
-                    subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
                 }
-                Ok(())
-            })?;
+                subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
+            }
+            Ok(())
+        })?;
         if let AttemptDecision::Retry { due } = decision {
             self.announce(QueueNotice::Queued {
                 subscription_id: subscription_id.to_owned(),
@@ -268,7 +268,10 @@ impl Store {
                     delivery.finished_at = Some(now);
                     deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
                     finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
-                    log.insert(keys::subscription_delivery(subscription_id, delivery_id), &[state_byte(DeliveryState::Expired)])?;
+                    log.insert(
+                        keys::subscription_delivery(subscription_id, delivery_id),
+                        &[state_byte(DeliveryState::Expired)],
+                    )?;
                     Ok(())
                 },
             )?;
@@ -285,7 +288,9 @@ impl Store {
         for entry in self.finished.range(..keys::timed(cutoff, b"")) {
             let (key, _) = entry?;
             self.finished.remove(&key)?;
-            if let Some(delivery_id) = keys::parse_timed(&key).and_then(|(_, id)| std::str::from_utf8(id).ok()) {
+            if let Some(delivery_id) =
+                keys::parse_timed(&key).and_then(|(_, id)| std::str::from_utf8(id).ok())
+            {
                 // A delivery redelivered since it finished is no longer finished: keep it.
                 let finished_still = self.delivery(delivery_id)?.is_some_and(|d| d.state.is_finished());
                 if finished_still {
@@ -300,8 +305,8 @@ impl Store {
     /// Removes a delivery record with every index entry pointing at it, and its event when it
     /// was the last delivery referencing it.
     pub(super) fn remove_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
-        (&self.deliveries, &self.events, &self.queue, &self.held, &self.subscription_deliveries).transaction(
-            |(deliveries, events, queue, held, log)| {
+        (&self.deliveries, &self.events, &self.queue, &self.held, &self.subscription_deliveries)
+            .transaction(|(deliveries, events, queue, held, log)| {
                 let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
                 let delivery: Delivery = abort_on(decode(&bytes))?;
                 let subscription_id = delivery.subscription_id.as_str();
@@ -321,44 +326,48 @@ impl Store {
                     }
                 }
                 Ok(())
-            },
-        )?;
+            })?;
         Ok(())
     }
 
     /// Queues a delivery again with a fresh round of retries (held instead while the
     /// subscription is paused or disabled). A delivery still pending or held is left as it is.
-    pub fn redeliver(&self, subscription: &Subscription, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+    pub fn redeliver(
+        &self,
+        subscription: &Subscription,
+        delivery_id: &str,
+    ) -> Result<Option<Delivery>, StoreError> {
         let now = crate::model::now_millis();
         let subscription_id = subscription.id.as_str();
         let index_key = keys::subscription_delivery(subscription_id, delivery_id);
-        let result = (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
-            .transaction(|(deliveries, queue, held, log, finished)| {
-                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
-                let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                if delivery.subscription_id != subscription_id {
-                    return Ok(None);
-                }
-                if !delivery.state.is_finished() {
-                    return Ok(Some(delivery));
-                }
-                if let Some(finished_at) = delivery.finished_at.take() {
-                    finished.remove(keys::timed(finished_at, delivery_id.as_bytes()))?;
-                }
-                delivery.attempts_in_round = 0;
-                if subscription.is_deliverable() {
-                    delivery.state = DeliveryState::Pending;
-                    delivery.next_attempt_at = Some(now);
-                    queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
-                } else {
-                    delivery.state = DeliveryState::Held;
-                    delivery.next_attempt_at = None;
-                    held.insert(index_key.as_slice(), &[])?;
-                }
-                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                log.insert(index_key.as_slice(), &[state_byte(delivery.state)])?;
-                Ok(Some(delivery))
-            })?;
+        let result =
+            (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+                .transaction(|(deliveries, queue, held, log, finished)| {
+                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
+                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                    if delivery.subscription_id != subscription_id {
+                        return Ok(None);
+                    }
+                    if !delivery.state.is_finished() {
+                        return Ok(Some(delivery));
+                    }
+                    if let Some(finished_at) = delivery.finished_at.take() {
+                        finished.remove(keys::timed(finished_at, delivery_id.as_bytes()))?;
+                    }
+                    delivery.attempts_in_round = 0;
+                    if subscription.is_deliverable() {
+                        delivery.state = DeliveryState::Pending;
+                        delivery.next_attempt_at = Some(now);
+                        queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
+                    } else {
+                        delivery.state = DeliveryState::Held;
+                        delivery.next_attempt_at = None;
+                        held.insert(index_key.as_slice(), &[])?;
+                    }
+                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                    log.insert(index_key.as_slice(), &[state_byte(delivery.state)])?;
+                    Ok(Some(delivery))
+                })?;
         if let Some(delivery) = &result {
             if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
                 self.announce(QueueNotice::Queued {
@@ -395,15 +404,13 @@ impl Store {
         let wanted = state.map(state_byte);
         let mut page = Vec::new();
         let mut last_scanned = None;
-        let mut scanned = 0;
         let mut more = false;
-        for entry in self.subscription_deliveries.range(start..end).rev() {
+        for (scanned, entry) in self.subscription_deliveries.range(start..end).rev().enumerate() {
             let (key, value) = entry?;
             if page.len() == limit || scanned == MAX_SCANNED_PER_PAGE {
                 more = true;
                 break;
             }
-            scanned += 1;
             let delivery_id = keys::delivery_of(&key).unwrap_or_default();
             last_scanned = Some(delivery_id.to_owned());
             if wanted.is_some_and(|wanted| value.first() != Some(&wanted)) {

@@ -18,7 +18,7 @@ use sled::transaction::TransactionError;
 
 pub use codec::IdempotencyRecord;
 pub use commit::{CommitStats, GroupCommit};
-pub use deliveries::{AttemptDecision, AttemptContext};
+pub use deliveries::{AttemptContext, AttemptDecision};
 pub use events::{NewEvent, Published};
 
 use crate::model::Millis;

@@ -7,7 +7,10 @@ use crate::model::Subscription;
 use crate::store::codec::{decode, encode};
 use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
 
-fn read_count(counts: &TransactionalTree, tenant_id: &str) -> Result<u32, ConflictableTransactionError<StoreError>> {
+fn read_count(
+    counts: &TransactionalTree,
+    tenant_id: &str,
+) -> Result<u32, ConflictableTransactionError<StoreError>> {
     Ok(counts
         .get(tenant_id.as_bytes())?
         .and_then(|bytes| <[u8; 4]>::try_from(bytes.as_ref()).ok())
@@ -18,7 +21,11 @@ fn read_count(counts: &TransactionalTree, tenant_id: &str) -> Result<u32, Confli
 impl Store {
     /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
     /// the insert are one transaction, so concurrent creates can never exceed the limit.
-    pub fn create_subscription(&self, subscription: &Subscription, max_webhooks: u32) -> Result<(), StoreError> {
+    pub fn create_subscription(
+        &self,
+        subscription: &Subscription,
+        max_webhooks: u32,
+    ) -> Result<(), StoreError> {
         let tenant_id = subscription.tenant_id.as_str();
         let value = encode(subscription);
         (&self.subscriptions, &self.tenant_subscriptions, &self.tenant_counts).transaction(
@@ -83,7 +90,7 @@ impl Store {
         let mut all = Vec::new();
         for entry in self.tenant_subscriptions.scan_prefix(&prefix) {
             let (key, _) = entry?;
-            if let Some(id) = std::str::from_utf8(&key[prefix.len()..]).ok() {
+            if let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) {
                 if let Some(subscription) = self.subscription_by_id(id)? {
                     all.push(subscription);
                 }

@@ -1,0 +1,6 @@
+//! The integration suite: one binary, each module one area, every test against a real daemon
+//! on an ephemeral loopback port and, for deliveries, a real local receiver.
+
+mod support;
+
+mod smoke;

@@ -1,0 +1,434 @@
+//! Test support: a daemon on an ephemeral loopback port with its own data dir (`TestDaemon`),
+//! a real local HTTP receiver that records deliveries and answers scripted responses
+//! (`Receiver`), a blocking JSON client, and `wait_until` for waiting on conditions.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atender_webhooks::{Config, Daemon};
+use serde_json::Value;
+use warp::Filter;
+
+/// Keys of the tenants every test daemon knows.
+pub const ACME_KEY: &str = "sa_live_acmeacmeacmeacmeacmeacmeacmeacme0001";
+pub const ACME_READ_KEY: &str = "sa_live_acmereadonlyreadonlyreadonlyread02";
+pub const ACME_EVENTS_KEY: &str = "sa_live_acmeeventseventseventseventseven03";
+pub const GLOBEX_KEY: &str = "sa_live_globexglobexglobexglobexglobexgl04";
+pub const FROZEN_KEY: &str = "sa_live_frozenfrozenfrozenfrozenfrozenfr05";
+pub const TINY_KEY: &str = "sa_live_tinytinytinytinytinytinytinytiny06";
+
+fn digest(key: &str) -> String {
+    atender_webhooks::config::key_digest(key).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Settings a test may change; everything else is the test default.
+#[derive(Debug, Clone)]
+pub struct Setup {
+    pub workers: u32,
+    pub timeout: &'static str,
+    pub max_retry_delay: &'static str,
+    pub max_in_flight_per_subscription: u32,
+    pub allow_private_targets: bool,
+    pub tiny_max_webhooks: u32,
+    pub extra: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            workers: 8,
+            timeout: "2s",
+            max_retry_delay: "6h",
+            max_in_flight_per_subscription: 4,
+            allow_private_targets: true,
+            tiny_max_webhooks: 3,
+            extra: String::new(),
+        }
+    }
+}
+
+impl Setup {
+    /// The config file text for a daemon with its data in `data_dir`, on `listen`.
+    pub fn config_text(&self, data_dir: &Path, listen: &str) -> String {
+        let all = r#"["webhooks:read", "webhooks:write", "events:write"]"#;
+        format!(
+            r#"listen = "{listen}"
+data_dir = "{data_dir}"
+{extra}
+[delivery]
+workers = {workers}
+timeout = "{timeout}"
+max_retry_delay = "{max_retry_delay}"
+max_in_flight_per_subscription = {max_in_flight}
+allow_http = true
+allow_private_targets = {allow_private}
+
+[[tenants]]
+id = "acme"
+max_webhooks = 25
+[[tenants.api_keys]]
+name = "all"
+key_sha256 = "{acme}"
+scopes = {all}
+[[tenants.api_keys]]
+name = "read"
+key_sha256 = "{acme_read}"
+scopes = ["webhooks:read"]
+[[tenants.api_keys]]
+name = "events"
+key_sha256 = "{acme_events}"
+scopes = ["events:write"]
+
+[[tenants]]
+id = "globex"
+[[tenants.api_keys]]
+name = "all"
+key_sha256 = "{globex}"
+scopes = {all}
+
+[[tenants]]
+id = "frozen"
+webhooks_enabled = false
+[[tenants.api_keys]]
+name = "all"
+key_sha256 = "{frozen}"
+scopes = {all}
+
+[[tenants]]
+id = "tiny"
+max_webhooks = {tiny_max}
+[[tenants.api_keys]]
+name = "all"
+key_sha256 = "{tiny}"
+scopes = {all}
+"#,
+            data_dir = data_dir.display(),
+            extra = self.extra,
+            workers = self.workers,
+            timeout = self.timeout,
+            max_retry_delay = self.max_retry_delay,
+            max_in_flight = self.max_in_flight_per_subscription,
+            allow_private = self.allow_private_targets,
+            acme = digest(ACME_KEY),
+            acme_read = digest(ACME_READ_KEY),
+            acme_events = digest(ACME_EVENTS_KEY),
+            globex = digest(GLOBEX_KEY),
+            frozen = digest(FROZEN_KEY),
+            tiny = digest(TINY_KEY),
+            tiny_max = self.tiny_max_webhooks,
+        )
+    }
+}
+
+/// An answer from the daemon.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub text: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|err| panic!("not JSON ({err}): {}", self.text))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// The error code of a JSON error answer.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error code in {}", self.text))
+            .to_owned()
+    }
+
+    pub fn error_message(&self) -> String {
+        self.json()["error"]["message"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+/// A plain HTTP client that reports every status as a reply.
+pub fn client() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .max_redirects(0)
+        .proxy(None)
+        .build()
+        .into()
+}
+
+/// Sends a request with raw body bytes and any headers.
+pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8]>) -> Reply {
+    let agent = client();
+    let mut request = ureq::http::Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut response = match body {
+        Some(body) => agent.run(request.body(body.to_vec()).unwrap()),
+        None => agent.run(request.body(()).unwrap()),
+    }
+    .unwrap_or_else(|err| panic!("{method} {url} failed: {err}"));
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Reply { status, headers, text }
+}
+
+/// A daemon on an ephemeral port, in-process, with its own runtime.
+pub struct TestDaemon {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub setup: Setup,
+    runtime: Option<tokio::runtime::Runtime>,
+    daemon: Option<Daemon>,
+    _dir: Option<Arc<tempfile::TempDir>>,
+}
+
+impl TestDaemon {
+    pub fn start() -> TestDaemon {
+        TestDaemon::with(Setup::default())
+    }
+
+    pub fn with(setup: Setup) -> TestDaemon {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let data_dir = dir.path().join("data");
+        TestDaemon::launch(setup, data_dir, Some(dir))
+    }
+
+    fn launch(setup: Setup, data_dir: PathBuf, dir: Option<Arc<tempfile::TempDir>>) -> TestDaemon {
+        let config =
+            Config::parse(&setup.config_text(&data_dir, "127.0.0.1:0")).expect("test config is valid");
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let daemon = runtime.block_on(Daemon::start(config)).expect("daemon starts");
+        TestDaemon {
+            addr: daemon.local_addr(),
+            data_dir,
+            setup,
+            runtime: Some(runtime),
+            daemon: Some(daemon),
+            _dir: dir,
+        }
+    }
+
+    /// Stops the daemon cleanly and starts a new one on the same data dir.
+    pub fn restart(mut self) -> TestDaemon {
+        let setup = self.setup.clone();
+        let data_dir = self.data_dir.clone();
+        let dir = self._dir.take();
+        self.stop();
+        TestDaemon::launch(setup, data_dir, dir)
+    }
+
+    /// Shuts down with a short grace; returns whether everything finished in time.
+    pub fn stop(&mut self) -> bool {
+        let (Some(runtime), Some(daemon)) = (self.runtime.take(), self.daemon.take()) else { return true };
+        let finished = runtime.block_on(daemon.shutdown(Duration::from_secs(5))).expect("clean shutdown");
+        runtime.shutdown_timeout(Duration::from_secs(5));
+        finished
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A JSON request with a bearer key.
+    pub fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
+        let auth = format!("Bearer {key}");
+        let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if bytes.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        send(method, &self.url(path), &headers, bytes.as_deref())
+    }
+
+    /// Creates a subscription for `key`'s tenant and returns the 201 body.
+    pub fn create_subscription(&self, key: &str, body: Value) -> Value {
+        let reply = self.call("POST", "/v1/webhooks", key, Some(body));
+        assert_eq!(reply.status, 201, "create failed: {}", reply.text);
+        reply.json()
+    }
+
+    pub fn subscription(&self, key: &str, id: &str) -> Value {
+        let reply = self.call("GET", &format!("/v1/webhooks/{id}"), key, None);
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json()
+    }
+
+    /// Publishes one event and returns the 202 body.
+    pub fn publish(&self, key: &str, event: &str, data: Value) -> Value {
+        let reply =
+            self.call("POST", "/v1/events", key, Some(serde_json::json!({ "event": event, "data": data })));
+        assert_eq!(reply.status, 202, "publish failed: {}", reply.text);
+        reply.json()
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds or `timeout` passes; panics naming `what`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    /// Wait this long before answering (a hanging endpoint).
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer { status, headers: Vec::new(), delay: Duration::ZERO }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &str) -> Answer {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn after(mut self, delay: Duration) -> Answer {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Vec<Received>,
+    /// Answers used in order; when empty, `default` answers.
+    script: VecDeque<Answer>,
+    default: Option<Answer>,
+}
+
+/// A real HTTP receiver on 127.0.0.1, recording every request.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    /// A receiver answering 200 to everything.
+    pub fn start() -> Receiver {
+        Receiver::answering(Answer::status(200))
+    }
+
+    pub fn answering(default: Answer) -> Receiver {
+        let state = Arc::new(Mutex::new(ReceiverState { default: Some(default), ..Default::default() }));
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let shared = state.clone();
+        let route = warp::any()
+            .and(warp::path::full())
+            .and(warp::header::headers_cloned())
+            .and(warp::body::bytes())
+            .then(move |path: warp::path::FullPath, headers: warp::http::HeaderMap, body: bytes::Bytes| {
+                let shared = shared.clone();
+                async move {
+                    let answer = {
+                        let mut state = shared.lock().unwrap();
+                        state.received.push(Received {
+                            at: Instant::now(),
+                            path: path.as_str().to_owned(),
+                            headers: headers
+                                .iter()
+                                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                                .collect(),
+                            body: body.to_vec(),
+                        });
+                        state.script.pop_front().or_else(|| state.default.clone()).unwrap()
+                    };
+                    if !answer.delay.is_zero() {
+                        tokio::time::sleep(answer.delay).await;
+                    }
+                    let status = warp::http::StatusCode::from_u16(answer.status).unwrap();
+                    let mut response = warp::Reply::into_response(warp::reply::with_status("ok", status));
+                    for (name, value) in &answer.headers {
+                        response.headers_mut().insert(*name, value.parse().unwrap());
+                    }
+                    response
+                }
+            });
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(warp::serve(route).incoming(listener).run());
+        Receiver { addr, state, _runtime: runtime }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Queues answers used for the next requests, in order.
+    pub fn script(&self, answers: impl IntoIterator<Item = Answer>) {
+        self.state.lock().unwrap().script.extend(answers);
+    }
+
+    pub fn set_default(&self, answer: Answer) {
+        self.state.lock().unwrap().default = Some(answer);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().received.len()
+    }
+
+    /// Waits until at least `n` requests arrived and returns them.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        wait_until(&format!("{n} deliveries at {}", self.addr), timeout, || self.count() >= n);
+        self.received()
+    }
+}
