@@ -127,7 +127,8 @@ impl Scheduler {
                         let key = (due, delivery_id);
                         let loaded_range =
                             lane.exhausted || lane.cursor.as_ref().is_some_and(|cursor| key <= *cursor);
-                        if loaded_range {
+                        // A refill may already have loaded (and dispatched) this key.
+                        if loaded_range && !lane.in_flight.contains(&key) {
                             lane.window.insert(key);
                             trim(lane);
                         }

@@ -86,7 +86,8 @@ impl Store {
     }
 
     /// Reads a queued delivery with its subscription and event. `None` when any of them is
-    /// gone (the subscription was deleted); the stray queue entry is then removed.
+    /// gone (the subscription was deleted) or the key is stale; the stray queue entry is then
+    /// removed.
     pub fn attempt_context(
         &self,
         subscription_id: &str,
@@ -97,7 +98,11 @@ impl Store {
             self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()?;
         let subscription = self.subscription_by_id(subscription_id)?;
         let context = match (delivery, subscription) {
-            (Some(delivery), Some(subscription)) if delivery.state == DeliveryState::Pending => {
+            // A key whose due time is not the delivery's current one is stale (it was
+            // rescheduled meanwhile): never attempt twice for one due time.
+            (Some(delivery), Some(subscription))
+                if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(due) =>
+            {
                 let event = self.event(&delivery.event_id)?;
                 event.map(|event| AttemptContext { delivery, subscription, event })
             }

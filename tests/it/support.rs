@@ -214,7 +214,18 @@ impl TestDaemon {
             Config::parse(&setup.config_text(&data_dir, "127.0.0.1:0")).expect("test config is valid");
         let runtime =
             tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-        let daemon = runtime.block_on(Daemon::start(config)).expect("daemon starts");
+        // A daemon that just stopped on this data dir may still be releasing sled's file lock
+        // (its last threads exit asynchronously), so starting is retried for a while.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let daemon = loop {
+            match runtime.block_on(Daemon::start(config.clone())) {
+                Ok(daemon) => break daemon,
+                Err(err) if Instant::now() < deadline && format!("{err:#}").contains("lock") => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(err) => panic!("daemon does not start: {err:#}"),
+            }
+        };
         TestDaemon {
             addr: daemon.local_addr(),
             data_dir,
@@ -348,6 +359,17 @@ struct ReceiverState {
     /// Answers used in order; when empty, `default` answers.
     script: VecDeque<Answer>,
     default: Option<Answer>,
+    /// Requests being answered right now, and the most there ever were at once.
+    in_progress: usize,
+    max_in_progress: usize,
+}
+
+struct InProgress(Arc<Mutex<ReceiverState>>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_progress -= 1;
+    }
 }
 
 /// A real HTTP receiver on 127.0.0.1, recording every request.
@@ -386,8 +408,12 @@ impl Receiver {
                                 .collect(),
                             body: body.to_vec(),
                         });
+                        state.in_progress += 1;
+                        state.max_in_progress = state.max_in_progress.max(state.in_progress);
                         state.script.pop_front().or_else(|| state.default.clone()).unwrap()
                     };
+                    // Counts down even when the client gives up and the answer is dropped.
+                    let _answering = InProgress(shared.clone());
                     if !answer.delay.is_zero() {
                         tokio::time::sleep(answer.delay).await;
                     }
@@ -420,6 +446,11 @@ impl Receiver {
 
     pub fn received(&self) -> Vec<Received> {
         self.state.lock().unwrap().received.clone()
+    }
+
+    /// The most requests this receiver was ever answering at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.state.lock().unwrap().max_in_progress
     }
 
     pub fn count(&self) -> usize {
