@@ -463,3 +463,83 @@ impl Receiver {
         self.received()
     }
 }
+
+/// The real binary running as a child process (for signals, crashes and the CLI).
+pub struct ChildDaemon {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    /// Every line the daemon wrote to stderr so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ChildDaemon {
+    /// Starts `atender-webhooks serve --config <config>` and waits until it listens.
+    pub fn serve(config: &Path) -> ChildDaemon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atender-webhooks"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("ATENDER_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let mut addr = None;
+        wait_until("the daemon to log its listening address", Duration::from_secs(30), || {
+            addr = log.lock().unwrap().iter().find_map(|line| listening_address(line));
+            addr.is_some()
+        });
+        ChildDaemon { child, addr: addr.unwrap(), log }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success());
+    }
+
+    pub fn log_contains(&self, text: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|line| line.contains(text))
+    }
+}
+
+impl Drop for ChildDaemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The address in the daemon's `listening local_addr=…` log line.
+fn listening_address(line: &str) -> Option<SocketAddr> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let start = line.find("local_addr=")? + "local_addr=".len();
+    line[start..].split_whitespace().next()?.trim_matches('"').parse().ok()
+}
