@@ -29,14 +29,17 @@ pub struct Job {
     pub subscription_id: String,
     pub due: Millis,
     pub delivery_id: String,
+    /// Dispatched from a suspect lane (counted against the suspect budget).
+    pub suspect: bool,
 }
 
 /// A worker finished (or skipped) a job; its lane may send the next one.
 #[derive(Debug, Clone)]
 pub struct Completed {
-    pub subscription_id: String,
-    pub due: Millis,
-    pub delivery_id: String,
+    pub job: Job,
+    /// What the attempt said about the endpoint: `Some(true)` answered 2xx, `Some(false)`
+    /// failed, `None` no attempt was made (held, stale, deleted).
+    pub endpoint_ok: Option<bool>,
 }
 
 /// The running engine. [`Engine::shutdown`] drains it.
@@ -85,7 +88,8 @@ impl Engine {
                 let _ = exited.send(());
             })?;
         }
-        let scheduler = scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx);
+        let scheduler =
+            scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
         let notices = store.notices();
         let scheduler_stop = stop_rx.clone();
         let scheduler = std::thread::Builder::new()

@@ -4,11 +4,15 @@
 //! with queued work, holding a bounded window (at most about [`LANE_WINDOW`] keys) of that
 //! subscription's next deliveries, refilled from sled as it drains, so memory grows with the
 //! number of busy subscriptions, never with the backlog. The timing wheel holds one wake-up per
-//! lane: the due time of its earliest delivery. A lane never has more than
-//! `max_in_flight_per_subscription` attempts out, so a slow endpoint occupies at most that many
-//! workers and every other lane keeps flowing.
+//! lane: the due time of its earliest delivery.
+//!
+//! Isolation has two levels. A lane never has more than `max_in_flight_per_subscription`
+//! attempts out, so one slow endpoint occupies at most that many workers. And a *suspect*
+//! subscription (its last attempt failed: timeout, refused, error status) gets one attempt at a
+//! time, and all suspects together at most half of the workers, so even many dead endpoints
+//! leave the other half to the healthy ones.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +46,8 @@ struct Lane {
     in_flight: BTreeSet<Key>,
     /// When the wheel will next wake this lane.
     wake_at: Option<Millis>,
+    /// The lane is queued for a free slot of the suspect budget.
+    waiting_for_budget: bool,
 }
 
 pub struct Scheduler {
@@ -50,11 +56,28 @@ pub struct Scheduler {
     lanes: HashMap<Arc<str>, Lane>,
     wheel: TimingWheel<Arc<str>>,
     jobs: Sender<Job>,
+    /// Subscriptions whose last attempt failed. Kept apart from lanes, which come and go.
+    suspects: HashSet<Arc<str>>,
+    /// Jobs of suspect lanes out now, and the most there may be.
+    suspect_in_flight: usize,
+    suspect_budget: usize,
+    /// Suspect lanes with due work waiting for the budget, first come first served.
+    budget_queue: VecDeque<Arc<str>>,
 }
 
 impl Scheduler {
-    pub fn new(store: Store, config: Arc<SharedConfig>, jobs: Sender<Job>) -> Scheduler {
-        Scheduler { store, config, lanes: HashMap::new(), wheel: TimingWheel::new(now_millis()), jobs }
+    pub fn new(store: Store, config: Arc<SharedConfig>, jobs: Sender<Job>, workers: usize) -> Scheduler {
+        Scheduler {
+            store,
+            config,
+            lanes: HashMap::new(),
+            wheel: TimingWheel::new(now_millis()),
+            jobs,
+            suspects: HashSet::new(),
+            suspect_in_flight: 0,
+            suspect_budget: (workers / 2).max(1),
+            budget_queue: VecDeque::new(),
+        }
     }
 
     /// Runs until `stop` is closed or signalled. Starts by recovering every queued delivery,
@@ -148,17 +171,40 @@ impl Scheduler {
     }
 
     fn on_completed(&mut self, completed: Completed) {
-        let id: Arc<str> = completed.subscription_id.into();
+        let Completed { job, endpoint_ok } = completed;
+        let id: Arc<str> = job.subscription_id.into();
         if let Some(lane) = self.lanes.get_mut(&id) {
-            lane.in_flight.remove(&(completed.due, completed.delivery_id));
+            lane.in_flight.remove(&(job.due, job.delivery_id));
+        }
+        match endpoint_ok {
+            Some(true) => {
+                self.suspects.remove(&id);
+            }
+            Some(false) => {
+                self.suspects.insert(id.clone());
+            }
+            None => {}
         }
         self.dispatch(&id);
+        if job.suspect {
+            self.suspect_in_flight -= 1;
+            // A budget slot is free: hand it to the lanes that have waited longest.
+            while self.suspect_in_flight < self.suspect_budget {
+                let Some(waiting) = self.budget_queue.pop_front() else { break };
+                if let Some(lane) = self.lanes.get_mut(&waiting) {
+                    lane.waiting_for_budget = false;
+                }
+                self.dispatch(&waiting);
+            }
+        }
     }
 
     /// Hands due deliveries of one lane to the workers up to its in-flight cap, and arranges the
     /// next wake-up. Removes the lane when it has nothing left.
     fn dispatch(&mut self, id: &Arc<str>) {
-        let cap = self.config.current().delivery.max_in_flight_per_subscription as usize;
+        let suspect = self.suspects.contains(id);
+        let cap =
+            if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
         let now = now_millis();
         let Some(lane) = self.lanes.get_mut(id) else { return };
         refill(&self.store, id, lane);
@@ -167,9 +213,19 @@ impl Scheduler {
             if first.0 > now {
                 break;
             }
+            if suspect {
+                if self.suspect_in_flight >= self.suspect_budget {
+                    if !lane.waiting_for_budget {
+                        lane.waiting_for_budget = true;
+                        self.budget_queue.push_back(id.clone());
+                    }
+                    break;
+                }
+                self.suspect_in_flight += 1;
+            }
             let key = lane.window.pop_first().expect("window is not empty");
             lane.in_flight.insert(key.clone());
-            let job = Job { subscription_id: id.to_string(), due: key.0, delivery_id: key.1 };
+            let job = Job { subscription_id: id.to_string(), due: key.0, delivery_id: key.1, suspect };
             if self.jobs.send(job).is_err() {
                 return;
             }
@@ -177,7 +233,7 @@ impl Scheduler {
                 refill(&self.store, id, lane);
             }
         }
-        if lane.in_flight.len() < cap {
+        if lane.in_flight.len() < cap && !lane.waiting_for_budget {
             if let Some((due, _)) = lane.window.first() {
                 if lane.wake_at.is_none_or(|wake| *due < wake) {
                     lane.wake_at = Some(*due);
@@ -185,7 +241,7 @@ impl Scheduler {
                 }
             }
         }
-        if lane.window.is_empty() && lane.exhausted && lane.in_flight.is_empty() {
+        if lane.window.is_empty() && lane.exhausted && lane.in_flight.is_empty() && !lane.waiting_for_budget {
             self.lanes.remove(id);
         }
     }

@@ -34,26 +34,30 @@ pub fn run(
         if context.stopping.load(Ordering::SeqCst) {
             break;
         }
-        if let Err(err) = attempt(&context, &job) {
-            tracing::error!(delivery = %job.delivery_id, error = %err, "cannot record a delivery attempt");
-        }
-        let completed =
-            Completed { subscription_id: job.subscription_id, due: job.due, delivery_id: job.delivery_id };
-        if done.send(completed).is_err() {
+        let endpoint_ok = match attempt(&context, &job) {
+            Ok(endpoint_ok) => endpoint_ok,
+            Err(err) => {
+                tracing::error!(delivery = %job.delivery_id, error = %err, "cannot record a delivery attempt");
+                None
+            }
+        };
+        if done.send(Completed { job, endpoint_ok }).is_err() {
             break;
         }
     }
 }
 
-fn attempt(context: &WorkerContext, job: &Job) -> Result<(), crate::store::StoreError> {
+/// Makes one attempt; returns whether the endpoint answered 2xx (`None`: no attempt made).
+fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<bool>, crate::store::StoreError> {
     let store = &context.store;
     let Some(AttemptContext { delivery, subscription, event }) =
         store.attempt_context(&job.subscription_id, job.due, &job.delivery_id)?
     else {
-        return Ok(());
+        return Ok(None);
     };
     if !subscription.is_deliverable() {
-        return store.hold(&job.subscription_id, job.due, &job.delivery_id);
+        store.hold(&job.subscription_id, job.due, &job.delivery_id)?;
+        return Ok(None);
     }
     let started_at = now_millis();
     let headers = delivery_headers(&subscription, &delivery.id, &event.event_type, &event.body, started_at);
@@ -98,7 +102,8 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<(), crate::store::Store
             }
         }
     }
-    store.record_attempt(&job.subscription_id, job.due, &job.delivery_id, attempt, &decision)
+    store.record_attempt(&job.subscription_id, job.due, &job.delivery_id, attempt, &decision)?;
+    Ok(Some(decision == AttemptDecision::Succeeded))
 }
 
 /// The retry policy: success, retry after the backoff (or the receiver's Retry-After), or give

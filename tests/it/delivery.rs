@@ -317,6 +317,38 @@ fn a_hanging_endpoint_never_delays_a_healthy_one() {
 }
 
 #[test]
+fn many_dead_endpoints_share_half_of_the_workers() {
+    // 4 workers: suspects (last attempt failed) get one attempt each and two in all.
+    let setup = Setup { workers: 4, timeout: "1s", max_in_flight_per_subscription: 4, ..Setup::default() };
+    let daemon = TestDaemon::with(setup);
+    let dead = Receiver::answering(Answer::status(200).after(Duration::from_secs(30)));
+    let healthy = Receiver::start();
+    let mut dead_ids = Vec::new();
+    for n in 0..6 {
+        let created = daemon.create_subscription(
+            ACME_KEY,
+            json!({ "name": format!("dead {n}"), "url": dead.url(&format!("/{n}")), "events": ["message.received"], "retryDelaySeconds": 1, "maxRetries": 20 }),
+        );
+        dead_ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    daemon.publish(ACME_KEY, "message.received", json!({ "warm": "up" }));
+    for id in &dead_ids {
+        wait_until("every dead endpoint has failed once", LONG, || {
+            daemon.subscription(ACME_KEY, id)["lastDeliveryStatus"] == "failed"
+        });
+    }
+    dead.reset_max_concurrent();
+    subscribe(&daemon, &healthy, json!({}));
+    for n in 0..20 {
+        daemon.publish(ACME_KEY, "message.received", json!({ "n": n }));
+    }
+    healthy.wait_for(20, LONG);
+    let started = dead.count();
+    wait_until("the dead endpoints are retried meanwhile", LONG, || dead.count() >= started + 4);
+    assert!(dead.max_concurrent() <= 2, "suspects held {} workers at once", dead.max_concurrent());
+}
+
+#[test]
 fn a_repeated_client_id_within_a_day_creates_nothing_new() {
     let daemon = TestDaemon::start();
     let receiver = Receiver::start();

@@ -453,6 +453,12 @@ impl Receiver {
         self.state.lock().unwrap().max_in_progress
     }
 
+    /// Starts counting `max_concurrent` afresh from the requests open now.
+    pub fn reset_max_concurrent(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.max_in_progress = state.in_progress;
+    }
+
     pub fn count(&self) -> usize {
         self.state.lock().unwrap().received.len()
     }
