@@ -1,0 +1,772 @@
+//! The benchmark harness: `cargo bench --bench harness` (release build) starts the daemon on a
+//! temporary data dir, a fast in-process receiver and a load generator, measures throughput,
+//! latency, isolation, backlog and durability cost, each beside a baseline measured in the same
+//! run, and prints a Markdown table. Under `cargo test` (no `--bench` argument) it runs a smoke
+//! pass with tiny sizes so the harness cannot rot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atender_webhooks::config::key_digest;
+use atender_webhooks::model::{now_millis, Attempt, IdKind};
+use atender_webhooks::store::{AttemptDecision, NewEvent, Store};
+use atender_webhooks::{Config, Daemon};
+use serde_json::{json, Value};
+use warp::Filter;
+
+const KEY: &str = "sa_live_benchbenchbenchbenchbenchbenchbenc1";
+const WORKERS: usize = 16;
+const IN_FLIGHT_PER_SUBSCRIPTION: usize = 8;
+
+/// Sizes of one run.
+struct Sizes {
+    publish_window: Duration,
+    e2e_events: usize,
+    latency_window: Duration,
+    isolation_events: usize,
+    hanging_subscriptions: usize,
+    backlog: usize,
+}
+
+impl Sizes {
+    fn full() -> Sizes {
+        Sizes {
+            publish_window: Duration::from_secs(3),
+            e2e_events: 20_000,
+            latency_window: Duration::from_secs(5),
+            isolation_events: 2_000,
+            hanging_subscriptions: 50,
+            backlog: std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
+        }
+    }
+
+    fn smoke() -> Sizes {
+        Sizes {
+            publish_window: Duration::from_millis(200),
+            e2e_events: 100,
+            latency_window: Duration::from_millis(300),
+            isolation_events: 50,
+            hanging_subscriptions: 3,
+            backlog: 2_000,
+        }
+    }
+}
+
+/// One row of the table.
+struct Row {
+    figure: String,
+    ours: f64,
+    baseline: f64,
+    unit: &'static str,
+    baseline_name: &'static str,
+    /// For latency-like figures lower is better, so the ratio is inverted in the target check.
+    target: Option<(f64, bool)>,
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let sizes = if full { Sizes::full() } else { Sizes::smoke() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let receiver = FastReceiver::start();
+    let mut rows = Vec::new();
+
+    // 1. Durable publish rate against a warp handler that stores nothing.
+    let baseline = runtime.block_on(no_storage_server());
+    for (paused, label) in [(true, "storing only"), (false, "1 endpoint delivering meanwhile")] {
+        let bench = BenchDaemon::start(&runtime);
+        bench.subscribe(&receiver, "/publish", paused);
+        for publishers in [1, 16, 64] {
+            let ours = publish_rate(bench.addr, publishers, 1, sizes.publish_window);
+            let base = publish_rate(baseline, publishers, 1, sizes.publish_window);
+            rows.push(Row {
+                figure: format!("publish, single, {publishers} publishers, {label}"),
+                ours,
+                baseline: base,
+                unit: "events/s",
+                baseline_name: "warp 202, no storage",
+                target: (publishers == 64 && paused).then_some((0.5, false)),
+            });
+        }
+        for publishers in [1, 16] {
+            let ours = publish_rate(bench.addr, publishers, 100, sizes.publish_window);
+            let base = publish_rate(baseline, publishers, 100, sizes.publish_window);
+            rows.push(Row {
+                figure: format!("publish, batch of 100, {publishers} publishers, {label}"),
+                ours,
+                baseline: base,
+                unit: "events/s",
+                baseline_name: "warp 202, no storage",
+                target: None,
+            });
+        }
+        if paused {
+            let stats = bench.commit_stats();
+            rows.push(Row {
+                figure: "publishes sharing one flush (mean, over the publish runs)".into(),
+                ours: stats,
+                baseline: 1.0,
+                unit: "writes/flush",
+                baseline_name: "one fsync per write",
+                target: None,
+            });
+        }
+        bench.stop(&runtime);
+    }
+
+    // 2. End-to-end delivery rate against raw ureq clients posting to the same receiver.
+    let mut max_e2e = 0.0f64;
+    for fan_out in [1usize, 10] {
+        let bench = BenchDaemon::start(&runtime);
+        let path = format!("/e2e{fan_out}");
+        for _ in 0..fan_out {
+            bench.subscribe(&receiver, &path, false);
+        }
+        let ours = e2e_rate(&bench, &receiver, &path, sizes.e2e_events, fan_out);
+        let concurrency = WORKERS.min(IN_FLIGHT_PER_SUBSCRIPTION * fan_out);
+        let base = raw_post_rate(receiver.addr, concurrency, sizes.e2e_events * fan_out);
+        if fan_out == 1 {
+            max_e2e = ours;
+        }
+        rows.push(Row {
+            figure: format!("end-to-end deliveries, fan-out {fan_out}"),
+            ours,
+            baseline: base,
+            unit: "deliveries/s",
+            baseline_name: "raw ureq pool, same concurrency",
+            target: Some((0.6, false)),
+        });
+        bench.stop(&runtime);
+    }
+
+    // 3. Latency at half the measured maximum, against a raw POST's round trip at that rate.
+    let rate = (max_e2e / 2.0).max(50.0);
+    let bench = BenchDaemon::start(&runtime);
+    bench.subscribe(&receiver, "/latency", false);
+    let ours = latency_at(&bench, &receiver, "/latency", rate, sizes.latency_window);
+    let raw = raw_latency_at(receiver.addr, rate, sizes.latency_window);
+    for (index, name) in ["p50", "p99", "max"].into_iter().enumerate() {
+        rows.push(Row {
+            figure: format!("publish→arrival {name} at {rate:.0}/s"),
+            ours: ours[index],
+            baseline: raw[index],
+            unit: "ms",
+            baseline_name: "raw POST round trip",
+            target: (name == "p99").then_some((20.0, true)),
+        });
+    }
+    bench.stop(&runtime);
+
+    // 4. Isolation: healthy p99 with hanging endpoints against the same without them.
+    let quiet = isolation_p99(&runtime, &receiver, 0, sizes.isolation_events);
+    let noisy = isolation_p99(&runtime, &receiver, sizes.hanging_subscriptions, sizes.isolation_events);
+    rows.push(Row {
+        figure: format!("healthy p99 with {} hanging endpoints", sizes.hanging_subscriptions),
+        ours: noisy,
+        baseline: quiet,
+        unit: "ms",
+        baseline_name: "same, no hanging endpoints",
+        target: Some((2.0, true)),
+    });
+
+    // 5. Backlog and 6. raw flush latency.
+    rows.extend(backlog(sizes.backlog));
+    rows.push(Row {
+        figure: "raw flush (write + fdatasync) latency of the data dir".into(),
+        ours: raw_fsync_ms(),
+        baseline: 0.0,
+        unit: "ms",
+        baseline_name: "-",
+        target: None,
+    });
+
+    print_table(&rows, full);
+}
+
+fn print_table(rows: &[Row], full: bool) {
+    println!();
+    println!("| figure | atender-webhooks | baseline | ratio | unit | baseline is | target |");
+    println!("| --- | ---: | ---: | ---: | --- | --- | --- |");
+    for row in rows {
+        let ratio = if row.baseline > 0.0 { row.ours / row.baseline } else { f64::NAN };
+        let target = match row.target {
+            None => String::new(),
+            Some((limit, true)) if row.unit == "ms" && row.figure.contains("arrival") => {
+                format!("≤ {limit} ms: {}", if row.ours <= limit { "met" } else { "NOT met" })
+            }
+            Some((limit, true)) => {
+                format!("ratio ≤ {limit}: {}", if ratio <= limit { "met" } else { "NOT met" })
+            }
+            Some((limit, false)) => {
+                format!("ratio ≥ {limit}: {}", if ratio >= limit { "met" } else { "NOT met" })
+            }
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
+            row.figure, row.ours, row.baseline, ratio, row.unit, row.baseline_name, target
+        );
+    }
+    if !full {
+        println!(
+            "\n(smoke run with tiny sizes: figures are not meaningful; run `cargo bench --bench harness`)"
+        );
+        println!("harness smoke: 1 passed, 0 failed");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon under test and the receiver.
+// ---------------------------------------------------------------------------------------------
+
+fn config_text(data_dir: &Path, timeout: &str) -> String {
+    format!(
+        r#"listen = "127.0.0.1:0"
+data_dir = "{}"
+[delivery]
+workers = {WORKERS}
+timeout = "{timeout}"
+max_in_flight_per_subscription = {IN_FLIGHT_PER_SUBSCRIPTION}
+allow_http = true
+allow_private_targets = true
+[[tenants]]
+id = "bench"
+max_webhooks = 1000
+[[tenants.api_keys]]
+name = "bench"
+key_sha256 = "{}"
+scopes = ["webhooks:read", "webhooks:write", "events:write"]
+"#,
+        data_dir.display(),
+        key_digest(KEY).iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+struct BenchDaemon {
+    daemon: Daemon,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl BenchDaemon {
+    fn start(runtime: &tokio::runtime::Runtime) -> BenchDaemon {
+        BenchDaemon::with_timeout(runtime, "10s")
+    }
+
+    fn with_timeout(runtime: &tokio::runtime::Runtime, timeout: &str) -> BenchDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::parse(&config_text(&dir.path().join("data"), timeout)).unwrap();
+        let daemon = runtime.block_on(Daemon::start(config)).unwrap();
+        BenchDaemon { addr: daemon.local_addr(), daemon, _dir: dir }
+    }
+
+    fn subscribe(&self, receiver: &FastReceiver, path: &str, paused: bool) -> String {
+        self.subscribe_url(&format!("http://{}{path}", receiver.addr), paused)
+    }
+
+    fn subscribe_url(&self, url: &str, paused: bool) -> String {
+        let body = json!({ "name": "bench", "url": url, "events": ["message.received"], "isPaused": paused });
+        let reply = post(&agent(), self.addr, "/v1/webhooks", &body.to_string()).expect("create");
+        serde_json::from_str::<Value>(&reply).unwrap()["id"].as_str().unwrap().to_owned()
+    }
+
+    fn commit_stats(&self) -> f64 {
+        let stats = self.daemon.store().commit_stats();
+        let flushes = stats.flushes.load(Ordering::Relaxed).max(1);
+        stats.requests.load(Ordering::Relaxed) as f64 / flushes as f64
+    }
+
+    fn stop(self, runtime: &tokio::runtime::Runtime) {
+        runtime.block_on(self.daemon.shutdown(Duration::from_secs(2))).unwrap();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .proxy(None)
+        .max_idle_connections(256)
+        .max_idle_connections_per_host(256)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into()
+}
+
+/// POSTs JSON with the bench key; the body of a 2xx answer, or None.
+fn post(agent: &ureq::Agent, addr: SocketAddr, path: &str, body: &str) -> Option<String> {
+    let mut response = agent
+        .post(format!("http://{addr}{path}"))
+        .header("Authorization", &format!("Bearer {KEY}"))
+        .header("Content-Type", "application/json")
+        .send(body)
+        .ok()?;
+    let ok = response.status().is_success();
+    let text = response.body_mut().read_to_string().ok()?;
+    ok.then_some(text)
+}
+
+/// Arrivals at the receiver: a count per path and the latency of timed events.
+#[derive(Default)]
+struct Arrivals {
+    per_path: HashMap<String, u64>,
+    latencies_us: Vec<u64>,
+}
+
+/// A fast in-process receiver answering 200 at once (and hanging on `/hang…` paths).
+struct FastReceiver {
+    addr: SocketAddr,
+    arrivals: Arc<Mutex<Arrivals>>,
+    epoch: Instant,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl FastReceiver {
+    fn start() -> FastReceiver {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let arrivals = Arc::new(Mutex::new(Arrivals::default()));
+        let epoch = Instant::now();
+        let shared = arrivals.clone();
+        let route = warp::path::full().and(warp::body::bytes()).then(
+            move |path: warp::path::FullPath, body: bytes::Bytes| {
+                let shared = shared.clone();
+                async move {
+                    if path.as_str().starts_with("/hang") {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    let sent_us = timed_field(&body);
+                    let mut arrivals = shared.lock().unwrap();
+                    *arrivals.per_path.entry(path.as_str().to_owned()).or_default() += 1;
+                    if let Some(sent_us) = sent_us {
+                        let now_us = epoch.elapsed().as_micros() as u64;
+                        arrivals.latencies_us.push(now_us.saturating_sub(sent_us));
+                    }
+                    warp::http::StatusCode::OK
+                }
+            },
+        );
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        runtime.spawn(warp::serve(route).incoming(listener).run());
+        FastReceiver { addr, arrivals, epoch, _runtime: runtime }
+    }
+
+    fn count(&self, path: &str) -> u64 {
+        self.arrivals.lock().unwrap().per_path.get(path).copied().unwrap_or(0)
+    }
+
+    fn take_latencies(&self) -> Vec<u64> {
+        std::mem::take(&mut self.arrivals.lock().unwrap().latencies_us)
+    }
+
+    fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}
+
+/// The `"sentUs":N` field the latency runs put in their data, found without a JSON parse.
+fn timed_field(body: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("\"sentUs\":")? + 9;
+    let digits: String = text[start..].chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "benchmark timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+// ---------------------------------------------------------------------------------------------
+
+/// A warp handler that reads the body and answers 202 like publish, storing nothing.
+async fn no_storage_server() -> SocketAddr {
+    let route = warp::path!("v1" / "events" / ..).and(warp::body::bytes()).map(|_body: bytes::Bytes| {
+        warp::reply::with_status(
+            warp::reply::json(&json!({ "id": "evt_01ARZ3NDEKTSV4RRFFQ69G5FAV", "deliveries": 1 })),
+            warp::http::StatusCode::ACCEPTED,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(warp::serve(route).incoming(listener).run());
+    addr
+}
+
+fn event_body(sent_us: Option<u64>) -> Value {
+    match sent_us {
+        Some(sent_us) => {
+            json!({ "event": "message.received", "data": { "sentUs": sent_us, "text": "x".repeat(200) } })
+        }
+        None => {
+            json!({ "event": "message.received", "data": { "conversationId": "c_123", "text": "x".repeat(220) } })
+        }
+    }
+}
+
+/// Events per second answered 2xx by `publishers` threads during `window`.
+fn publish_rate(addr: SocketAddr, publishers: usize, batch: usize, window: Duration) -> f64 {
+    let (path, body) = if batch == 1 {
+        ("/v1/events", event_body(None).to_string())
+    } else {
+        ("/v1/events/batch", json!({ "events": vec![event_body(None); batch] }).to_string())
+    };
+    let accepted = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..publishers)
+        .map(|_| {
+            let (accepted, stop, body) = (accepted.clone(), stop.clone(), body.clone());
+            std::thread::spawn(move || {
+                let agent = agent();
+                while !stop.load(Ordering::Relaxed) {
+                    if post(&agent, addr, path, &body).is_some() {
+                        accepted.fetch_add(batch as u64, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(window);
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    accepted.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Deliveries per second: from the first publish until every delivery arrived.
+fn e2e_rate(bench: &BenchDaemon, receiver: &FastReceiver, path: &str, events: usize, fan_out: usize) -> f64 {
+    let before = receiver.count(path);
+    let batch = json!({ "events": vec![event_body(None); 100] }).to_string();
+    let started = Instant::now();
+    let agent = agent();
+    for _ in 0..events.div_ceil(100) {
+        post(&agent, bench.addr, "/v1/events/batch", &batch).expect("batch publish");
+    }
+    let expected = before + (events.div_ceil(100) * 100 * fan_out) as u64;
+    wait_for("end-to-end deliveries", Duration::from_secs(300), || receiver.count(path) >= expected);
+    (expected - before) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// POSTs per second from `concurrency` ureq clients straight at the receiver.
+fn raw_post_rate(receiver: SocketAddr, concurrency: usize, total: usize) -> f64 {
+    let body = event_body(None).to_string();
+    let per_thread = total.div_ceil(concurrency);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                let agent = agent();
+                for _ in 0..per_thread {
+                    post(&agent, receiver, "/raw", &body).expect("raw post");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    (per_thread * concurrency) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// p50, p99, max in milliseconds.
+fn percentiles(mut micros: Vec<u64>) -> [f64; 3] {
+    if micros.is_empty() {
+        return [f64::NAN; 3];
+    }
+    micros.sort_unstable();
+    let at = |q: f64| micros[((micros.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    [at(0.5), at(0.99), *micros.last().unwrap() as f64 / 1000.0]
+}
+
+/// Paces publishes at `rate`/s from 4 threads for `window`; latency publish→arrival.
+fn latency_at(
+    bench: &BenchDaemon,
+    receiver: &FastReceiver,
+    path: &str,
+    rate: f64,
+    window: Duration,
+) -> [f64; 3] {
+    receiver.take_latencies();
+    let before = receiver.count(path);
+    let threads = 4;
+    let interval = Duration::from_secs_f64(threads as f64 / rate);
+    let sent = Arc::new(AtomicU64::new(0));
+    let handles: Vec<_> = (0..threads)
+        .map(|index| {
+            let (addr, sent) = (bench.addr, sent.clone());
+            let epoch = receiver.epoch;
+            std::thread::spawn(move || {
+                let agent = agent();
+                let start = Instant::now() + interval.mul_f64(index as f64 / threads as f64);
+                let end = start + window;
+                for n in 0u32.. {
+                    let due = start + interval * n;
+                    if due >= end {
+                        break;
+                    }
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let sent_us = epoch.elapsed().as_micros() as u64;
+                    post(&agent, addr, "/v1/events", &event_body(Some(sent_us)).to_string())
+                        .expect("publish");
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.join().unwrap();
+    }
+    let expected = before + sent.load(Ordering::Relaxed);
+    wait_for("latency deliveries", Duration::from_secs(60), || receiver.count(path) >= expected);
+    percentiles(receiver.take_latencies())
+}
+
+/// The same pacing, each request a raw POST straight at the receiver.
+fn raw_latency_at(receiver: SocketAddr, rate: f64, window: Duration) -> [f64; 3] {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let agent = agent();
+    let body = event_body(None).to_string();
+    let mut micros = Vec::new();
+    let start = Instant::now();
+    let mut n = 0u32;
+    while start.elapsed() < window {
+        if let Some(wait) = (start + interval * n).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let sent = Instant::now();
+        post(&agent, receiver, "/raw", &body).expect("raw post");
+        micros.push(sent.elapsed().as_micros() as u64);
+        n += 1;
+    }
+    percentiles(micros)
+}
+
+/// p99 (ms) of deliveries to 5 healthy subscriptions while `hanging` others hang until the
+/// timeout; events are paced at 200/s.
+fn isolation_p99(
+    runtime: &tokio::runtime::Runtime,
+    receiver: &FastReceiver,
+    hanging: usize,
+    events: usize,
+) -> f64 {
+    let bench = BenchDaemon::with_timeout(runtime, "2s");
+    for n in 0..hanging {
+        bench.subscribe(receiver, &format!("/hang{n}"), false);
+    }
+    // Let the hanging endpoints fail once, as they would have before in a running system.
+    if hanging > 0 {
+        post(&agent(), bench.addr, "/v1/events", &event_body(None).to_string()).unwrap();
+        std::thread::sleep(Duration::from_millis(2_500));
+    }
+    for _ in 0..5 {
+        bench.subscribe(receiver, "/healthy", false);
+    }
+    receiver.take_latencies();
+    let before = receiver.count("/healthy");
+    let agent = agent();
+    let interval = Duration::from_millis(5);
+    let start = Instant::now();
+    for n in 0..events as u32 {
+        if let Some(wait) = (start + interval * n).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        post(&agent, bench.addr, "/v1/events", &event_body(Some(receiver.micros())).to_string()).unwrap();
+    }
+    let expected = before + 5 * events as u64;
+    wait_for("healthy deliveries", Duration::from_secs(120), || receiver.count("/healthy") >= expected);
+    let p99 = percentiles(receiver.take_latencies())[1];
+    bench.stop(runtime);
+    p99
+}
+
+/// Seeds `size` pending retries due in an hour straight through the store, then measures the
+/// real binary: time to `/readyz` 200, resident memory, data dir size — against the same
+/// binary on a tenth of the backlog (memory must not grow with the backlog).
+fn backlog(size: usize) -> Vec<Row> {
+    let large = seeded_backlog(size);
+    let small = seeded_backlog((size / 10).max(1));
+    let (large_ready, large_rss, large_disk) = measure_binary(large.path());
+    let (small_ready, small_rss, small_disk) = measure_binary(small.path());
+    vec![
+        Row {
+            figure: format!("backlog {size} pending retries: resident memory"),
+            ours: large_rss,
+            baseline: small_rss,
+            unit: "MiB",
+            baseline_name: "a tenth of the backlog",
+            target: None,
+        },
+        Row {
+            figure: format!("backlog {size}: start to /readyz 200"),
+            ours: large_ready,
+            baseline: small_ready,
+            unit: "ms",
+            baseline_name: "a tenth of the backlog",
+            target: None,
+        },
+        Row {
+            figure: format!("backlog {size}: data dir size"),
+            ours: large_disk,
+            baseline: small_disk,
+            unit: "MiB",
+            baseline_name: "a tenth of the backlog",
+            target: None,
+        },
+    ]
+}
+
+fn seeded_backlog(size: usize) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::write(dir.path().join("config.toml"), config_text(&data, "10s")).unwrap();
+    let store = Store::open(&data).unwrap();
+    let now = now_millis();
+    // Ten subscriptions, as a real backlog spreads over several endpoints.
+    let subscriptions: Vec<String> = (0..10)
+        .map(|n| {
+            let subscription = atender_webhooks::model::Subscription {
+                id: IdKind::Subscription.new_id(now),
+                tenant_id: "bench".into(),
+                name: format!("backlog {n}"),
+                url: "http://127.0.0.1:9/".into(),
+                events: vec!["message.received".into()],
+                headers: Vec::new(),
+                max_retries: 5,
+                retry_delay_seconds: 3600,
+                is_active: true,
+                is_paused: false,
+                disable_reason: None,
+                disabled_at: None,
+                consecutive_failures: 0,
+                last_delivery_at: None,
+                last_delivery_status: None,
+                last_delivery_response_code: None,
+                last_delivery_error: None,
+                created_at: now,
+                updated_at: now,
+                secret: atender_webhooks::model::new_secret(),
+                retired_secret: None,
+            };
+            store.create_subscription(&subscription, 1000).unwrap();
+            subscription.id
+        })
+        .collect();
+    let body = event_body(None).to_string().into_bytes();
+    let per_event = subscriptions.len();
+    for _ in 0..size.div_ceil(per_event).div_ceil(500) {
+        let events: Vec<NewEvent> = (0..500)
+            .map(|_| NewEvent {
+                id: IdKind::Event.new_id(now),
+                event_type: "message.received".into(),
+                body: body.clone(),
+                client_id: None,
+            })
+            .collect();
+        store.publish("bench", true, &events, now).unwrap();
+    }
+    // Every delivery has failed once and waits an hour for its retry.
+    let due = now + 3_600_000;
+    let queued: Vec<(String, u64, String)> = subscriptions
+        .iter()
+        .flat_map(|subscription| {
+            store
+                .queued_after(subscription, None, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(move |(at, delivery)| (subscription.clone(), at, delivery))
+        })
+        .collect();
+    for (subscription, at, delivery) in queued {
+        let attempt =
+            Attempt { at: now, duration_ms: 1, response_code: Some(503), error: Some("HTTP 503".into()) };
+        store.record_attempt(&subscription, at, &delivery, attempt, &AttemptDecision::Retry { due }).unwrap();
+    }
+    store.durable_blocking().unwrap();
+    assert_eq!(store.queue_depth().0, size.div_ceil(per_event).div_ceil(500) * 500 * per_event);
+    dir
+}
+
+/// Starts the binary on a seeded dir: (ms to /readyz 200, resident MiB 3 s after ready, MiB on disk).
+fn measure_binary(dir: &Path) -> (f64, f64, f64) {
+    let started = Instant::now();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_atender-webhooks"))
+        .args(["serve", "--config"])
+        .arg(dir.join("config.toml"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let addr = Arc::new(Mutex::new(None));
+    let found = addr.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("local_addr=") {
+                let text = line[at + 11..].split_whitespace().next().unwrap_or_default().to_owned();
+                *found.lock().unwrap() = text.parse::<SocketAddr>().ok();
+            }
+        }
+    });
+    let client = agent();
+    wait_for("the binary to be ready", Duration::from_secs(120), || {
+        let Some(addr) = *addr.lock().unwrap() else { return false };
+        client.get(format!("http://{addr}/readyz")).call().is_ok_and(|response| response.status() == 200)
+    });
+    let ready_ms = started.elapsed().as_secs_f64() * 1000.0;
+    std::thread::sleep(Duration::from_secs(3));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap_or_default();
+    let rss_kib: f64 = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(f64::NAN);
+    let _ = child.kill();
+    let _ = child.wait();
+    (ready_ms, rss_kib / 1024.0, dir_size(&dir.join("data")) as f64 / (1024.0 * 1024.0))
+}
+
+fn dir_size(path: &Path) -> u64 {
+    std::fs::read_dir(path)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| {
+                    let meta = entry.metadata().unwrap();
+                    if meta.is_dir() {
+                        dir_size(&entry.path())
+                    } else {
+                        meta.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Mean latency of a 4 KiB write + fdatasync in a fresh file of the data dir's filesystem.
+fn raw_fsync_ms() -> f64 {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = std::fs::File::create(dir.path().join("probe")).unwrap();
+    let rounds = 200;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        file.write_all(&[7u8; 4096]).unwrap();
+        file.sync_data().unwrap();
+    }
+    started.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+}
