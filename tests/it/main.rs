@@ -3,5 +3,7 @@
 
 mod support;
 
+mod crash;
+mod delivery;
 mod retention;
 mod smoke;
