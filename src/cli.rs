@@ -83,9 +83,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign { secret, id, timestamp } => {
             let mut body = Vec::new();
             std::io::stdin().read_to_end(&mut body).context("cannot read the body from standard input")?;
+            // Both signatures are computed before anything is printed, so an unusable secret
+            // gives an error alone, never a half result that looks like a complete one.
+            let standard = match (id, timestamp) {
+                (Some(id), Some(timestamp)) => {
+                    Some(standard_webhooks_signature(&secret, &id, timestamp, &body)?)
+                }
+                _ => None,
+            };
             println!("X-Atender-Signature: {}", atender_signature(&secret, &body));
-            if let (Some(id), Some(timestamp)) = (id, timestamp) {
-                let signature = standard_webhooks_signature(&secret, &id, timestamp, &body)?;
+            if let Some(signature) = standard {
                 println!("webhook-signature: {signature}");
             }
             Ok(())
@@ -201,10 +208,29 @@ fn reload(daemon: &Daemon, config_path: Option<&std::path::Path>) {
             }
         }
         Err(err) => {
-            tracing::error!(config = %path.display(), error = %err, "reload refused: the file is not valid; the running configuration is kept")
+            let error = single_line(&err.to_string());
+            tracing::error!(config = %path.display(), %error, "reload refused: the file is not valid; the running configuration is kept")
         }
     }
     notify_systemd(&[sd_notify::NotifyState::Ready]);
+}
+
+/// A log line must stay one line: journald makes each line its own entry, which would part the
+/// "reload refused" line from the key it names. TOML syntax errors draw a multi-line excerpt of
+/// the file (`1 | bogus = 1`, `|  ^^^^^`); that is dropped, keeping the location and the message.
+fn single_line(message: &str) -> String {
+    let is_excerpt = |line: &str| {
+        line.starts_with('|')
+            || line.split_once(" |").is_some_and(|(number, _)| number.bytes().all(|b| b.is_ascii_digit()))
+    };
+    let mut parts = message.lines().map(str::trim).filter(|line| !line.is_empty() && !is_excerpt(line));
+    let first = parts.next().unwrap_or_default();
+    let rest: Vec<&str> = parts.collect();
+    if rest.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first}: {}", rest.join("; "))
+    }
 }
 
 fn monotonic_now() -> sd_notify::NotifyState<'static> {
@@ -223,9 +249,27 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal; journald and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr);
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_line_keeps_the_location_and_message_of_a_toml_error() {
+        let error = Config::parse("bogus = 1\n").unwrap_err().to_string();
+        assert!(error.contains('\n'), "the raw error is multi-line: {error:?}");
+        let line = single_line(&error);
+        assert!(!line.contains('\n'), "{line:?}");
+        assert!(line.starts_with("TOML parse error at line 1, column 1: unknown field `bogus`"), "{line:?}");
+        assert!(!line.contains("^^^"), "the excerpt is dropped: {line:?}");
+        let plain = "delivery.timeout: \"ten\" is not a duration";
+        assert_eq!(single_line(plain), plain);
     }
 }

@@ -96,6 +96,16 @@ impl Metrics {
             "Writes made durable by group commit (divide by flushes for the mean group size)",
             group_commit_requests.clone(),
         );
+        // Every result exists from the start at 0, so alert rules have a series to evaluate.
+        for label in [
+            AttemptLabel::Success,
+            AttemptLabel::HttpError,
+            AttemptLabel::Timeout,
+            AttemptLabel::ConnectError,
+            AttemptLabel::Refused,
+        ] {
+            drop(attempts.get_or_create(&vec![("result", label.as_str())]));
+        }
         Metrics {
             registry,
             events_published,

@@ -41,11 +41,24 @@ impl IdKind {
         }
     }
 
-    /// A new id created at `at`.
+    /// A new id created at `at`, greater than every id of this kind made before by this
+    /// process: listings promise newest first by id, and two ids made within one millisecond
+    /// must not sort at random.
     pub fn new_id(self, at: Millis) -> String {
+        /// The last id of each kind. Id generation is the one piece of process-wide state, as
+        /// a random number generator would be.
+        static LAST: std::sync::Mutex<[Option<ulid::Ulid>; 3]> = std::sync::Mutex::new([None; 3]);
         let random = u128::from_le_bytes(random_bytes::<16>());
-        let ulid = ulid::Ulid::from_parts(at, random);
-        format!("{}{}", self.prefix(), ulid)
+        let fresh = ulid::Ulid::from_parts(at, random);
+        let slot = self as usize;
+        let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let id = match last[slot] {
+            // Same millisecond (or the clock stepped back): one more than the previous id.
+            Some(previous) if fresh <= previous => previous.increment().unwrap_or(fresh),
+            _ => fresh,
+        };
+        last[slot] = Some(id);
+        format!("{}{}", self.prefix(), id)
     }
 
     /// Whether `text` is a well-formed id of this kind (it may still not exist).
@@ -245,14 +258,21 @@ mod tests {
 
     #[test]
     fn ids_sort_by_creation_time_and_validate() {
-        let earlier = IdKind::Subscription.new_id(1_000);
-        let later = IdKind::Subscription.new_id(2_000);
+        // Far in the future, so ids other tests made at the real time do not interfere.
+        let earlier = IdKind::Subscription.new_id(200_000_000_001_000);
+        let later = IdKind::Subscription.new_id(200_000_000_002_000);
         assert!(earlier < later);
         assert!(IdKind::Subscription.is_valid(&earlier));
         assert!(!IdKind::Delivery.is_valid(&earlier));
         assert!(!IdKind::Subscription.is_valid("wh_nope"));
-        assert_eq!(IdKind::Subscription.created_at(&later), Some(2_000));
+        assert_eq!(IdKind::Subscription.created_at(&later), Some(200_000_000_002_000));
         assert_eq!(earlier.len(), 3 + 26);
+    }
+
+    #[test]
+    fn ids_made_in_one_millisecond_still_increase() {
+        let ids: Vec<String> = (0..1000).map(|_| IdKind::Delivery.new_id(200_000_000_005_000)).collect();
+        assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
     #[test]

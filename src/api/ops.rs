@@ -41,7 +41,8 @@ pub fn metrics(state: ApiState) -> Response {
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        // prometheus-client writes the OpenMetrics text format (`# EOF`, `_total` series).
+        header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

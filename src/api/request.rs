@@ -42,8 +42,10 @@ pub fn authorize(
     let key = value
         .to_str()
         .ok()
-        .and_then(|text| text.strip_prefix("Bearer ").or_else(|| text.strip_prefix("bearer ")))
-        .map(str::trim)
+        // The scheme is case-insensitive (RFC 9110 §11.1): "Bearer", "bearer", "BEARER".
+        .and_then(|text| text.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map(|(_, key)| key.trim())
         .filter(|key| !key.is_empty())
         .ok_or_else(|| ApiError::unauthorized("malformed Authorization header; expected Bearer <api key>"))?;
     let api_key = config.find_key(key).ok_or_else(|| ApiError::unauthorized("unknown API key"))?;
@@ -69,6 +71,12 @@ pub fn authorize(
     Ok(Principal { tenant })
 }
 
+/// How much of a refused body is still read past the limit and thrown away. Closing a
+/// connection with unread request data makes the kernel answer with a reset, so a client that
+/// writes its whole body before reading (most do) would see "broken pipe" instead of our 413.
+/// Past this much the connection is dropped rather than drained.
+const DRAIN_BYTES: u64 = 1024 * 1024;
+
 /// Reads a request body of at most `limit` bytes, refusing early on a larger Content-Length and
 /// while streaming on a chunked body that grows past it.
 pub async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: u64) -> Result<Vec<u8>, ApiError>
@@ -80,14 +88,19 @@ where
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
+    let mut body = std::pin::pin!(body);
+    if let Some(length) = declared.filter(|length| *length > limit) {
+        if length <= limit + DRAIN_BYTES {
+            drain(body.as_mut(), length).await;
+        }
         return Err(ApiError::payload_too_large(limit));
     }
     let mut bytes = Vec::with_capacity(declared.unwrap_or(0).min(limit) as usize);
-    let mut body = std::pin::pin!(body);
     while let Some(chunk) = body.next().await {
         let mut chunk = chunk.map_err(|_| ApiError::validation("the request body could not be read"))?;
-        if bytes.len() as u64 + chunk.remaining() as u64 > limit {
+        let read = bytes.len() as u64 + chunk.remaining() as u64;
+        if read > limit {
+            drain(body.as_mut(), (limit + DRAIN_BYTES).saturating_sub(read)).await;
             return Err(ApiError::payload_too_large(limit));
         }
         while chunk.has_remaining() {
@@ -98,6 +111,14 @@ where
         }
     }
     Ok(bytes)
+}
+
+/// Reads and discards the rest of a refused body, giving up after `budget` bytes.
+async fn drain<B: Buf>(mut body: impl Stream<Item = Result<B, warp::Error>> + Unpin, mut budget: u64) {
+    while let Some(Ok(chunk)) = body.next().await {
+        let Some(left) = budget.checked_sub(chunk.remaining() as u64) else { return };
+        budget = left;
+    }
 }
 
 /// Whether the request says its body is JSON.
@@ -112,13 +133,21 @@ fn is_json(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Parses a JSON body; an empty body is `None` (for endpoints whose body is optional).
+/// Parses a JSON object body; an empty body is `None` (for endpoints whose body is optional).
 pub fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<Option<T>, ApiError> {
     if bytes.is_empty() {
         return Ok(None);
     }
     if !is_json(headers) {
         return Err(ApiError::unsupported_media_type());
+    }
+    // serde also reads a struct from a JSON array, field by field in declaration order, so
+    // `["new name"]` would pass as a PATCH of `name`: every body must be an object.
+    if bytes.iter().find(|byte| !byte.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) => ApiError::validation("request body must be a JSON object"),
+            Err(err) => ApiError::validation(format!("request body is not valid JSON: {err}")),
+        });
     }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {

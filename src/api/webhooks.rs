@@ -1,7 +1,7 @@
 //! `/v1/webhooks`: create, list, read, update, delete subscriptions and rotate their secrets.
 //! Owns the JSON shape of a subscription and the validation of every field.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
@@ -76,35 +76,55 @@ struct CreatedView<'a> {
     secret: &'a str,
 }
 
+/// An optional field that, when sent, must hold a value: `null` is refused as a wrong type.
+/// Read as "absent", `{"headers": null}` would answer 200 and silently change nothing.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(deserializer).map(Some)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
     name: String,
     url: String,
     events: Vec<String>,
+    #[serde(default, deserialize_with = "present")]
     headers: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
     max_retries: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
     retry_delay_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
     is_active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     is_paused: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PatchBody {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     events: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     headers: Option<Map<String, Value>>,
+    #[serde(default, deserialize_with = "present")]
     max_retries: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
     retry_delay_seconds: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
     is_active: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
     is_paused: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RotateBody {
+    #[serde(default, deserialize_with = "present")]
     grace_seconds: Option<i64>,
 }
 

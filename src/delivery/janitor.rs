@@ -16,6 +16,11 @@ pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Rec
     if let Err(err) = store.purge_deleted_subscriptions() {
         tracing::error!(error = %err, "cannot finish the cleanup of deleted subscriptions");
     }
+    match store.release_all_deliverable() {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(released, "released held deliveries of active subscriptions"),
+        Err(err) => tracing::error!(error = %err, "cannot release held deliveries at start-up"),
+    }
     loop {
         if let Err(err) = sweep(&store, &config) {
             tracing::error!(error = %err, "janitor sweep failed");

@@ -203,7 +203,39 @@ impl Store {
                 Ok(())
             },
         )?;
+        self.release_if_deliverable(subscription_id)
+    }
+
+    /// Closes the race between holding a delivery and un-pausing its subscription: whoever
+    /// commits a `held` key re-reads the subscription afterwards and releases if it became
+    /// deliverable. An un-pause either commits before this read (seen here) or its own release
+    /// scan starts after the held key committed (found there).
+    pub(super) fn release_if_deliverable(&self, subscription_id: &str) -> Result<(), StoreError> {
+        if self.subscription_by_id(subscription_id)?.is_some_and(|subscription| subscription.is_deliverable())
+        {
+            self.release_held(subscription_id)?;
+        }
         Ok(())
+    }
+
+    /// Releases held deliveries of every subscription that is deliverable: after a crash
+    /// between a re-enable and its release, they would otherwise wait for `hold_retention`.
+    pub fn release_all_deliverable(&self) -> Result<usize, StoreError> {
+        let mut released = 0;
+        let mut from = Vec::new();
+        while let Some(entry) = self.held.range(from.clone()..).next() {
+            let (key, _) = entry?;
+            let subscription_id =
+                String::from_utf8_lossy(&key[..keys::SUBSCRIPTION_ID_LEN.min(key.len())]).into_owned();
+            from = keys::prefix_end(subscription_id.as_bytes());
+            if self
+                .subscription_by_id(&subscription_id)?
+                .is_some_and(|subscription| subscription.is_deliverable())
+            {
+                released += self.release_held(&subscription_id)?;
+            }
+        }
+        Ok(released)
     }
 
     /// Queues every held delivery of a subscription for now, in batches, with a fresh round of

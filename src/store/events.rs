@@ -108,6 +108,21 @@ impl Store {
             Ok(answers)
         })?;
 
+        // A subscription un-paused while this transaction ran must not keep what it held.
+        let mut held_for: Vec<&str> = planned
+            .iter()
+            .zip(&answers)
+            .filter(|(_, answer)| !answer.duplicate)
+            .flat_map(|(plan, _)| plan.deliveries.iter())
+            .filter(|delivery| delivery.state == DeliveryState::Held)
+            .map(|delivery| delivery.subscription_id.as_str())
+            .collect();
+        held_for.sort_unstable();
+        held_for.dedup();
+        for subscription_id in held_for {
+            self.release_if_deliverable(subscription_id)?;
+        }
+
         for (plan, answer) in planned.iter().zip(&answers) {
             if answer.duplicate {
                 continue;

@@ -1,9 +1,16 @@
 //! The integration suite: one binary, each module one area, every test against a real daemon
 //! on an ephemeral loopback port and, for deliveries, a real local receiver.
 
+mod process;
 mod support;
 
+mod cli;
 mod crash;
 mod delivery;
+mod docs;
+mod errors;
+mod openapi;
+mod packaging;
 mod retention;
 mod smoke;
+mod webhooks;

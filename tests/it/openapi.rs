@@ -1,0 +1,62 @@
+//! The served OpenAPI document against the served router: every route in `api::ROUTES` is in the
+//! document, and a real request to each one reaches a handler (no "no such endpoint", no 405)
+//! and is answered with a status the document declares for that operation.
+
+use atender_webhooks::api::ROUTES;
+use serde_json::Value;
+
+use crate::support::*;
+
+/// Well-formed ids that exist nowhere.
+const UNKNOWN_SUBSCRIPTION: &str = "wh_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+const UNKNOWN_DELIVERY: &str = "dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+/// Whether the router had no route for the request at all.
+fn is_unrouted(reply: &Reply) -> bool {
+    reply.status == 405 || (reply.status == 404 && reply.error_message() == "no such endpoint")
+}
+
+#[test]
+fn every_documented_route_is_served() {
+    let daemon = TestDaemon::start();
+    let reply = daemon.call("GET", "/v1/openapi.json", ACME_KEY, None);
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let document = reply.json();
+    assert_eq!(document, atender_webhooks::api::openapi::document());
+
+    for (method, template) in ROUTES {
+        let operation = &document["paths"][template][method.to_ascii_lowercase()];
+        assert!(operation.is_object(), "{method} {template} is not in the served document");
+        let path = template.replace("{id}", UNKNOWN_SUBSCRIPTION).replace("{deliveryId}", UNKNOWN_DELIVERY);
+        // A JSON object where the operation takes a body; its fields are missing, so the
+        // request ends in a documented 400 or 404 rather than creating anything.
+        let body = operation.get("requestBody").map(|_| Value::Object(Default::default()));
+        let reply = daemon.call(method, &path, ACME_KEY, body);
+        assert!(
+            !is_unrouted(&reply),
+            "{method} {path} is documented but not served: {} {}",
+            reply.status,
+            reply.text
+        );
+        let status = reply.status.to_string();
+        assert!(
+            operation["responses"].get(&status).is_some(),
+            "{method} {path} answered {status}, which the document does not declare: {}",
+            reply.text
+        );
+    }
+}
+
+#[test]
+fn unrouted_requests_are_recognised() {
+    // The check above must be able to fail: an unknown path and a wrong method are caught.
+    let daemon = TestDaemon::start();
+    assert!(is_unrouted(&daemon.call("GET", "/v1/nothing-here", ACME_KEY, None)));
+    assert!(is_unrouted(&daemon.call("PUT", "/v1/webhooks", ACME_KEY, None)));
+    assert!(!is_unrouted(&daemon.call(
+        "GET",
+        &format!("/v1/webhooks/{UNKNOWN_SUBSCRIPTION}"),
+        ACME_KEY,
+        None
+    )));
+}
