@@ -3,16 +3,13 @@
 //! SIGTERM draining an attempt in flight, the embedded development default, and the
 //! operational endpoints.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::process::{binary, repo_path, run, run_binary, Finished, Running};
+use crate::process::{binary, listening_addr, repo_path, run, run_binary, Finished, Running, Served};
 use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(20);
@@ -287,75 +284,6 @@ fn sign_refuses_incomplete_or_unusable_input() {
 // ---------------------------------------------------------------------------------------------
 // serve
 // ---------------------------------------------------------------------------------------------
-
-/// The address in a `listening` log line, human (`local_addr=…`) or JSON (`"local_addr":"…"`).
-fn listening_addr(line: &str) -> SocketAddr {
-    let after = &line[line.find("local_addr").unwrap_or_else(|| panic!("no local_addr in {line}"))..];
-    let start = after.find(|c: char| c.is_ascii_digit()).unwrap();
-    let text: String =
-        after[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
-    text.parse().unwrap_or_else(|err| panic!("{text:?} in {line}: {err}"))
-}
-
-/// `serve --config FILE` as a child process, its file in its own temporary directory.
-struct Served {
-    process: Running,
-    addr: SocketAddr,
-    config_path: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Served {
-    /// Serves the test setup's config (tenants acme, globex, frozen, tiny) on a free port.
-    fn start(setup: &Setup, args: &[&str]) -> Served {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("config.toml");
-        std::fs::write(&config_path, setup.config_text(&dir.path().join("data"), "127.0.0.1:0")).unwrap();
-        Served::start_with_file(dir, config_path, args)
-    }
-
-    fn start_with_file(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Served {
-        let mut command = binary();
-        command.arg("serve").arg("--config").arg(&config_path).args(args).current_dir(dir.path());
-        let mut process = Running::start(command);
-        let line = process.wait_for_stderr("listening", LONG);
-        Served { addr: listening_addr(&line), process, config_path, dir }
-    }
-
-    /// Starts again on the same file and data dir, once stopped.
-    fn restart(mut self, args: &[&str]) -> Served {
-        assert!(self.process.has_exited(), "stop the daemon before restarting it");
-        let Served { dir, config_path, .. } = self;
-        Served::start_with_file(dir, config_path, args)
-    }
-
-    fn write_config(&self, setup: &Setup) {
-        let text = setup.config_text(&self.dir.path().join("data"), "127.0.0.1:0");
-        std::fs::write(&self.config_path, text).unwrap();
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
-        let auth = format!("Bearer {key}");
-        let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
-        let mut headers = vec![("Authorization", auth.as_str())];
-        if bytes.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        send(method, &self.url(path), &headers, bytes.as_deref())
-    }
-
-    /// Sends `signal` and expects a clean exit (code 0) within the drain grace.
-    fn stop(&mut self, signal: &str) -> ExitStatus {
-        self.process.signal(signal);
-        let status = self.process.wait_exit(Duration::from_secs(40));
-        assert_eq!(status.code(), Some(0), "SIG{signal} should exit 0\n{}", self.process.transcript());
-        status
-    }
-}
 
 #[test]
 fn sighup_applies_a_valid_config_and_refuses_a_broken_one() {

@@ -9,18 +9,15 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use crate::process::Served;
 use crate::support::*;
 
 #[test]
 fn every_acknowledged_event_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("config.toml");
-    let config = Setup::default().config_text(&dir.path().join("data"), "127.0.0.1:0");
-    std::fs::write(&config_path, config).unwrap();
     // A receiver a little slower than the publishers, so a backlog is queued at the kill.
     let receiver = Receiver::answering(Answer::status(200).after(Duration::from_millis(20)));
 
-    let mut daemon = ChildDaemon::serve(&config_path);
+    let mut daemon = Served::start(&Setup::default(), &[]);
     let paths = ["/a", "/b"];
     for path in paths {
         let body = json!({ "name": path, "url": receiver.url(path), "events": ["message.received"] });
@@ -68,7 +65,8 @@ fn every_acknowledged_event_survives_sigkill() {
 
     // Kill while publishes and deliveries are in full flow.
     wait_until("publishing in flow", Duration::from_secs(60), || acknowledged.lock().unwrap().len() >= 300);
-    daemon.kill();
+    daemon.process.signal("KILL");
+    daemon.process.wait_exit(Duration::from_secs(20));
     stop.store(true, Ordering::SeqCst);
     for publisher in publishers {
         publisher.join().unwrap();
@@ -82,7 +80,7 @@ fn every_acknowledged_event_survives_sigkill() {
         delivered_before_kill
     );
 
-    let _restarted = ChildDaemon::serve(&config_path);
+    let _restarted = daemon.restart(&[]);
     let arrived = |path: &str| -> HashSet<String> {
         receiver
             .received()

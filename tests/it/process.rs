@@ -5,13 +5,20 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::SocketAddr;
 use std::path::Path;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::support::wait_until;
+use serde_json::Value;
+
+use crate::support::{send, wait_until, Reply, Setup};
+
+/// How long a child gets to start or stop.
+const LONG: Duration = Duration::from_secs(20);
 
 /// The binary under test, built by cargo for this test run.
 pub const BIN: &str = env!("CARGO_BIN_EXE_atender-webhooks");
@@ -241,5 +248,74 @@ impl Drop for Running {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// The address in a `listening` log line, human (`local_addr=…`) or JSON (`"local_addr":"…"`).
+pub fn listening_addr(line: &str) -> SocketAddr {
+    let after = &line[line.find("local_addr").unwrap_or_else(|| panic!("no local_addr in {line}"))..];
+    let start = after.find(|c: char| c.is_ascii_digit()).unwrap();
+    let text: String =
+        after[start..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == ':').collect();
+    text.parse().unwrap_or_else(|err| panic!("{text:?} in {line}: {err}"))
+}
+
+/// `serve --config FILE` as a child process, its file in its own temporary directory.
+pub struct Served {
+    pub process: Running,
+    pub addr: SocketAddr,
+    pub config_path: PathBuf,
+    pub dir: tempfile::TempDir,
+}
+
+impl Served {
+    /// Serves the test setup's config (tenants acme, globex, frozen, tiny) on a free port.
+    pub fn start(setup: &Setup, args: &[&str]) -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, setup.config_text(&dir.path().join("data"), "127.0.0.1:0")).unwrap();
+        Served::start_with_file(dir, config_path, args)
+    }
+
+    pub fn start_with_file(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Served {
+        let mut command = binary();
+        command.arg("serve").arg("--config").arg(&config_path).args(args).current_dir(dir.path());
+        let mut process = Running::start(command);
+        let line = process.wait_for_stderr("listening", LONG);
+        Served { addr: listening_addr(&line), process, config_path, dir }
+    }
+
+    /// Starts again on the same file and data dir, once stopped.
+    pub fn restart(mut self, args: &[&str]) -> Served {
+        assert!(self.process.has_exited(), "stop the daemon before restarting it");
+        let Served { dir, config_path, .. } = self;
+        Served::start_with_file(dir, config_path, args)
+    }
+
+    pub fn write_config(&self, setup: &Setup) {
+        let text = setup.config_text(&self.dir.path().join("data"), "127.0.0.1:0");
+        std::fs::write(&self.config_path, text).unwrap();
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
+        let auth = format!("Bearer {key}");
+        let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
+        let mut headers = vec![("Authorization", auth.as_str())];
+        if bytes.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        send(method, &self.url(path), &headers, bytes.as_deref())
+    }
+
+    /// Sends `signal` and expects a clean exit (code 0) within the drain grace.
+    pub fn stop(&mut self, signal: &str) -> ExitStatus {
+        self.process.signal(signal);
+        let status = self.process.wait_exit(Duration::from_secs(40));
+        assert_eq!(status.code(), Some(0), "SIG{signal} should exit 0\n{}", self.process.transcript());
+        status
     }
 }
