@@ -565,14 +565,13 @@ fn isolation_p99(
     for n in 0..hanging {
         bench.subscribe(receiver, &format!("/hang{n}"), false);
     }
-    // Let the hanging endpoints fail once, as they would have before in a running system.
-    if hanging > 0 {
-        post(&agent(), bench.addr, "/v1/events", &event_body(None).to_string()).unwrap();
-        std::thread::sleep(Duration::from_millis(2_500));
-    }
     for _ in 0..5 {
         bench.subscribe(receiver, "/healthy", false);
     }
+    // The healthy endpoints answer once before the measurement, as in a running system.
+    let warmed = receiver.count("/healthy") + 5;
+    post(&agent(), bench.addr, "/v1/events", &event_body(None).to_string()).unwrap();
+    wait_for("healthy warm-up", Duration::from_secs(30), || receiver.count("/healthy") >= warmed);
     receiver.take_latencies();
     let before = receiver.count("/healthy");
     let agent = agent();

@@ -8,9 +8,10 @@
 //!
 //! Isolation has two levels. A lane never has more than `max_in_flight_per_subscription`
 //! attempts out, so one slow endpoint occupies at most that many workers. And a *suspect*
-//! subscription (its last attempt failed: timeout, refused, error status) gets one attempt at a
-//! time, and all suspects together at most half of the workers, so even many dead endpoints
-//! leave the other half to the healthy ones.
+//! subscription — one whose last attempt failed (timeout, refused, error status), or that has
+//! not answered 2xx since start-up — gets one attempt at a time, and all suspects together at
+//! most half of the workers, so even many dead endpoints leave the other half to the healthy
+//! ones. A 2xx makes a subscription trusted: its full cap, outside the budget.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -56,8 +57,9 @@ pub struct Scheduler {
     lanes: HashMap<Arc<str>, Lane>,
     wheel: TimingWheel<Arc<str>>,
     jobs: Sender<Job>,
-    /// Subscriptions whose last attempt failed. Kept apart from lanes, which come and go.
-    suspects: HashSet<Arc<str>>,
+    /// Subscriptions whose last attempt answered 2xx; every other one is suspect. Kept apart
+    /// from lanes, which come and go.
+    trusted: HashSet<Arc<str>>,
     /// Jobs of suspect lanes out now, and the most there may be.
     suspect_in_flight: usize,
     suspect_budget: usize,
@@ -73,7 +75,7 @@ impl Scheduler {
             lanes: HashMap::new(),
             wheel: TimingWheel::new(now_millis()),
             jobs,
-            suspects: HashSet::new(),
+            trusted: HashSet::new(),
             suspect_in_flight: 0,
             suspect_budget: (workers / 2).max(1),
             budget_queue: VecDeque::new(),
@@ -178,10 +180,10 @@ impl Scheduler {
         }
         match endpoint_ok {
             Some(true) => {
-                self.suspects.remove(&id);
+                self.trusted.insert(id.clone());
             }
             Some(false) => {
-                self.suspects.insert(id.clone());
+                self.trusted.remove(&id);
             }
             None => {}
         }
@@ -202,7 +204,7 @@ impl Scheduler {
     /// Hands due deliveries of one lane to the workers up to its in-flight cap, and arranges the
     /// next wake-up. Removes the lane when it has nothing left.
     fn dispatch(&mut self, id: &Arc<str>) {
-        let suspect = self.suspects.contains(id);
+        let suspect = !self.trusted.contains(id);
         let cap =
             if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
         let now = now_millis();
