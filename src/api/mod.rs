@@ -14,7 +14,6 @@ pub mod ops;
 pub mod request;
 pub mod webhooks;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use warp::filters::BoxedFilter;
@@ -222,6 +221,3 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .unify()
         .boxed()
 }
-
-/// Keeps `Infallible` in scope for handler signatures that never fail.
-pub type NeverFails = Infallible;

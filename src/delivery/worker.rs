@@ -128,7 +128,8 @@ pub fn decide(
     if attempt_number > subscription.max_retries {
         return AttemptDecision::GiveUp {
             disable_reason: format!(
-                "too many consecutive failures: {attempt_number} attempts failed, last: {last}"
+                "too many consecutive failures: {attempt_number} attempt{} failed, last: {last}",
+                if attempt_number == 1 { "" } else { "s" }
             ),
         };
     }

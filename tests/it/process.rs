@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{send, wait_until, Reply, Setup};
+use crate::support::{call_json, wait_until, Reply, Setup};
 
 /// How long a child gets to start or stop.
 const LONG: Duration = Duration::from_secs(20);
@@ -302,13 +302,7 @@ impl Served {
     }
 
     pub fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
-        let auth = format!("Bearer {key}");
-        let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
-        let mut headers = vec![("Authorization", auth.as_str())];
-        if bytes.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        send(method, &self.url(path), &headers, bytes.as_deref())
+        call_json(method, &self.url(path), key, body)
     }
 
     /// Sends `signal` and expects a clean exit (code 0) within the drain grace.

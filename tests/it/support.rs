@@ -188,6 +188,17 @@ pub fn send(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&[u8
     Reply { status, headers, text }
 }
 
+/// A JSON request to `url` with a bearer key (and a JSON body, if any).
+pub fn call_json(method: &str, url: &str, key: &str, body: Option<Value>) -> Reply {
+    let auth = format!("Bearer {key}");
+    let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
+    let mut headers = vec![("Authorization", auth.as_str())];
+    if bytes.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    send(method, url, &headers, bytes.as_deref())
+}
+
 /// A daemon on an ephemeral port, in-process, with its own runtime.
 pub struct TestDaemon {
     pub addr: SocketAddr,
@@ -263,13 +274,7 @@ impl TestDaemon {
 
     /// A JSON request with a bearer key.
     pub fn call(&self, method: &str, path: &str, key: &str, body: Option<Value>) -> Reply {
-        let auth = format!("Bearer {key}");
-        let bytes = body.map(|body| serde_json::to_vec(&body).unwrap());
-        let mut headers = vec![("Authorization", auth.as_str())];
-        if bytes.is_some() {
-            headers.push(("Content-Type", "application/json"));
-        }
-        send(method, &self.url(path), &headers, bytes.as_deref())
+        call_json(method, &self.url(path), key, body)
     }
 
     /// Creates a subscription for `key`'s tenant and returns the 201 body.
