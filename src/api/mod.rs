@@ -80,6 +80,17 @@ fn body(state: ApiState, kind: BodyKind) -> BoxedFilter<(Result<Vec<u8>, Respons
         .boxed()
 }
 
+/// Runs `handler` on a body that was read within its limit, or answers the body's error.
+async fn with_body<F>(body: Result<Vec<u8>, Response>, handler: impl FnOnce(Vec<u8>) -> F) -> Response
+where
+    F: std::future::Future<Output = Result<Response, error::ApiError>>,
+{
+    match body {
+        Ok(body) => respond(handler(body).await),
+        Err(response) => response,
+    }
+}
+
 /// The raw query string, empty when there is none.
 fn query() -> BoxedFilter<(String,)> {
     warp::query::raw().or(warp::any().map(String::new)).unify().boxed()
@@ -98,14 +109,12 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
     let webhooks_root = warp::path!("v1" / "webhooks");
     let webhook = warp::path!("v1" / "webhooks" / String);
 
-    let create = webhooks_root.and(warp::post()).and(with_state.clone()).and(headers()).and(sub_body()).then(
-        |state, headers, body: Result<Vec<u8>, Response>| async move {
-            match body {
-                Ok(body) => respond(webhooks::create(state, headers, body).await),
-                Err(response) => response,
-            }
-        },
-    );
+    let create = webhooks_root
+        .and(warp::post())
+        .and(with_state.clone())
+        .and(headers())
+        .and(sub_body())
+        .then(|state, headers, body| with_body(body, move |body| webhooks::create(state, headers, body)));
     let list =
         webhooks_root.and(warp::get()).and(with_state.clone()).and(headers()).and(query()).then(
             |state, headers, query| async move { respond(webhooks::list(state, headers, query).await) },
@@ -116,12 +125,7 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(headers())
         .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) });
     let update = webhook.and(warp::patch()).and(with_state.clone()).and(headers()).and(sub_body()).then(
-        |id, state, headers, body: Result<Vec<u8>, Response>| async move {
-            match body {
-                Ok(body) => respond(webhooks::update(state, headers, id, body).await),
-                Err(response) => response,
-            }
-        },
+        |id, state, headers, body| with_body(body, move |body| webhooks::update(state, headers, id, body)),
     );
     let delete = webhook
         .and(warp::delete())
@@ -133,11 +137,8 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(sub_body())
-        .then(|id, state, headers, body: Result<Vec<u8>, Response>| async move {
-            match body {
-                Ok(body) => respond(webhooks::rotate_secret(state, headers, id, body).await),
-                Err(response) => response,
-            }
+        .then(|id, state, headers, body| {
+            with_body(body, move |body| webhooks::rotate_secret(state, headers, id, body))
         });
     let delivery_list = warp::path!("v1" / "webhooks" / String / "deliveries")
         .and(warp::get())
@@ -166,22 +167,14 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(event_body())
-        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
-            match body {
-                Ok(body) => respond(events::publish(state, headers, body).await),
-                Err(response) => response,
-            }
-        });
+        .then(|state, headers, body| with_body(body, move |body| events::publish(state, headers, body)));
     let publish_batch = warp::path!("v1" / "events" / "batch")
         .and(warp::post())
         .and(with_state.clone())
         .and(headers())
         .and(event_body())
-        .then(|state, headers, body: Result<Vec<u8>, Response>| async move {
-            match body {
-                Ok(body) => respond(events::publish_batch(state, headers, body).await),
-                Err(response) => response,
-            }
+        .then(|state, headers, body| {
+            with_body(body, move |body| events::publish_batch(state, headers, body))
         });
     let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi);
     let healthz = warp::path!("healthz").and(warp::get()).map(ops::healthz);
