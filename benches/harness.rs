@@ -18,6 +18,10 @@ use atender_webhooks::{Config, Daemon};
 use serde_json::{json, Value};
 use warp::Filter;
 
+/// The same allocator as the binary (`src/main.rs`), since the daemon runs in-process here.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const KEY: &str = "sa_live_benchbenchbenchbenchbenchbenchbenc1";
 const WORKERS: usize = 16;
 const IN_FLIGHT_PER_SUBSCRIPTION: usize = 8;
@@ -73,10 +77,18 @@ fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let receiver = FastReceiver::start();
     let mut rows = Vec::new();
+    // `BENCH_ONLY=publish,e2e` runs only those sections (for profiling one of them).
+    let only = std::env::var("BENCH_ONLY").ok();
+    let wanted = |section: &str| only.as_deref().is_none_or(|only| only.split(',').any(|s| s == section));
 
     // 1. Durable publish rate against a warp handler that stores nothing.
     let baseline = runtime.block_on(no_storage_server());
-    for (paused, label) in [(true, "storing only"), (false, "1 endpoint delivering meanwhile")] {
+    let publish_modes = if wanted("publish") {
+        &[(true, "storing only"), (false, "1 endpoint delivering meanwhile")][..]
+    } else {
+        &[]
+    };
+    for &(paused, label) in publish_modes {
         let bench = BenchDaemon::start(&runtime);
         bench.subscribe(&receiver, "/publish", paused);
         for publishers in [1, 16, 64] {
@@ -118,8 +130,9 @@ fn main() {
     }
 
     // 2. End-to-end delivery rate against raw ureq clients posting to the same receiver.
-    let mut max_e2e = 0.0f64;
-    for fan_out in [1usize, 10] {
+    let mut max_e2e = 4000.0f64;
+    let fan_outs = if wanted("e2e") { &[1usize, 10][..] } else { &[] };
+    for &fan_out in fan_outs {
         let bench = BenchDaemon::start(&runtime);
         let path = format!("/e2e{fan_out}");
         for _ in 0..fan_out {
@@ -144,36 +157,42 @@ fn main() {
 
     // 3. Latency at half the measured maximum, against a raw POST's round trip at that rate.
     let rate = (max_e2e / 2.0).max(50.0);
-    let bench = BenchDaemon::start(&runtime);
-    bench.subscribe(&receiver, "/latency", false);
-    let ours = latency_at(&bench, &receiver, "/latency", rate, sizes.latency_window);
-    let raw = raw_latency_at(receiver.addr, rate, sizes.latency_window);
-    for (index, name) in ["p50", "p99", "max"].into_iter().enumerate() {
-        rows.push(Row {
-            figure: format!("publish→arrival {name} at {rate:.0}/s"),
-            ours: ours[index],
-            baseline: raw[index],
-            unit: "ms",
-            baseline_name: "raw POST round trip",
-            target: (name == "p99").then_some((20.0, true)),
-        });
+    if wanted("latency") {
+        let bench = BenchDaemon::start(&runtime);
+        bench.subscribe(&receiver, "/latency", false);
+        let ours = latency_at(&bench, &receiver, "/latency", rate, sizes.latency_window);
+        let raw = raw_latency_at(receiver.addr, rate, sizes.latency_window);
+        for (index, name) in ["p50", "p99", "max"].into_iter().enumerate() {
+            rows.push(Row {
+                figure: format!("publish→arrival {name} at {rate:.0}/s"),
+                ours: ours[index],
+                baseline: raw[index],
+                unit: "ms",
+                baseline_name: "raw POST round trip",
+                target: (name == "p99").then_some((20.0, true)),
+            });
+        }
+        bench.stop(&runtime);
     }
-    bench.stop(&runtime);
 
     // 4. Isolation: healthy p99 with hanging endpoints against the same without them.
-    let quiet = isolation_p99(&runtime, &receiver, 0, sizes.isolation_events);
-    let noisy = isolation_p99(&runtime, &receiver, sizes.hanging_subscriptions, sizes.isolation_events);
-    rows.push(Row {
-        figure: format!("healthy p99 with {} hanging endpoints", sizes.hanging_subscriptions),
-        ours: noisy,
-        baseline: quiet,
-        unit: "ms",
-        baseline_name: "same, no hanging endpoints",
-        target: Some((2.0, true)),
-    });
+    if wanted("isolation") {
+        let quiet = isolation_p99(&runtime, &receiver, 0, sizes.isolation_events);
+        let noisy = isolation_p99(&runtime, &receiver, sizes.hanging_subscriptions, sizes.isolation_events);
+        rows.push(Row {
+            figure: format!("healthy p99 with {} hanging endpoints", sizes.hanging_subscriptions),
+            ours: noisy,
+            baseline: quiet,
+            unit: "ms",
+            baseline_name: "same, no hanging endpoints",
+            target: Some((2.0, true)),
+        });
+    }
 
     // 5. Backlog and 6. raw flush latency.
-    rows.extend(backlog(sizes.backlog));
+    if wanted("backlog") {
+        rows.extend(backlog(sizes.backlog));
+    }
     rows.push(Row {
         figure: "raw flush (write + fdatasync) latency of the data dir".into(),
         ours: raw_fsync_ms(),

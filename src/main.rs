@@ -3,6 +3,11 @@
 
 use clap::Parser;
 
+/// sled allocates and frees a node copy on most writes; glibc's allocator spent a fifth of the
+/// storage CPU in the benchmark's profile, mimalloc a fraction of that (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = atender_webhooks::cli::Cli::parse();
     match atender_webhooks::cli::run(cli) {

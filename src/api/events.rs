@@ -11,7 +11,7 @@ use crate::api::request::{authorize, json_reply, require_json, Gate};
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
 use crate::model::{now_millis, rfc3339, IdKind, Millis};
-use crate::store::{NewEvent, Published};
+use crate::store::{NewEvent, PublishRequest, Published};
 
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 1000;
@@ -98,12 +98,9 @@ async fn store_events(
     events: Vec<NewEvent>,
     now: Millis,
 ) -> Result<Vec<Published>, ApiError> {
-    let store = state.store.clone();
-    let tenant = tenant_id.to_owned();
-    // sled calls can block briefly; keep them off the async workers.
-    let answers = tokio::task::spawn_blocking(move || store.publish(&tenant, webhooks_enabled, &events, now))
-        .await
-        .map_err(|_| ApiError::from(crate::store::StoreError::Unavailable))??;
+    let request = PublishRequest { tenant_id: tenant_id.to_owned(), webhooks_enabled, events, now };
+    // Stored by the publish writer together with whatever else is being published meanwhile.
+    let answers = state.store.publish_grouped(request).await?;
     state.store.durable().await?;
     state.metrics.events_published(answers.iter().filter(|answer| !answer.duplicate).count() as u64);
     Ok(answers)

@@ -1,8 +1,10 @@
 //! The only outbound HTTP: one shared blocking ureq agent (connection pool, no proxy, no
 //! redirects, connect-time private-address guard) and `post`, which classifies each attempt.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use ureq::config::{AutoHeaderValue, Config};
@@ -50,11 +52,8 @@ pub fn build_agent(config: &HttpClientConfig) -> Agent {
         .max_idle_connections(config.max_idle_connections)
         .max_idle_connections_per_host(config.max_idle_connections)
         .build();
-    if config.allow_private_targets {
-        Agent::new_with_config(agent_config)
-    } else {
-        Agent::with_parts(agent_config, DefaultConnector::new(), GuardedResolver::default())
-    }
+    let resolver = DeliveryResolver { guard: !config.allow_private_targets, ..DeliveryResolver::default() };
+    Agent::with_parts(agent_config, DefaultConnector::new(), resolver)
 }
 
 /// Why a target was not connected to; travels through ureq as `ureq::Error::Other`.
@@ -62,22 +61,68 @@ pub fn build_agent(config: &HttpClientConfig) -> Agent {
 #[error("refused: {0}")]
 struct TargetRefused(String);
 
-/// The default resolver, minus the addresses `net_policy` forbids. ureq runs the resolver on
-/// every request (before looking in the pool) and connects only to what it returns, so the check
-/// covers the address actually used, whatever DNS said at subscription time.
+/// How long a name's addresses are reused. ureq calls the resolver on every request, even on
+/// a pooled connection, and its default resolver spawns a thread per lookup when a timeout is
+/// set; a short cache keeps DNS off the per-attempt path while still following address changes.
+const RESOLVE_TTL: Duration = Duration::from_secs(10);
+
+/// Names cached at most; the cache is emptied when full (a webhook host has few endpoints).
+const RESOLVE_CACHE_ENTRIES: usize = 4096;
+
+/// The delivery resolver: IP literals without a lookup, names through the default resolver
+/// with a short cache, and — unless private targets are allowed — only the addresses
+/// `net_policy` permits. ureq connects only to what this returns, so the guard covers the
+/// address actually used (checked on every attempt, cached or not), whatever DNS said when the
+/// subscription was created.
 #[derive(Debug, Default)]
-struct GuardedResolver {
+struct DeliveryResolver {
+    guard: bool,
     inner: DefaultResolver,
+    cache: Mutex<HashMap<String, (Instant, ResolvedSocketAddrs)>>,
 }
 
-impl Resolver for GuardedResolver {
+impl DeliveryResolver {
+    fn lookup(
+        &self,
+        uri: &Uri,
+        config: &Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().ok_or(ureq::Error::HostNotFound)?;
+        let port = uri.port_u16().unwrap_or(if uri.scheme_str() == Some("https") { 443 } else { 80 });
+        // Uri::host keeps the brackets around IPv6 literals.
+        if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+            let mut out = self.empty();
+            out.push(SocketAddr::new(ip, port));
+            return Ok(out);
+        }
+        let key = format!("{host}:{port}");
+        if let Some((at, addrs)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if at.elapsed() < RESOLVE_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= RESOLVE_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (Instant::now(), addrs.clone()));
+        Ok(addrs)
+    }
+}
+
+impl Resolver for DeliveryResolver {
     fn resolve(
         &self,
         uri: &Uri,
         config: &Config,
         timeout: NextTimeout,
     ) -> Result<ResolvedSocketAddrs, ureq::Error> {
-        let resolved = self.inner.resolve(uri, config, timeout)?;
+        let resolved = self.lookup(uri, config, timeout)?;
+        if !self.guard {
+            return Ok(resolved);
+        }
         let allowed = allowed_addrs(uri.host().unwrap_or_default(), &resolved)
             .map_err(|refused| ureq::Error::Other(Box::new(refused)))?;
         let mut out = self.empty();

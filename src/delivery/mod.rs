@@ -5,6 +5,7 @@
 pub mod backoff;
 pub mod http;
 mod janitor;
+mod recorder;
 mod scheduler;
 pub mod signer;
 pub mod wheel;
@@ -48,6 +49,7 @@ pub struct Engine {
     stopping: Arc<AtomicBool>,
     scheduler: Option<JoinHandle<()>>,
     janitor: Option<JoinHandle<()>>,
+    recorder: Option<JoinHandle<()>>,
     workers_exited: crossbeam_channel::Receiver<()>,
     worker_count: usize,
     health: Arc<Health>,
@@ -70,6 +72,7 @@ impl Engine {
         });
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded();
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (exited_tx, workers_exited) = crossbeam_channel::unbounded();
         let stopping = Arc::new(AtomicBool::new(false));
@@ -81,13 +84,19 @@ impl Engine {
             stopping: stopping.clone(),
         });
         for index in 0..current.delivery.workers {
-            let (context, jobs, done, exited) =
-                (context.clone(), jobs_rx.clone(), done_tx.clone(), exited_tx.clone());
+            let (context, jobs, outcomes, done, exited) =
+                (context.clone(), jobs_rx.clone(), outcomes_tx.clone(), done_tx.clone(), exited_tx.clone());
             std::thread::Builder::new().name(format!("delivery-{index}")).spawn(move || {
-                worker::run(context, jobs, done);
+                worker::run(context, jobs, outcomes, done);
                 let _ = exited.send(());
             })?;
         }
+        // The recorder exits once every worker dropped its sender and the last outcome is stored.
+        drop(outcomes_tx);
+        let recorder_store = store.clone();
+        let recorder = std::thread::Builder::new()
+            .name("recorder".into())
+            .spawn(move || recorder::run(recorder_store, outcomes_rx, done_tx))?;
         let scheduler =
             scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
         let notices = store.notices();
@@ -104,6 +113,7 @@ impl Engine {
             stopping,
             scheduler: Some(scheduler),
             janitor: Some(janitor),
+            recorder: Some(recorder),
             workers_exited,
             worker_count: current.delivery.workers,
             health,
@@ -129,6 +139,13 @@ impl Engine {
                 Err(_) => break,
             }
         }
-        exited == self.worker_count
+        let all_exited = exited == self.worker_count;
+        // With every worker gone the recorder has the last outcomes and then stops.
+        if all_exited {
+            if let Some(recorder) = self.recorder.take() {
+                let _ = recorder.join();
+            }
+        }
+        all_exited
     }
 }

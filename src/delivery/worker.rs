@@ -1,5 +1,5 @@
 //! A delivery worker: one OS thread making blocking HTTP attempts through the shared ureq agent,
-//! then recording each outcome and the retry decision in storage.
+//! then deciding what happens next and handing the outcome to the recorder.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -8,11 +8,12 @@ use std::time::Duration;
 use crate::config::SharedConfig;
 use crate::delivery::backoff::{jitter_fraction, retry_delay};
 use crate::delivery::http::{post, AttemptResult, Outcome};
+use crate::delivery::recorder::Attempted;
 use crate::delivery::signer::{atender_signature, standard_webhooks_header};
 use crate::delivery::{Completed, Job};
 use crate::metrics::{AttemptLabel, Metrics};
 use crate::model::{now_millis, Attempt, Millis, Subscription};
-use crate::store::{AttemptContext, AttemptDecision, Store};
+use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Store, StoreError};
 
 /// What a worker needs, shared by all of them.
 pub struct WorkerContext {
@@ -24,31 +25,36 @@ pub struct WorkerContext {
     pub stopping: Arc<AtomicBool>,
 }
 
-/// Takes jobs until the channel closes or the engine stops.
+/// Takes jobs until the channel closes or the engine stops. An attempt's outcome goes to the
+/// recorder (which completes the job once it is stored); a job skipped without an attempt is
+/// completed here.
 pub fn run(
     context: Arc<WorkerContext>,
     jobs: crossbeam_channel::Receiver<Job>,
+    outcomes: crossbeam_channel::Sender<Attempted>,
     done: crossbeam_channel::Sender<Completed>,
 ) {
     while let Ok(job) = jobs.recv() {
         if context.stopping.load(Ordering::SeqCst) {
             break;
         }
-        let endpoint_ok = match attempt(&context, &job) {
-            Ok(endpoint_ok) => endpoint_ok,
+        let sent = match attempt(&context, &job) {
+            Ok(Some((record, endpoint_ok))) => outcomes.send(Attempted { job, record, endpoint_ok }).is_ok(),
+            Ok(None) => done.send(Completed { job, endpoint_ok: None }).is_ok(),
             Err(err) => {
-                tracing::error!(delivery = %job.delivery_id, error = %err, "cannot record a delivery attempt");
-                None
+                tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
+                done.send(Completed { job, endpoint_ok: None }).is_ok()
             }
         };
-        if done.send(Completed { job, endpoint_ok }).is_err() {
+        if !sent {
             break;
         }
     }
 }
 
-/// Makes one attempt; returns whether the endpoint answered 2xx (`None`: no attempt made).
-fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<bool>, crate::store::StoreError> {
+/// Makes one attempt; returns what to record and whether the endpoint answered 2xx (`None`: no
+/// attempt was made — the delivery is stale, gone, or now held).
+fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, bool)>, StoreError> {
     let store = &context.store;
     let Some(AttemptContext { delivery, subscription, event }) =
         store.attempt_context(&job.subscription_id, job.due, &job.delivery_id)?
@@ -102,8 +108,15 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<bool>, crate::st
             }
         }
     }
-    store.record_attempt(&job.subscription_id, job.due, &job.delivery_id, attempt, &decision)?;
-    Ok(Some(decision == AttemptDecision::Succeeded))
+    let succeeded = decision == AttemptDecision::Succeeded;
+    let record = AttemptRecord {
+        subscription_id: job.subscription_id.clone(),
+        due: job.due,
+        delivery_id: job.delivery_id.clone(),
+        attempt,
+        decision,
+    };
+    Ok(Some((record, succeeded)))
 }
 
 /// The retry policy: success, retry after the backoff (or the receiver's Retry-After), or give

@@ -1,6 +1,8 @@
 //! Deliveries: the due-ordered queue the engine drains, attempt outcomes, hold and release,
 //! redelivery, expiry and retention purge, and the per-subscription delivery log.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::ops::Bound;
 
 use sled::Transactional;
@@ -9,7 +11,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryState, Event, IdKind, LastDeliveryStatus, Millis, Subscription,
 };
 use crate::store::codec::{decode, encode};
-use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
 
 /// Everything a worker needs for one attempt, read together.
 #[derive(Debug, Clone)]
@@ -17,6 +19,37 @@ pub struct AttemptContext {
     pub delivery: Delivery,
     pub subscription: Subscription,
     pub event: Event,
+}
+
+/// One attempt's outcome, to record: the queue key it was made for, what happened, and what
+/// happens next.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub subscription_id: String,
+    pub due: Millis,
+    pub delivery_id: String,
+    pub attempt: Attempt,
+    pub decision: AttemptDecision,
+}
+
+/// The subscription's side of an attempt: last-delivery fields, failure counter, and the
+/// disable when the delivery gave up.
+fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &AttemptDecision) {
+    let succeeded = *decision == AttemptDecision::Succeeded;
+    subscription.last_delivery_at = Some(attempt.at);
+    subscription.last_delivery_status =
+        Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
+    subscription.last_delivery_response_code = attempt.response_code;
+    subscription.last_delivery_error = attempt.error.clone();
+    subscription.consecutive_failures =
+        if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
+    if let AttemptDecision::GiveUp { disable_reason } = decision {
+        if subscription.is_active {
+            subscription.is_active = false;
+            subscription.disabled_at = Some(attempt.at);
+            subscription.disable_reason = Some(disable_reason.clone());
+        }
+    }
 }
 
 /// What happens after an attempt, decided by the engine's retry policy.
@@ -46,7 +79,7 @@ fn state_byte(state: DeliveryState) -> u8 {
 /// busy subscription costs a bounded scan; the page then ends early with a cursor.
 const MAX_SCANNED_PER_PAGE: usize = 10_000;
 
-impl Store {
+impl Trees {
     /// Subscriptions that have at least one queued delivery (one seek per subscription).
     pub fn subscriptions_with_queue(&self) -> Result<Vec<String>, StoreError> {
         let mut found = Vec::new();
@@ -114,8 +147,7 @@ impl Store {
         Ok(context)
     }
 
-    /// Records an attempt's outcome: the delivery's state, log and queue entry, and the
-    /// subscription's last-delivery fields, failure counter and disable state, atomically.
+    /// Records one attempt's outcome (see [`Trees::record_attempts`]).
     pub fn record_attempt(
         &self,
         subscription_id: &str,
@@ -124,61 +156,78 @@ impl Store {
         attempt: Attempt,
         decision: &AttemptDecision,
     ) -> Result<(), StoreError> {
-        let now = attempt.at;
-        let old_queue_key = keys::queue(subscription_id, due, delivery_id);
-        let log_key = keys::subscription_delivery(subscription_id, delivery_id);
+        self.record_attempts(&[AttemptRecord {
+            subscription_id: subscription_id.to_owned(),
+            due,
+            delivery_id: delivery_id.to_owned(),
+            attempt,
+            decision: decision.clone(),
+        }])
+    }
+
+    /// Records attempt outcomes in one transaction: each delivery's state, log and queue entry,
+    /// and its subscription's last-delivery fields, failure counter and disable state. A
+    /// subscription with several outcomes in the group is read and written once, the outcomes
+    /// applied in order, so the workers of one busy subscription do not contend on its record.
+    pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
         (&self.deliveries, &self.queue, &self.subscription_deliveries, &self.finished, &self.subscriptions)
             .transaction(|(deliveries, queue, log, finished, subscriptions)| {
-            queue.remove(old_queue_key.as_slice())?;
-            let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
-            let mut delivery: Delivery = abort_on(decode(&bytes))?;
-            delivery.push_attempt(attempt.clone());
-            match decision {
-                AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
-                    delivery.state = if *decision == AttemptDecision::Succeeded {
-                        DeliveryState::Succeeded
-                    } else {
-                        DeliveryState::Failed
-                    };
-                    delivery.next_attempt_at = None;
-                    delivery.finished_at = Some(now);
-                    finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
-                }
-                AttemptDecision::Retry { due } => {
-                    delivery.next_attempt_at = Some(*due);
-                    queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
-                }
-            }
-            deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-            log.insert(log_key.as_slice(), &[state_byte(delivery.state)])?;
-
-            if let Some(bytes) = subscriptions.get(subscription_id.as_bytes())? {
-                let mut subscription: Subscription = abort_on(decode(&bytes))?;
-                let succeeded = *decision == AttemptDecision::Succeeded;
-                subscription.last_delivery_at = Some(now);
-                subscription.last_delivery_status =
-                    Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
-                subscription.last_delivery_response_code = attempt.response_code;
-                subscription.last_delivery_error = attempt.error.clone();
-                subscription.consecutive_failures =
-                    if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
-                if let AttemptDecision::GiveUp { disable_reason } = decision {
-                    if subscription.is_active {
-                        subscription.is_active = false;
-                        subscription.disabled_at = Some(now);
-                        subscription.disable_reason = Some(disable_reason.clone());
+            let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
+            for record in records {
+                let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
+                let now = attempt.at;
+                queue.remove(keys::queue(subscription_id, *due, delivery_id))?;
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
+                let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                delivery.push_attempt(attempt.clone());
+                match decision {
+                    AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
+                        delivery.state = if *decision == AttemptDecision::Succeeded {
+                            DeliveryState::Succeeded
+                        } else {
+                            DeliveryState::Failed
+                        };
+                        delivery.next_attempt_at = None;
+                        delivery.finished_at = Some(now);
+                        finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
+                    }
+                    AttemptDecision::Retry { due } => {
+                        delivery.next_attempt_at = Some(*due);
+                        queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
                     }
                 }
-                subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
+                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                log.insert(
+                    keys::subscription_delivery(subscription_id, delivery_id),
+                    &[state_byte(delivery.state)],
+                )?;
+
+                let subscription = match touched.entry(subscription_id.as_str()) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let stored = subscriptions.get(subscription_id.as_bytes())?;
+                        entry.insert(abort_on(stored.map(|bytes| decode(&bytes)).transpose())?)
+                    }
+                };
+                if let Some(subscription) = subscription {
+                    apply_outcome(subscription, attempt, decision);
+                }
+            }
+            for (subscription_id, subscription) in &touched {
+                if let Some(subscription) = subscription {
+                    subscriptions.insert(subscription_id.as_bytes(), encode(subscription))?;
+                }
             }
             Ok(())
         })?;
-        if let AttemptDecision::Retry { due } = decision {
-            self.announce(QueueNotice::Queued {
-                subscription_id: subscription_id.to_owned(),
-                due: *due,
-                delivery_id: delivery_id.to_owned(),
-            });
+        for record in records {
+            if let AttemptDecision::Retry { due } = record.decision {
+                self.announce(QueueNotice::Queued {
+                    subscription_id: record.subscription_id.clone(),
+                    due,
+                    delivery_id: record.delivery_id.clone(),
+                });
+            }
         }
         Ok(())
     }

@@ -2,12 +2,14 @@
 //! idempotency record, all written in one transaction — an outbox, so an acknowledged event can
 //! never exist without its queued deliveries.
 
+use std::collections::HashMap;
+
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
 use crate::store::codec::{decode, encode, IdempotencyRecord};
-use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
 
 /// How long a client idempotency id is remembered.
 pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
@@ -31,6 +33,16 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// One client request to publish: its events are stored all or nothing.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub tenant_id: String,
+    /// False when the tenant's webhooks are switched off: events are answered, nothing fans out.
+    pub webhooks_enabled: bool,
+    pub events: Vec<NewEvent>,
+    pub now: Millis,
+}
+
 /// What the transaction writes for one event, prepared outside it.
 struct Planned {
     event: Event,
@@ -38,9 +50,9 @@ struct Planned {
     client_key: Option<Vec<u8>>,
 }
 
-impl Store {
+impl Trees {
     /// Stores `events` of `tenant_id` with one delivery per matching subscription (none when
-    /// `webhooks_enabled` is false). Not yet durable: the caller awaits [`Store::durable`].
+    /// `webhooks_enabled` is false). Not yet durable: the caller awaits `Store::durable`.
     pub fn publish(
         &self,
         tenant_id: &str,
@@ -48,10 +60,57 @@ impl Store {
         events: &[NewEvent],
         now: Millis,
     ) -> Result<Vec<Published>, StoreError> {
-        let subscriptions = if webhooks_enabled { self.tenant_subscriptions(tenant_id)? } else { Vec::new() };
-        let planned: Vec<Planned> =
-            events.iter().map(|event| plan(tenant_id, event, &subscriptions, now)).collect();
+        let request = PublishRequest {
+            tenant_id: tenant_id.to_owned(),
+            webhooks_enabled,
+            events: events.to_vec(),
+            now,
+        };
+        self.publish_group(std::slice::from_ref(&request)).pop().unwrap_or(Err(StoreError::Unavailable))
+    }
 
+    /// Stores several requests in one transaction: the cost of a sled transaction (it holds
+    /// sled's global write lock) is paid once for the group. Each request still succeeds or
+    /// fails as a whole; when the group transaction aborts (a corrupt record), the requests are
+    /// retried one by one so only the affected one fails.
+    pub fn publish_group(&self, requests: &[PublishRequest]) -> Vec<Result<Vec<Published>, StoreError>> {
+        let planned = match self.plan_group(requests) {
+            Ok(planned) => planned,
+            Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
+        };
+        match self.write_group(&planned) {
+            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Err(StoreError::Corrupt(_)) if planned.len() > 1 => planned
+                .chunks(1)
+                .map(|one| self.write_group(one).map(|mut answers| answers.pop().unwrap_or_default()))
+                .collect(),
+            Err(err) => requests.iter().map(|_| Err(err.clone())).collect(),
+        }
+    }
+
+    /// Plans every event of every request; each tenant's subscriptions are read once.
+    fn plan_group(&self, requests: &[PublishRequest]) -> Result<Vec<Vec<Planned>>, StoreError> {
+        let mut subscriptions: HashMap<&str, Vec<Subscription>> = HashMap::new();
+        let mut planned = Vec::with_capacity(requests.len());
+        for request in requests {
+            let tenant_id = request.tenant_id.as_str();
+            if request.webhooks_enabled && !subscriptions.contains_key(tenant_id) {
+                subscriptions.insert(tenant_id, self.tenant_subscriptions(tenant_id)?);
+            }
+            let fan_out: &[Subscription] = match request.webhooks_enabled {
+                true => &subscriptions[tenant_id],
+                false => &[],
+            };
+            planned.push(
+                request.events.iter().map(|event| plan(tenant_id, event, fan_out, request.now)).collect(),
+            );
+        }
+        Ok(planned)
+    }
+
+    /// One transaction for the planned requests, then the held-release check and the queue
+    /// notices. Returns the answers of each request.
+    fn write_group(&self, planned: &[Vec<Planned>]) -> Result<Vec<Vec<Published>>, StoreError> {
         let trees = (
             &self.events,
             &self.deliveries,
@@ -63,57 +122,68 @@ impl Store {
         );
         let answers = trees.transaction(|(events, deliveries, queue, held, log, idempotency, expiry)| {
             let mut answers = Vec::with_capacity(planned.len());
-            for plan in &planned {
-                if let Some(key) = &plan.client_key {
-                    if let Some(previous) = remembered(idempotency, key, now)? {
-                        answers.push(Published {
-                            event_id: previous.event_id,
-                            deliveries: previous.deliveries,
-                            duplicate: true,
-                        });
-                        continue;
+            for request in planned {
+                let mut request_answers = Vec::with_capacity(request.len());
+                for plan in request {
+                    let now = plan.event.created_at;
+                    if let Some(key) = &plan.client_key {
+                        if let Some(previous) = remembered(idempotency, key, now)? {
+                            request_answers.push(Published {
+                                event_id: previous.event_id,
+                                deliveries: previous.deliveries,
+                                duplicate: true,
+                            });
+                            continue;
+                        }
+                        let record = IdempotencyRecord {
+                            created_at: now,
+                            event_id: plan.event.id.clone(),
+                            deliveries: plan.deliveries.len() as u32,
+                        };
+                        idempotency.insert(key.as_slice(), encode(&record))?;
+                        expiry.insert(keys::timed(now, key), &[])?;
                     }
-                    let record = IdempotencyRecord {
-                        created_at: now,
+                    // An event nobody subscribed to is answered but not kept: nothing references it.
+                    if !plan.deliveries.is_empty() {
+                        events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
+                    }
+                    for delivery in &plan.deliveries {
+                        let subscription_id = delivery.subscription_id.as_str();
+                        deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
+                        log.insert(
+                            keys::subscription_delivery(subscription_id, &delivery.id),
+                            &[delivery.state as u8],
+                        )?;
+                        match delivery.state {
+                            DeliveryState::Held => {
+                                held.insert(keys::subscription_delivery(subscription_id, &delivery.id), &[])?
+                            }
+                            _ => queue.insert(keys::queue(subscription_id, now, &delivery.id), &[])?,
+                        };
+                    }
+                    request_answers.push(Published {
                         event_id: plan.event.id.clone(),
                         deliveries: plan.deliveries.len() as u32,
-                    };
-                    idempotency.insert(key.as_slice(), encode(&record))?;
-                    expiry.insert(keys::timed(now, key), &[])?;
+                        duplicate: false,
+                    });
                 }
-                // An event nobody subscribed to is answered but not kept: nothing references it.
-                if !plan.deliveries.is_empty() {
-                    events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
-                }
-                for delivery in &plan.deliveries {
-                    let subscription_id = delivery.subscription_id.as_str();
-                    deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
-                    log.insert(
-                        keys::subscription_delivery(subscription_id, &delivery.id),
-                        &[delivery.state as u8],
-                    )?;
-                    match delivery.state {
-                        DeliveryState::Held => {
-                            held.insert(keys::subscription_delivery(subscription_id, &delivery.id), &[])?
-                        }
-                        _ => queue.insert(keys::queue(subscription_id, now, &delivery.id), &[])?,
-                    };
-                }
-                answers.push(Published {
-                    event_id: plan.event.id.clone(),
-                    deliveries: plan.deliveries.len() as u32,
-                    duplicate: false,
-                });
+                answers.push(request_answers);
             }
             Ok(answers)
         })?;
 
+        // Deliveries this transaction created (duplicates created nothing).
+        let created = || {
+            planned
+                .iter()
+                .flatten()
+                .zip(answers.iter().flatten())
+                .filter(|(_, answer)| !answer.duplicate)
+                .flat_map(|(plan, _)| plan.deliveries.iter())
+        };
+
         // A subscription un-paused while this transaction ran must not keep what it held.
-        let mut held_for: Vec<&str> = planned
-            .iter()
-            .zip(&answers)
-            .filter(|(_, answer)| !answer.duplicate)
-            .flat_map(|(plan, _)| plan.deliveries.iter())
+        let mut held_for: Vec<&str> = created()
             .filter(|delivery| delivery.state == DeliveryState::Held)
             .map(|delivery| delivery.subscription_id.as_str())
             .collect();
@@ -123,17 +193,12 @@ impl Store {
             self.release_if_deliverable(subscription_id)?;
         }
 
-        for (plan, answer) in planned.iter().zip(&answers) {
-            if answer.duplicate {
-                continue;
-            }
-            for delivery in plan.deliveries.iter().filter(|d| d.state == DeliveryState::Pending) {
-                self.announce(QueueNotice::Queued {
-                    subscription_id: delivery.subscription_id.clone(),
-                    due: now,
-                    delivery_id: delivery.id.clone(),
-                });
-            }
+        for delivery in created().filter(|delivery| delivery.state == DeliveryState::Pending) {
+            self.announce(QueueNotice::Queued {
+                subscription_id: delivery.subscription_id.clone(),
+                due: delivery.created_at,
+                delivery_id: delivery.id.clone(),
+            });
         }
         Ok(answers)
     }

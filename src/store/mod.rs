@@ -11,6 +11,7 @@ mod deliveries;
 mod events;
 mod keys;
 mod subscriptions;
+mod writer;
 
 use std::path::Path;
 
@@ -18,8 +19,9 @@ use sled::transaction::TransactionError;
 
 pub use codec::IdempotencyRecord;
 pub use commit::{CommitStats, GroupCommit};
+pub use deliveries::AttemptRecord;
 pub use deliveries::{AttemptContext, AttemptDecision};
-pub use events::{NewEvent, Published};
+pub use events::{NewEvent, PublishRequest, Published};
 
 use crate::model::Millis;
 
@@ -64,9 +66,10 @@ pub enum QueueNotice {
 /// needs and would make resident memory grow with the data.
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
-/// Handle to the database. Cheap to clone; every clone shares the same trees.
+/// The sled trees and every synchronous operation on them (the `impl Trees` blocks of the
+/// submodules). [`Store`] adds the threads that combine writes and derefs to this.
 #[derive(Clone)]
-pub struct Store {
+pub struct Trees {
     db: sled::Db,
     subscriptions: sled::Tree,
     tenant_subscriptions: sled::Tree,
@@ -80,13 +83,30 @@ pub struct Store {
     finished: sled::Tree,
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
-    commit: GroupCommit,
     notices: crossbeam_channel::Sender<QueueNotice>,
     notices_rx: crossbeam_channel::Receiver<QueueNotice>,
 }
 
+/// Handle to the database. Cheap to clone; every clone shares the same trees and threads. The
+/// threads (group commit, publish writer) stop when the last handle is dropped.
+#[derive(Clone)]
+pub struct Store {
+    trees: Trees,
+    commit: GroupCommit,
+    writer: writer::PublishWriter,
+}
+
+impl std::ops::Deref for Store {
+    type Target = Trees;
+
+    fn deref(&self) -> &Trees {
+        &self.trees
+    }
+}
+
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts its group-commit thread.
+    /// Opens (or creates) the database in `dir` and starts its group-commit and publish-writer
+    /// threads.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StoreError::Io(format!("cannot create {}: {err}", dir.display())))?;
@@ -101,7 +121,7 @@ impl Store {
             .map_err(|err| StoreError::Io(format!("cannot start the group-commit thread: {err}")))?;
         let (notices, notices_rx) = crossbeam_channel::unbounded();
         let tree = |name: &str| db.open_tree(name);
-        Ok(Store {
+        let trees = Trees {
             subscriptions: tree("subscriptions")?,
             tenant_subscriptions: tree("tenant_subscriptions")?,
             tenant_counts: tree("tenant_counts")?,
@@ -115,10 +135,18 @@ impl Store {
             idempotency: tree("idempotency")?,
             idempotency_expiry: tree("idempotency_expiry")?,
             db,
-            commit,
             notices,
             notices_rx,
-        })
+        };
+        let writer = writer::PublishWriter::start(trees.clone())
+            .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;
+        Ok(Store { trees, commit, writer })
+    }
+
+    /// Stores a publish request together with whatever other requests are waiting (one
+    /// transaction for the group). Not yet durable: the caller awaits [`Store::durable`].
+    pub async fn publish_grouped(&self, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
+        self.writer.publish(request).await
     }
 
     /// Resolves once every write made before the call is on disk (shared with other callers).
@@ -134,7 +162,9 @@ impl Store {
     pub fn commit_stats(&self) -> &CommitStats {
         self.commit.stats()
     }
+}
 
+impl Trees {
     /// The channel on which queue writes are announced (for the delivery engine).
     pub fn notices(&self) -> crossbeam_channel::Receiver<QueueNotice> {
         self.notices_rx.clone()

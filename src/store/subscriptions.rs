@@ -5,7 +5,7 @@ use sled::Transactional;
 
 use crate::model::Subscription;
 use crate::store::codec::{decode, encode};
-use crate::store::{abort_on, keys, QueueNotice, Store, StoreError};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
 
 fn read_count(
     counts: &TransactionalTree,
@@ -18,7 +18,7 @@ fn read_count(
         .unwrap_or(0))
 }
 
-impl Store {
+impl Trees {
     /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
     /// the insert are one transaction, so concurrent creates can never exceed the limit.
     pub fn create_subscription(

@@ -1,0 +1,43 @@
+//! The recorder thread: stores attempt outcomes in groups, then tells the scheduler.
+//!
+//! Workers hand each outcome here and go on to their next attempt. The recorder takes every
+//! outcome waiting (up to [`MAX_GROUP`]) and records them in one transaction, so the cost of a
+//! sled transaction — and of the subscription record every outcome updates — is paid once per
+//! group instead of once per attempt, and workers of one busy subscription never conflict on
+//! that record. Only after the group committed does the scheduler learn the jobs completed: until
+//! then their keys stay in flight, so a refill can never dispatch them a second time.
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::delivery::{Completed, Job};
+use crate::store::{AttemptRecord, Store};
+
+/// Most outcomes recorded by one transaction (sled's write lock is held for its duration).
+const MAX_GROUP: usize = 256;
+
+/// An attempt's outcome on its way to storage.
+pub struct Attempted {
+    pub job: Job,
+    pub record: AttemptRecord,
+    /// Whether the endpoint answered 2xx (for the scheduler's trust bookkeeping).
+    pub endpoint_ok: bool,
+}
+
+/// Records outcomes until every worker has gone (the channel closed) and the queue is empty.
+pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Completed>) {
+    while let Ok(first) = outcomes.recv() {
+        let (jobs, records): (Vec<(Job, bool)>, Vec<AttemptRecord>) = std::iter::once(first)
+            .chain(outcomes.try_iter().take(MAX_GROUP - 1))
+            .map(|outcome| ((outcome.job, outcome.endpoint_ok), outcome.record))
+            .unzip();
+        let recorded = store.record_attempts(&records);
+        if let Err(err) = &recorded {
+            // The queue keys are still in storage: the deliveries are attempted again later.
+            tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
+        }
+        for (job, endpoint_ok) in jobs {
+            // The scheduler is gone only when the engine is stopping.
+            let _ = done.send(Completed { job, endpoint_ok: recorded.is_ok().then_some(endpoint_ok) });
+        }
+    }
+}

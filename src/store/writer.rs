@@ -1,0 +1,54 @@
+//! The publish writer: one thread that stores publish requests in groups.
+//!
+//! Every sled transaction takes sled's global write lock, so many API threads each running
+//! their own publish transaction mostly wait on that lock and on each other's retries. This
+//! thread instead takes the first waiting request, every request that queued up behind it (up to
+//! [`MAX_GROUP_EVENTS`] events), stores them all in one transaction and answers each one. Under
+//! load the group grows by itself; a lone request is stored at once.
+
+use tokio::sync::oneshot;
+
+use crate::store::events::{PublishRequest, Published};
+use crate::store::{StoreError, Trees};
+
+/// Most events stored by one group transaction, so one transaction never holds sled's write
+/// lock for long (a 1000-event batch still goes alone).
+const MAX_GROUP_EVENTS: usize = 1000;
+
+type Reply = oneshot::Sender<Result<Vec<Published>, StoreError>>;
+
+/// Handle to the writer thread. Dropping every handle stops the thread.
+#[derive(Clone)]
+pub struct PublishWriter {
+    requests: crossbeam_channel::Sender<(PublishRequest, Reply)>,
+}
+
+impl PublishWriter {
+    pub fn start(trees: Trees) -> std::io::Result<PublishWriter> {
+        let (requests, incoming) = crossbeam_channel::unbounded::<(PublishRequest, Reply)>();
+        std::thread::Builder::new().name("publish-writer".into()).spawn(move || {
+            while let Ok(first) = incoming.recv() {
+                let mut events = first.0.events.len();
+                let mut group = vec![first];
+                while events < MAX_GROUP_EVENTS {
+                    let Ok(next) = incoming.try_recv() else { break };
+                    events += next.0.events.len();
+                    group.push(next);
+                }
+                let (requests, replies): (Vec<PublishRequest>, Vec<Reply>) = group.into_iter().unzip();
+                for (reply, result) in replies.into_iter().zip(trees.publish_group(&requests)) {
+                    // A caller that went away (its request was cancelled) is fine to ignore.
+                    let _ = reply.send(result);
+                }
+            }
+        })?;
+        Ok(PublishWriter { requests })
+    }
+
+    /// Stores `request` with the group it lands in; resolves once it is written (not durable).
+    pub async fn publish(&self, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.requests.send((request, reply)).map_err(|_| StoreError::Unavailable)?;
+        answer.await.map_err(|_| StoreError::Unavailable)?
+    }
+}
