@@ -34,13 +34,18 @@ pub struct Job {
     pub suspect: bool,
 }
 
-/// A worker finished (or skipped) a job; its lane may send the next one.
+/// What the workers and the recorder tell the scheduler about a job.
 #[derive(Debug, Clone)]
-pub struct Completed {
-    pub job: Job,
-    /// What the attempt said about the endpoint: `Some(true)` answered 2xx, `Some(false)`
-    /// failed, `None` no attempt was made (held, stale, deleted).
-    pub endpoint_ok: Option<bool>,
+pub enum Progress {
+    /// The attempt's HTTP exchange is over: the subscription's concurrency slot (and a suspect
+    /// budget slot) is free, and `endpoint_ok` says whether it answered 2xx. The key stays in
+    /// flight until [`Progress::Recorded`].
+    Attempted { job: Job, endpoint_ok: bool },
+    /// The outcome is stored (or storing it failed and the key is still queued): the key is no
+    /// longer in flight.
+    Recorded { job: Job },
+    /// No attempt was made (stale key, deleted subscription, now held): slot and key are free.
+    Skipped { job: Job },
 }
 
 /// The running engine. [`Engine::shutdown`] drains it.

@@ -4,12 +4,13 @@
 //! outcome waiting (up to [`MAX_GROUP`]) and records them in one transaction, so the cost of a
 //! sled transaction — and of the subscription record every outcome updates — is paid once per
 //! group instead of once per attempt, and workers of one busy subscription never conflict on
-//! that record. Only after the group committed does the scheduler learn the jobs completed: until
-//! then their keys stay in flight, so a refill can never dispatch them a second time.
+//! that record. The worker already freed the subscription's concurrency slot when the HTTP
+//! exchange ended; only after the group committed does the scheduler learn the keys are no
+//! longer in flight, so a refill can never dispatch them a second time.
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::delivery::{Completed, Job};
+use crate::delivery::{Job, Progress};
 use crate::store::{AttemptRecord, Store};
 
 /// Most outcomes recorded by one transaction (sled's write lock is held for its duration).
@@ -19,25 +20,23 @@ const MAX_GROUP: usize = 256;
 pub struct Attempted {
     pub job: Job,
     pub record: AttemptRecord,
-    /// Whether the endpoint answered 2xx (for the scheduler's trust bookkeeping).
-    pub endpoint_ok: bool,
 }
 
 /// Records outcomes until every worker has gone (the channel closed) and the queue is empty.
-pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Completed>) {
+pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Progress>) {
     while let Ok(first) = outcomes.recv() {
-        let (jobs, records): (Vec<(Job, bool)>, Vec<AttemptRecord>) = std::iter::once(first)
+        let (jobs, records): (Vec<Job>, Vec<AttemptRecord>) = std::iter::once(first)
             .chain(outcomes.try_iter().take(MAX_GROUP - 1))
-            .map(|outcome| ((outcome.job, outcome.endpoint_ok), outcome.record))
+            .map(|outcome| (outcome.job, outcome.record))
             .unzip();
         let recorded = store.record_attempts(&records);
         if let Err(err) = &recorded {
             // The queue keys are still in storage: the deliveries are attempted again later.
             tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
         }
-        for (job, endpoint_ok) in jobs {
+        for job in jobs {
             // The scheduler is gone only when the engine is stopping.
-            let _ = done.send(Completed { job, endpoint_ok: recorded.is_ok().then_some(endpoint_ok) });
+            let _ = done.send(Progress::Recorded { job });
         }
     }
 }

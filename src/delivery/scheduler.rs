@@ -21,7 +21,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::SharedConfig;
 use crate::delivery::wheel::TimingWheel;
-use crate::delivery::{Completed, Job};
+use crate::delivery::{Job, Progress};
 use crate::model::{now_millis, Millis};
 use crate::store::{QueueNotice, Store};
 
@@ -43,8 +43,11 @@ struct Lane {
     cursor: Option<Key>,
     /// The last refill reached the end of the subscription's queue.
     exhausted: bool,
-    /// Keys handed to workers and not yet completed (they stay in sled until then).
+    /// Keys handed to workers whose outcome is not yet recorded (they stay in sled until then,
+    /// and refills skip them).
     in_flight: BTreeSet<Key>,
+    /// Jobs whose HTTP exchange is not over: what the in-flight cap counts.
+    attempting: usize,
     /// When the wheel will next wake this lane.
     wake_at: Option<Millis>,
     /// The lane is queued for a free slot of the suspect budget.
@@ -87,7 +90,7 @@ impl Scheduler {
     pub fn run(
         mut self,
         notices: Receiver<QueueNotice>,
-        completions: Receiver<Completed>,
+        completions: Receiver<Progress>,
         stop: Receiver<()>,
     ) {
         match self.store.subscriptions_with_queue() {
@@ -115,8 +118,8 @@ impl Scheduler {
                     Ok(notice) => self.on_notice(notice),
                     Err(_) => return,
                 },
-                recv(completions) -> completed => match completed {
-                    Ok(completed) => self.on_completed(completed),
+                recv(completions) -> progress => match progress {
+                    Ok(progress) => self.on_progress(progress),
                     Err(_) => return,
                 },
                 recv(stop) -> _ => return,
@@ -126,8 +129,8 @@ impl Scheduler {
             for notice in notices.try_iter() {
                 self.on_notice(notice);
             }
-            for completed in completions.try_iter() {
-                self.on_completed(completed);
+            for progress in completions.try_iter() {
+                self.on_progress(progress);
             }
             self.wheel.poll(now_millis(), &mut fired);
             for subscription in fired.drain(..) {
@@ -172,23 +175,31 @@ impl Scheduler {
         }
     }
 
-    fn on_completed(&mut self, completed: Completed) {
-        let Completed { job, endpoint_ok } = completed;
+    fn on_progress(&mut self, progress: Progress) {
+        let (job, slot_free, key_free) = match progress {
+            Progress::Attempted { job, endpoint_ok } => {
+                let id: &str = &job.subscription_id;
+                if endpoint_ok {
+                    self.trusted.insert(id.into());
+                } else {
+                    self.trusted.remove(id);
+                }
+                (job, true, false)
+            }
+            Progress::Recorded { job } => (job, false, true),
+            Progress::Skipped { job } => (job, true, true),
+        };
         let id: Arc<str> = job.subscription_id.into();
         if let Some(lane) = self.lanes.get_mut(&id) {
-            lane.in_flight.remove(&(job.due, job.delivery_id));
-        }
-        match endpoint_ok {
-            Some(true) => {
-                self.trusted.insert(id.clone());
+            if key_free {
+                lane.in_flight.remove(&(job.due, job.delivery_id));
             }
-            Some(false) => {
-                self.trusted.remove(&id);
+            if slot_free {
+                lane.attempting = lane.attempting.saturating_sub(1);
             }
-            None => {}
         }
         self.dispatch(&id);
-        if job.suspect {
+        if slot_free && job.suspect {
             self.suspect_in_flight -= 1;
             // A budget slot is free: hand it to the lanes that have waited longest.
             while self.suspect_in_flight < self.suspect_budget {
@@ -210,7 +221,7 @@ impl Scheduler {
         let now = now_millis();
         let Some(lane) = self.lanes.get_mut(id) else { return };
         refill(&self.store, id, lane);
-        while lane.in_flight.len() < cap {
+        while lane.attempting < cap {
             let Some(first) = lane.window.first() else { break };
             if first.0 > now {
                 break;
@@ -227,6 +238,7 @@ impl Scheduler {
             }
             let key = lane.window.pop_first().expect("window is not empty");
             lane.in_flight.insert(key.clone());
+            lane.attempting += 1;
             let job = Job { subscription_id: id.to_string(), due: key.0, delivery_id: key.1, suspect };
             if self.jobs.send(job).is_err() {
                 return;
@@ -235,7 +247,7 @@ impl Scheduler {
                 refill(&self.store, id, lane);
             }
         }
-        if lane.in_flight.len() < cap && !lane.waiting_for_budget {
+        if lane.attempting < cap && !lane.waiting_for_budget {
             if let Some((due, _)) = lane.window.first() {
                 if lane.wake_at.is_none_or(|wake| *due < wake) {
                     lane.wake_at = Some(*due);

@@ -10,7 +10,7 @@ use crate::delivery::backoff::{jitter_fraction, retry_delay};
 use crate::delivery::http::{post, AttemptResult, Outcome};
 use crate::delivery::recorder::Attempted;
 use crate::delivery::signer::{atender_signature, standard_webhooks_header};
-use crate::delivery::{Completed, Job};
+use crate::delivery::{Job, Progress};
 use crate::metrics::{AttemptLabel, Metrics};
 use crate::model::{now_millis, Attempt, Millis, Subscription};
 use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Store, StoreError};
@@ -25,25 +25,29 @@ pub struct WorkerContext {
     pub stopping: Arc<AtomicBool>,
 }
 
-/// Takes jobs until the channel closes or the engine stops. An attempt's outcome goes to the
-/// recorder (which completes the job once it is stored); a job skipped without an attempt is
-/// completed here.
+/// Takes jobs until the channel closes or the engine stops. After an attempt the worker tells the
+/// scheduler the slot is free and hands the outcome to the recorder (which reports the key
+/// once it is stored); a job skipped without an attempt is reported here.
 pub fn run(
     context: Arc<WorkerContext>,
     jobs: crossbeam_channel::Receiver<Job>,
     outcomes: crossbeam_channel::Sender<Attempted>,
-    done: crossbeam_channel::Sender<Completed>,
+    progress: crossbeam_channel::Sender<Progress>,
 ) {
     while let Ok(job) = jobs.recv() {
         if context.stopping.load(Ordering::SeqCst) {
             break;
         }
         let sent = match attempt(&context, &job) {
-            Ok(Some((record, endpoint_ok))) => outcomes.send(Attempted { job, record, endpoint_ok }).is_ok(),
-            Ok(None) => done.send(Completed { job, endpoint_ok: None }).is_ok(),
+            Ok(Some((record, endpoint_ok))) => {
+                // The slot is free now; the key stays in flight until the recorder stored it.
+                let _ = progress.send(Progress::Attempted { job: job.clone(), endpoint_ok });
+                outcomes.send(Attempted { job, record }).is_ok()
+            }
+            Ok(None) => progress.send(Progress::Skipped { job }).is_ok(),
             Err(err) => {
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
-                done.send(Completed { job, endpoint_ok: None }).is_ok()
+                progress.send(Progress::Skipped { job }).is_ok()
             }
         };
         if !sent {
