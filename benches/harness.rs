@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atender_webhooks::config::key_digest;
-use atender_webhooks::model::{now_millis, Attempt, IdKind};
-use atender_webhooks::store::{AttemptDecision, NewEvent, Store};
+use atender_webhooks::model::{now_millis, Attempt, IdKind, Subscription};
+use atender_webhooks::store::{AttemptDecision, AttemptRecord, NewEvent, Store};
 use atender_webhooks::{Config, Daemon};
 use serde_json::{json, Value};
 use warp::Filter;
@@ -654,29 +654,14 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
     // Ten subscriptions, as a real backlog spreads over several endpoints.
     let subscriptions: Vec<String> = (0..10)
         .map(|n| {
-            let subscription = atender_webhooks::model::Subscription {
-                id: IdKind::Subscription.new_id(now),
-                tenant_id: "bench".into(),
-                name: format!("backlog {n}"),
-                url: "http://127.0.0.1:9/".into(),
-                events: vec!["message.received".into()],
-                headers: Vec::new(),
-                max_retries: 5,
-                retry_delay_seconds: 3600,
-                is_active: true,
-                is_paused: false,
-                disable_reason: None,
-                disabled_at: None,
-                consecutive_failures: 0,
-                last_delivery_at: None,
-                last_delivery_status: None,
-                last_delivery_response_code: None,
-                last_delivery_error: None,
-                created_at: now,
-                updated_at: now,
-                secret: atender_webhooks::model::new_secret(),
-                retired_secret: None,
-            };
+            let mut subscription = Subscription::new(
+                "bench",
+                &format!("backlog {n}"),
+                "http://127.0.0.1:9/",
+                &["message.received"],
+                now,
+            );
+            subscription.retry_delay_seconds = 3600;
             store.create_subscription(&subscription, 1000).unwrap();
             subscription.id
         })
@@ -706,10 +691,23 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
                 .map(move |(at, delivery)| (subscription.clone(), at, delivery))
         })
         .collect();
-    for (subscription, at, delivery) in queued {
-        let attempt =
-            Attempt { at: now, duration_ms: 1, response_code: Some(503), error: Some("HTTP 503".into()) };
-        store.record_attempt(&subscription, at, &delivery, attempt, &AttemptDecision::Retry { due }).unwrap();
+    let records: Vec<AttemptRecord> = queued
+        .into_iter()
+        .map(|(subscription_id, at, delivery_id)| AttemptRecord {
+            subscription_id,
+            due: at,
+            delivery_id,
+            attempt: Attempt {
+                at: now,
+                duration_ms: 1,
+                response_code: Some(503),
+                error: Some("HTTP 503".into()),
+            },
+            decision: AttemptDecision::Retry { due },
+        })
+        .collect();
+    for group in records.chunks(500) {
+        store.record_attempts(group).unwrap();
     }
     store.durable_blocking().unwrap();
     assert_eq!(store.queue_depth().0, size.div_ceil(per_event).div_ceil(500) * 500 * per_event);

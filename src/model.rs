@@ -138,6 +138,35 @@ pub struct Subscription {
 }
 
 impl Subscription {
+    /// A new active subscription with the guide's defaults (5 retries, 30 s first delay, no
+    /// custom headers) and a fresh secret, for code that stores one without the API (benchmark
+    /// seeding, storage tests). The API builds its own from the validated request.
+    pub fn new(tenant_id: &str, name: &str, url: &str, events: &[&str], now: Millis) -> Subscription {
+        Subscription {
+            id: IdKind::Subscription.new_id(now),
+            tenant_id: tenant_id.to_owned(),
+            name: name.to_owned(),
+            url: url.to_owned(),
+            events: events.iter().map(|event| (*event).to_owned()).collect(),
+            headers: Vec::new(),
+            max_retries: 5,
+            retry_delay_seconds: 30,
+            is_active: true,
+            is_paused: false,
+            disable_reason: None,
+            disabled_at: None,
+            consecutive_failures: 0,
+            last_delivery_at: None,
+            last_delivery_status: None,
+            last_delivery_response_code: None,
+            last_delivery_error: None,
+            created_at: now,
+            updated_at: now,
+            secret: new_secret(),
+            retired_secret: None,
+        }
+    }
+
     /// Whether deliveries may go out now (active and not paused).
     pub fn is_deliverable(&self) -> bool {
         self.is_active && !self.is_paused

@@ -13,8 +13,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::delivery::{Job, Progress};
 use crate::store::{AttemptRecord, Store};
 
-/// Most outcomes recorded by one transaction (sled's write lock is held for its duration).
-const MAX_GROUP: usize = 256;
+/// Most outcomes recorded by one transaction. sled's global write lock is held for its duration
+/// and every worker's reads wait on it: 256 made attempts stall for milliseconds (BENCHMARKS.md).
+const MAX_GROUP: usize = 32;
 
 /// An attempt's outcome on its way to storage.
 pub struct Attempted {

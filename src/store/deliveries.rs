@@ -509,3 +509,79 @@ impl Trees {
         Ok((page, if more { last_scanned } else { None }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_millis;
+    use crate::store::{NewEvent, Store};
+
+    fn failed(at: Millis, status: u16) -> Attempt {
+        Attempt { at, duration_ms: 1, response_code: Some(status), error: Some(format!("HTTP {status}")) }
+    }
+
+    #[test]
+    fn a_group_of_outcomes_applies_each_in_order_and_writes_the_subscription_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_millis();
+        let subscription = Subscription::new("acme", "a", "https://a.example/", &["message.received"], now);
+        store.create_subscription(&subscription, 10).unwrap();
+        let events: Vec<NewEvent> = (0..3)
+            .map(|_| NewEvent {
+                id: IdKind::Event.new_id(now),
+                event_type: "message.received".into(),
+                body: b"{}".to_vec(),
+                client_id: None,
+            })
+            .collect();
+        store.publish("acme", true, &events, now).unwrap();
+        let queued = store.queued_after(&subscription.id, None, 10).unwrap();
+        assert_eq!(queued.len(), 3);
+
+        let record = |(due, delivery_id): &(Millis, String), attempt, decision| AttemptRecord {
+            subscription_id: subscription.id.clone(),
+            due: *due,
+            delivery_id: delivery_id.clone(),
+            attempt,
+            decision,
+        };
+        let retry_at = now + 60_000;
+        store
+            .record_attempts(&[
+                record(&queued[0], failed(now + 1, 503), AttemptDecision::Retry { due: retry_at }),
+                record(&queued[1], failed(now + 2, 500), AttemptDecision::Retry { due: retry_at }),
+                record(
+                    &queued[2],
+                    failed(now + 3, 502),
+                    AttemptDecision::GiveUp { disable_reason: "too many consecutive failures".into() },
+                ),
+            ])
+            .unwrap();
+
+        let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
+        assert_eq!(stored.consecutive_failures, 3);
+        assert_eq!(stored.last_delivery_response_code, Some(502));
+        assert_eq!(stored.last_delivery_at, Some(now + 3));
+        assert!(!stored.is_active);
+        assert_eq!(stored.disable_reason.as_deref(), Some("too many consecutive failures"));
+
+        // Two retries moved to their new due time; the third finished as failed.
+        let requeued = store.queued_after(&subscription.id, None, 10).unwrap();
+        assert_eq!(requeued.iter().map(|(due, _)| *due).collect::<Vec<_>>(), [retry_at, retry_at]);
+        let last = store.delivery(&queued[2].1).unwrap().unwrap();
+        assert_eq!(last.state, DeliveryState::Failed);
+        assert_eq!(last.attempts.len(), 1);
+
+        // A success afterwards resets the counter.
+        store
+            .record_attempts(&[AttemptRecord {
+                attempt: Attempt { at: now + 4, duration_ms: 1, response_code: Some(200), error: None },
+                ..record(&requeued[0], failed(0, 0), AttemptDecision::Succeeded)
+            }])
+            .unwrap();
+        let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
+        assert_eq!(stored.consecutive_failures, 0);
+        assert_eq!(stored.last_delivery_status, Some(LastDeliveryStatus::Succeeded));
+    }
+}

@@ -269,3 +269,55 @@ fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: 
         deliveries,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_millis;
+    use crate::store::Store;
+
+    fn event(client_id: Option<&str>) -> NewEvent {
+        NewEvent {
+            id: IdKind::Event.new_id(now_millis()),
+            event_type: "message.received".into(),
+            body: b"{}".to_vec(),
+            client_id: client_id.map(str::to_owned),
+        }
+    }
+
+    fn request(tenant_id: &str, events: Vec<NewEvent>) -> PublishRequest {
+        PublishRequest { tenant_id: tenant_id.into(), webhooks_enabled: true, events, now: now_millis() }
+    }
+
+    #[test]
+    fn a_group_answers_each_request_and_sees_its_own_idempotency_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_millis();
+        let acme = Subscription::new("acme", "a", "https://a.example/", &["message.received"], now);
+        let globex = Subscription::new("globex", "g", "https://g.example/", &["message.received"], now);
+        store.create_subscription(&acme, 10).unwrap();
+        store.create_subscription(&globex, 10).unwrap();
+
+        let answers = store.publish_group(&[
+            request("acme", vec![event(Some("same")), event(None)]),
+            request("globex", vec![event(Some("same"))]),
+            request("acme", vec![event(Some("same"))]),
+            request("nobody", vec![event(None)]),
+        ]);
+        let answers: Vec<Vec<Published>> = answers.into_iter().map(Result::unwrap).collect();
+        assert_eq!(answers.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1, 1, 1]);
+        // The same client id of another tenant is another event; of the same tenant, a duplicate.
+        assert!(!answers[1][0].duplicate);
+        assert_eq!(answers[1][0].deliveries, 1);
+        assert!(answers[2][0].duplicate);
+        assert_eq!(answers[2][0].event_id, answers[0][0].event_id);
+        assert_eq!(answers[3][0].deliveries, 0);
+        // Three deliveries stored and queued: two for acme, one for globex.
+        assert_eq!(store.queue_depth(), (3, 0));
+        assert_eq!(store.queued_after(&acme.id, None, 10).unwrap().len(), 2);
+        for answer in answers.iter().flatten().filter(|answer| answer.deliveries > 0) {
+            assert!(store.event(&answer.event_id).unwrap().is_some());
+        }
+    }
+}

@@ -11,9 +11,10 @@ use tokio::sync::oneshot;
 use crate::store::events::{PublishRequest, Published};
 use crate::store::{StoreError, Trees};
 
-/// Most events stored by one group transaction, so one transaction never holds sled's write
-/// lock for long (a 1000-event batch still goes alone).
-const MAX_GROUP_EVENTS: usize = 1000;
+/// Most events gathered into one group transaction. Every sled read (each delivery attempt
+/// reads three records) waits while a transaction holds sled's global write lock, so groups
+/// stay small enough to keep that wait short; a bigger batch request still goes alone, whole.
+const MAX_GROUP_EVENTS: usize = 128;
 
 type Reply = oneshot::Sender<Result<Vec<Published>, StoreError>>;
 
