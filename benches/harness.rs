@@ -656,9 +656,9 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
         .map(|n| {
             let mut subscription = Subscription::new(
                 "bench",
-                &format!("backlog {n}"),
+                format!("backlog {n}"),
                 "http://127.0.0.1:9/",
-                &["message.received"],
+                vec!["message.received".into()],
                 now,
             );
             subscription.retry_delay_seconds = 3600;

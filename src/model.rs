@@ -139,15 +139,21 @@ pub struct Subscription {
 
 impl Subscription {
     /// A new active subscription with the guide's defaults (5 retries, 30 s first delay, no
-    /// custom headers) and a fresh secret, for code that stores one without the API (benchmark
-    /// seeding, storage tests). The API builds its own from the validated request.
-    pub fn new(tenant_id: &str, name: &str, url: &str, events: &[&str], now: Millis) -> Subscription {
+    /// custom headers, not paused) and a fresh secret. The API overrides the defaults with the
+    /// validated request; benchmark seeding and storage tests use it as it is.
+    pub fn new(
+        tenant_id: &str,
+        name: impl Into<String>,
+        url: impl Into<String>,
+        events: Vec<String>,
+        now: Millis,
+    ) -> Subscription {
         Subscription {
             id: IdKind::Subscription.new_id(now),
             tenant_id: tenant_id.to_owned(),
-            name: name.to_owned(),
-            url: url.to_owned(),
-            events: events.iter().map(|event| (*event).to_owned()).collect(),
+            name: name.into(),
+            url: url.into(),
+            events,
             headers: Vec::new(),
             max_retries: 5,
             retry_delay_seconds: 30,

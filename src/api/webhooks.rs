@@ -138,12 +138,11 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     let body: CreateBody = require_json(&headers, &body)?;
     let now = now_millis();
     let is_active = body.is_active.unwrap_or(true);
+    // Validated in this order, so the first bad field named is the first one in the body.
+    let name = validate_name(&body.name)?;
+    let url = validate_url(&config, &body.url)?;
+    let events = validate_events(&config, &body.events)?;
     let subscription = Subscription {
-        id: IdKind::Subscription.new_id(now),
-        tenant_id: principal.tenant.id.clone(),
-        name: validate_name(&body.name)?,
-        url: validate_url(&config, &body.url)?,
-        events: validate_events(&config, &body.events)?,
         headers: validate_headers(body.headers.as_ref())?,
         max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(5), 0, 20)?,
         retry_delay_seconds: validate_range(
@@ -156,15 +155,7 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
         is_paused: body.is_paused.unwrap_or(false),
         disable_reason: (!is_active).then(|| DISABLED_BY_API.to_owned()),
         disabled_at: (!is_active).then_some(now),
-        consecutive_failures: 0,
-        last_delivery_at: None,
-        last_delivery_status: None,
-        last_delivery_response_code: None,
-        last_delivery_error: None,
-        created_at: now,
-        updated_at: now,
-        secret: generate_secret(),
-        retired_secret: None,
+        ..Subscription::new(&principal.tenant.id, name, url, events, now)
     };
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
     state.store.durable().await?;

@@ -525,7 +525,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = now_millis();
-        let subscription = Subscription::new("acme", "a", "https://a.example/", &["message.received"], now);
+        let subscription =
+            Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
         store.create_subscription(&subscription, 10).unwrap();
         let events: Vec<NewEvent> = (0..3)
             .map(|_| NewEvent {

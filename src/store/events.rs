@@ -294,8 +294,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let now = now_millis();
-        let acme = Subscription::new("acme", "a", "https://a.example/", &["message.received"], now);
-        let globex = Subscription::new("globex", "g", "https://g.example/", &["message.received"], now);
+        let acme = Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
+        let globex =
+            Subscription::new("globex", "g", "https://g.example/", vec!["message.received".into()], now);
         store.create_subscription(&acme, 10).unwrap();
         store.create_subscription(&globex, 10).unwrap();
 
