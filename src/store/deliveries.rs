@@ -4,6 +4,7 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::ops::Bound;
+use std::sync::Arc;
 
 use sled::Transactional;
 
@@ -17,8 +18,8 @@ use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
 #[derive(Debug, Clone)]
 pub struct AttemptContext {
     pub delivery: Delivery,
-    pub subscription: Subscription,
-    pub event: Event,
+    pub subscription: Arc<Subscription>,
+    pub event: Arc<Event>,
 }
 
 /// One attempt's outcome, to record: the queue key it was made for, what happened, and what
@@ -129,14 +130,17 @@ impl Trees {
     ) -> Result<Option<AttemptContext>, StoreError> {
         let delivery: Option<Delivery> =
             self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()?;
-        let subscription = self.subscription_by_id(subscription_id)?;
+        let subscription = self.cached_subscription(subscription_id)?;
         let context = match (delivery, subscription) {
             // A key whose due time is not the delivery's current one is stale (it was
             // rescheduled meanwhile): never attempt twice for one due time.
             (Some(delivery), Some(subscription))
                 if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(due) =>
             {
-                let event = self.event(&delivery.event_id)?;
+                let event = match self.event_cache.get(&delivery.event_id) {
+                    Some(event) => Some(event),
+                    None => self.event(&delivery.event_id)?.map(Arc::new),
+                };
                 event.map(|event| AttemptContext { delivery, subscription, event })
             }
             _ => None,
@@ -170,56 +174,70 @@ impl Trees {
     /// subscription with several outcomes in the group is read and written once, the outcomes
     /// applied in order, so the workers of one busy subscription do not contend on its record.
     pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
-        (&self.deliveries, &self.queue, &self.subscription_deliveries, &self.finished, &self.subscriptions)
+        let writes = self.subscription_cache.lock_writes();
+        let updated = (
+            &self.deliveries,
+            &self.queue,
+            &self.subscription_deliveries,
+            &self.finished,
+            &self.subscriptions,
+        )
             .transaction(|(deliveries, queue, log, finished, subscriptions)| {
-            let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
-            for record in records {
-                let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
-                let now = attempt.at;
-                queue.remove(keys::queue(subscription_id, *due, delivery_id))?;
-                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
-                let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                delivery.push_attempt(attempt.clone());
-                match decision {
-                    AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
-                        delivery.state = if *decision == AttemptDecision::Succeeded {
-                            DeliveryState::Succeeded
-                        } else {
-                            DeliveryState::Failed
-                        };
-                        delivery.next_attempt_at = None;
-                        delivery.finished_at = Some(now);
-                        finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
+                let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
+                for record in records {
+                    let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
+                    let now = attempt.at;
+                    queue.remove(keys::queue(subscription_id, *due, delivery_id))?;
+                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
+                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
+                    delivery.push_attempt(attempt.clone());
+                    match decision {
+                        AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
+                            delivery.state = if *decision == AttemptDecision::Succeeded {
+                                DeliveryState::Succeeded
+                            } else {
+                                DeliveryState::Failed
+                            };
+                            delivery.next_attempt_at = None;
+                            delivery.finished_at = Some(now);
+                            finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
+                        }
+                        AttemptDecision::Retry { due } => {
+                            delivery.next_attempt_at = Some(*due);
+                            queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
+                        }
                     }
-                    AttemptDecision::Retry { due } => {
-                        delivery.next_attempt_at = Some(*due);
-                        queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
-                    }
-                }
-                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                log.insert(
-                    keys::subscription_delivery(subscription_id, delivery_id),
-                    &[state_byte(delivery.state)],
-                )?;
+                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
+                    log.insert(
+                        keys::subscription_delivery(subscription_id, delivery_id),
+                        &[state_byte(delivery.state)],
+                    )?;
 
-                let subscription = match touched.entry(subscription_id.as_str()) {
-                    Entry::Occupied(entry) => entry.into_mut(),
-                    Entry::Vacant(entry) => {
-                        let stored = subscriptions.get(subscription_id.as_bytes())?;
-                        entry.insert(abort_on(stored.map(|bytes| decode(&bytes)).transpose())?)
+                    let subscription = match touched.entry(subscription_id.as_str()) {
+                        Entry::Occupied(entry) => entry.into_mut(),
+                        Entry::Vacant(entry) => {
+                            let stored = subscriptions.get(subscription_id.as_bytes())?;
+                            entry.insert(abort_on(stored.map(|bytes| decode(&bytes)).transpose())?)
+                        }
+                    };
+                    if let Some(subscription) = subscription {
+                        apply_outcome(subscription, attempt, decision);
                     }
-                };
-                if let Some(subscription) = subscription {
-                    apply_outcome(subscription, attempt, decision);
                 }
-            }
-            for (subscription_id, subscription) in &touched {
-                if let Some(subscription) = subscription {
-                    subscriptions.insert(subscription_id.as_bytes(), encode(subscription))?;
+                let mut updated = Vec::with_capacity(touched.len());
+                for (subscription_id, subscription) in touched {
+                    if let Some(subscription) = subscription {
+                        subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
+                        updated.push(subscription);
+                    }
                 }
-            }
-            Ok(())
-        })?;
+                Ok(updated)
+            })?;
+        // Still under the write lock: the cache changes in commit order.
+        for subscription in &updated {
+            self.subscription_cache.refresh(subscription);
+        }
+        drop(writes);
         for record in records {
             if let AttemptDecision::Retry { due } = record.decision {
                 self.announce(QueueNotice::Queued {

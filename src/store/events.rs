@@ -3,6 +3,7 @@
 //! never exist without its queued deliveries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
@@ -191,6 +192,13 @@ impl Trees {
         held_for.dedup();
         for subscription_id in held_for {
             self.release_if_deliverable(subscription_id)?;
+        }
+
+        // Attempts read the event from memory while it is fresh (events never change).
+        for (plan, answer) in planned.iter().flatten().zip(answers.iter().flatten()) {
+            if !answer.duplicate && !plan.deliveries.is_empty() {
+                self.event_cache.put(Arc::new(plan.event.clone()));
+            }
         }
 
         for delivery in created().filter(|delivery| delivery.state == DeliveryState::Pending) {

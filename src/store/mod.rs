@@ -5,6 +5,7 @@
 //! that put work into the delivery queue announce it on the [`QueueNotice`] channel after they
 //! commit, so the delivery engine learns of new work without the API knowing the engine exists.
 
+mod cache;
 mod codec;
 mod commit;
 mod deliveries;
@@ -14,6 +15,7 @@ mod subscriptions;
 mod writer;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use sled::transaction::TransactionError;
 
@@ -85,6 +87,8 @@ pub struct Trees {
     idempotency_expiry: sled::Tree,
     notices: crossbeam_channel::Sender<QueueNotice>,
     notices_rx: crossbeam_channel::Receiver<QueueNotice>,
+    subscription_cache: Arc<cache::SubscriptionCache>,
+    event_cache: Arc<cache::EventCache>,
 }
 
 /// Handle to the database. Cheap to clone; every clone shares the same trees and threads. The
@@ -137,6 +141,8 @@ impl Store {
             db,
             notices,
             notices_rx,
+            subscription_cache: Arc::default(),
+            event_cache: Arc::default(),
         };
         let writer = writer::PublishWriter::start(trees.clone())
             .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;

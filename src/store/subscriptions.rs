@@ -1,5 +1,7 @@
 //! Subscriptions: create under the tenant's limit, read, list newest first, update, delete.
 
+use std::sync::Arc;
+
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
@@ -46,6 +48,22 @@ impl Trees {
     /// A subscription by id, whoever owns it (for the delivery engine).
     pub fn subscription_by_id(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
         self.subscriptions.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    /// [`Trees::subscription_by_id`] through the in-memory cache, for delivery attempts: a hit
+    /// never waits on sled.
+    pub fn cached_subscription(&self, id: &str) -> Result<Option<Arc<Subscription>>, StoreError> {
+        if let Some(hit) = self.subscription_cache.get(id) {
+            return Ok(Some(hit));
+        }
+        let _writes = self.subscription_cache.lock_writes();
+        if let Some(hit) = self.subscription_cache.get(id) {
+            return Ok(Some(hit));
+        }
+        let Some(stored) = self.subscription_by_id(id)? else { return Ok(None) };
+        let stored = Arc::new(stored);
+        self.subscription_cache.put(stored.clone());
+        Ok(Some(stored))
     }
 
     /// A subscription of `tenant_id`; another tenant's id reads as absent.
@@ -108,6 +126,7 @@ impl Trees {
         id: &str,
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
+        let writes = self.subscription_cache.lock_writes();
         let outcome = self.subscriptions.transaction(|subscriptions| {
             let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
             let before: Subscription = abort_on(decode(&bytes))?;
@@ -120,6 +139,8 @@ impl Trees {
             Ok(Some((before.is_deliverable(), after)))
         })?;
         let Some((was_deliverable, after)) = outcome else { return Ok(None) };
+        self.subscription_cache.refresh(&after);
+        drop(writes);
         if !was_deliverable && after.is_deliverable() {
             self.release_held(&after.id)?;
         }
@@ -129,6 +150,7 @@ impl Trees {
     /// Removes a tenant's subscription and then every delivery queued or logged for it.
     /// Returns false when there is no such subscription.
     pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        let writes = self.subscription_cache.lock_writes();
         let removed = (
             &self.subscriptions,
             &self.tenant_subscriptions,
@@ -149,6 +171,8 @@ impl Trees {
                 deleted.insert(id.as_bytes(), &[])?;
                 Ok(true)
             })?;
+        self.subscription_cache.forget(id);
+        drop(writes);
         if removed {
             self.purge_subscription_data(id)?;
             self.announce(QueueNotice::Rescan { subscription_id: id.to_owned() });
@@ -196,5 +220,39 @@ impl Trees {
         }
         self.deleted_subscriptions.remove(id.as_bytes())?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::now_millis;
+    use crate::store::Store;
+
+    #[test]
+    fn the_attempt_cache_follows_updates_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let subscription = Subscription::new(
+            "acme",
+            "a",
+            "https://a.example/",
+            vec!["message.received".into()],
+            now_millis(),
+        );
+        store.create_subscription(&subscription, 10).unwrap();
+        assert!(store.cached_subscription(&subscription.id).unwrap().unwrap().is_deliverable());
+
+        store.update_subscription("acme", &subscription.id, |s| s.is_paused = true).unwrap();
+        assert!(!store.cached_subscription(&subscription.id).unwrap().unwrap().is_deliverable());
+        // Another tenant's update changes nothing, in storage or in the cache.
+        assert!(store
+            .update_subscription("globex", &subscription.id, |s| s.is_paused = false)
+            .unwrap()
+            .is_none());
+        assert!(store.cached_subscription(&subscription.id).unwrap().unwrap().is_paused);
+
+        assert!(store.delete_subscription("acme", &subscription.id).unwrap());
+        assert!(store.cached_subscription(&subscription.id).unwrap().is_none());
     }
 }
