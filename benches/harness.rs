@@ -675,6 +675,7 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
                 event_type: "message.received".into(),
                 body: body.clone(),
                 client_id: None,
+                fingerprint: [0; 32],
             })
             .collect();
         store.publish("bench", true, &events, now).unwrap();

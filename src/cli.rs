@@ -172,13 +172,23 @@ async fn serve_until_signalled(config: Config, config_path: Option<PathBuf>) -> 
     let mut interrupt = signal(SignalKind::interrupt())?;
     let daemon = Daemon::start(config).await?;
     notify_systemd(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog(daemon.health().clone()));
+    let health = daemon.health().clone();
     loop {
         tokio::select! {
             _ = hangup.recv() => reload(&daemon, config_path.as_deref()),
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
+            reason = health.wait_fatal() => {
+                // sled cannot go on after a failed write; a fresh process recovers everything
+                // acknowledged from its log. One line, then out: the unit restarts us.
+                tracing::error!(%reason, "storage failed and cannot recover in this process; exiting with status {STORAGE_FAILED_EXIT} so the service manager restarts the daemon");
+                notify_systemd(&[sd_notify::NotifyState::Stopping]);
+                std::process::exit(STORAGE_FAILED_EXIT);
+            }
         }
     }
+    watchdog.abort();
     tracing::info!("shutting down: no new requests, finishing attempts in flight");
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let finished = daemon.shutdown(SHUTDOWN_GRACE).await?;
@@ -190,6 +200,29 @@ async fn serve_until_signalled(config: Config, config_path: Option<PathBuf>) -> 
         );
     }
     Ok(())
+}
+
+/// Exit status after a fatal storage fault (EX_TEMPFAIL, sysexits.h: "try again later").
+pub const STORAGE_FAILED_EXIT: i32 = 75;
+
+/// Sends `WATCHDOG=1` every half `WatchdogSec=` while every internal thread is alive and making
+/// progress; stops sending once one is not, so systemd restarts the daemon. A no-op when the
+/// unit sets no watchdog.
+async fn watchdog(health: std::sync::Arc<crate::health::Health>) {
+    let Some(timeout) = sd_notify::watchdog_enabled() else { return };
+    let period = (timeout / 2).max(std::time::Duration::from_millis(100));
+    let mut reported = false;
+    loop {
+        let problems = health.problems();
+        if problems.is_empty() {
+            notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+            reported = false;
+        } else if !reported {
+            tracing::error!(?problems, "not alive: the systemd watchdog is no longer fed");
+            reported = true;
+        }
+        tokio::time::sleep(period).await;
+    }
 }
 
 fn reload(daemon: &Daemon, config_path: Option<&std::path::Path>) {

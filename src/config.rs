@@ -85,6 +85,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub delivery: RawDelivery,
     #[serde(default)]
+    pub storage: RawStorage,
+    #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
     pub tenants: Vec<RawTenant>,
@@ -132,6 +134,21 @@ impl Default for RawDelivery {
             hold_retention: "72h".into(),
             delivery_retention: "7d".into(),
         }
+    }
+}
+
+/// `[storage]`: the data dir's host-fault guard.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStorage {
+    /// Bytes that must stay free on the data dir's file system; below it client writes get 503,
+    /// below half of it every write does and delivery pauses. 0 turns the guard off.
+    pub min_free_bytes: u64,
+}
+
+impl Default for RawStorage {
+    fn default() -> Self {
+        RawStorage { min_free_bytes: crate::store::DEFAULT_MIN_FREE_BYTES }
     }
 }
 
@@ -221,6 +238,8 @@ pub struct Config {
     pub max_event_body_bytes: u64,
     pub max_subscription_body_bytes: u64,
     pub delivery: DeliveryConfig,
+    /// Free-space reserve of the data dir's file system, in bytes (`storage.min_free_bytes`).
+    pub min_free_bytes: u64,
     /// Known event types, in the order the file lists them.
     pub event_types: Vec<String>,
     pub tenants: HashMap<String, Arc<Tenant>>,
@@ -287,6 +306,9 @@ impl Config {
             return Err(invalid("api.max_subscription_body_bytes", "must be between 1024 and 16777216"));
         }
         let delivery = validate_delivery(&raw.delivery)?;
+        if raw.storage.min_free_bytes > 1 << 50 {
+            return Err(invalid("storage.min_free_bytes", "must be at most 1125899906842624 (1 PiB)"));
+        }
         let event_types = validate_event_types(&raw.events.types)?;
         let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
         Ok(Config {
@@ -296,6 +318,7 @@ impl Config {
             max_event_body_bytes: api.max_event_body_bytes,
             max_subscription_body_bytes: api.max_subscription_body_bytes,
             delivery,
+            min_free_bytes: raw.storage.min_free_bytes,
             event_types,
             tenants,
             api_keys,

@@ -14,7 +14,7 @@ use crate::config::{Config, SharedConfig};
 use crate::delivery::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::{Store, StoreOptions};
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] leaves its threads running.
 pub struct Daemon {
@@ -32,7 +32,9 @@ impl Daemon {
     /// (port 0 picks a free port; see [`Daemon::local_addr`]).
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let data_dir = config.data_dir.clone();
-        let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+        let health = Arc::new(Health::default());
+        let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone() };
+        let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &options))
             .await?
             .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
         tracing::info!(data_dir = %config.data_dir.display(), "storage open");
@@ -42,7 +44,6 @@ impl Daemon {
         let local_addr = listener.local_addr()?;
         let config = Arc::new(SharedConfig::new(config));
         let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
         let engine = Engine::start(store.clone(), config.clone(), metrics.clone(), health.clone())
             .context("cannot start the delivery engine")?;
         tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
@@ -87,25 +88,42 @@ impl Daemon {
         if new.delivery.allow_private_targets != current.delivery.allow_private_targets {
             kept.push("delivery.allow_private_targets");
         }
+        if new.min_free_bytes != current.min_free_bytes {
+            kept.push("storage.min_free_bytes");
+        }
         new.listen = current.listen;
         new.data_dir = current.data_dir.clone();
         new.delivery.workers = current.delivery.workers;
         new.delivery.timeout = current.delivery.timeout;
         new.delivery.allow_private_targets = current.delivery.allow_private_targets;
+        new.min_free_bytes = current.min_free_bytes;
         self.config.replace(new);
         kept
     }
 
     /// Stops accepting requests, lets requests and delivery attempts in flight finish within
-    /// `grace`, and makes storage durable. Returns whether everything finished in time.
+    /// `grace`, and makes storage durable. Returns whether everything finished in time. Never
+    /// takes much longer than `grace` (plus at most [`crate::store::DURABLE_WAIT`] for the last
+    /// flush), whatever state storage is in: every write acknowledged was flushed before its
+    /// answer, so a last flush that fails loses nothing acknowledged.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<bool> {
+        let deadline = tokio::time::Instant::now() + grace;
         self.health.begin_shutdown();
         let _ = self.stop_server.send(());
-        let server_done = tokio::time::timeout(grace, self.server).await.is_ok();
+        let server_done = tokio::time::timeout_at(deadline, self.server).await.is_ok();
         let engine = self.engine;
-        let engine_done = tokio::task::spawn_blocking(move || engine.shutdown(grace)).await?;
-        self.store.durable().await.context("cannot flush storage")?;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let engine_done = tokio::task::spawn_blocking(move || engine.shutdown(remaining)).await?;
+        if let Err(err) = self.store.durable().await {
+            tracing::error!(error = %err, "the last flush at shutdown failed; every acknowledged write was flushed before its answer");
+            return Ok(false);
+        }
         Ok(server_done && engine_done)
+    }
+
+    /// Health of the daemon's threads and storage (for the serving loop and the watchdog).
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
     }
 
     /// The store, for tests and benchmarks that inspect state.

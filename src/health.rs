@@ -1,12 +1,100 @@
-//! Liveness and readiness flags shared by the parts of the daemon, read by `/readyz`.
+//! Liveness and readiness shared by the parts of the daemon: read by `/healthz`, `/readyz`, the
+//! systemd watchdog and `/metrics`.
+//!
+//! Every long-lived thread registers a [`Beat`] and marks itself busy while it works on an item
+//! and idle while it waits for the next one. A thread is *unhealthy* when it has exited while
+//! the daemon is not shutting down (a panic included: the [`BeatGuard`] it holds marks the exit
+//! as it unwinds) or has been busy on one item for longer than its limit. Waiting for work is
+//! never unhealthy, however long it lasts.
+//!
+//! A *fatal* storage fault (an error after which the storage engine cannot go on in this
+//! process, see ARCHITECTURE.md "Host faults") is recorded here once; the serving loop waits for
+//! it and exits non-zero so the service manager restarts the daemon.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-/// Set by the parts that make the daemon ready; read by the API.
+use crate::model::{now_millis, Millis};
+
+const IDLE: u8 = 0;
+const BUSY: u8 = 1;
+const EXITED: u8 = 2;
+
+/// One thread's heartbeat: idle, busy since an instant, or exited.
+#[derive(Debug)]
+pub struct Beat {
+    name: String,
+    /// Longest time one item may keep the thread busy before it counts as stalled.
+    limit: Duration,
+    state: AtomicU8,
+    /// When the current state began (Unix ms).
+    since: AtomicU64,
+}
+
+impl Beat {
+    /// The thread took an item of work.
+    pub fn busy(&self) {
+        self.since.store(now_millis(), Ordering::Relaxed);
+        self.state.store(BUSY, Ordering::Release);
+    }
+
+    /// The thread waits for its next item.
+    pub fn idle(&self) {
+        self.state.store(IDLE, Ordering::Release);
+        self.since.store(now_millis(), Ordering::Relaxed);
+    }
+
+    /// Name given at registration (`publish-writer`, `delivery-3`, …).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What is wrong with this thread at `now`, if anything.
+    fn problem(&self, now: Millis, shutting_down: bool) -> Option<String> {
+        let since = self.since.load(Ordering::Relaxed);
+        match self.state.load(Ordering::Acquire) {
+            EXITED if !shutting_down => Some(format!("thread {} has exited", self.name)),
+            BUSY if now.saturating_sub(since) > self.limit.as_millis() as Millis => Some(format!(
+                "thread {} has been busy on one item for {} s (limit {} s)",
+                self.name,
+                now.saturating_sub(since) / 1000,
+                self.limit.as_secs()
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Held by a thread for its whole life: dropping it (return or panic) marks the thread exited.
+#[derive(Debug)]
+pub struct BeatGuard(Arc<Beat>);
+
+impl BeatGuard {
+    pub fn busy(&self) {
+        self.0.busy();
+    }
+
+    pub fn idle(&self) {
+        self.0.idle();
+    }
+}
+
+impl Drop for BeatGuard {
+    fn drop(&mut self) {
+        self.0.since.store(now_millis(), Ordering::Relaxed);
+        self.0.state.store(EXITED, Ordering::Release);
+    }
+}
+
+/// Set by the parts that make the daemon ready and alive; read by the API and the watchdog.
 #[derive(Debug, Default)]
 pub struct Health {
     delivery_running: AtomicBool,
     shutting_down: AtomicBool,
+    beats: Mutex<Vec<Arc<Beat>>>,
+    fatal: OnceLock<String>,
+    fatal_notify: tokio::sync::Notify,
 }
 
 impl Health {
@@ -24,5 +112,120 @@ impl Health {
 
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Registers the calling thread under `name`; it starts idle. Keep the guard for the
+    /// thread's whole life.
+    pub fn register(&self, name: impl Into<String>, limit: Duration) -> BeatGuard {
+        let beat = Arc::new(Beat {
+            name: name.into(),
+            limit,
+            state: AtomicU8::new(IDLE),
+            since: AtomicU64::new(now_millis()),
+        });
+        self.beats.lock().unwrap_or_else(|e| e.into_inner()).push(beat.clone());
+        BeatGuard(beat)
+    }
+
+    /// Every thread problem now (empty: all alive and making progress).
+    pub fn problems(&self) -> Vec<String> {
+        let now = now_millis();
+        let stopping = self.shutting_down();
+        let mut problems: Vec<String> = self
+            .beats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(|beat| beat.problem(now, stopping))
+            .collect();
+        if let Some(reason) = self.fatal_reason() {
+            problems.insert(0, format!("storage failed: {reason}"));
+        }
+        problems
+    }
+
+    /// Threads registered and how many of them are unhealthy now, for `/metrics`.
+    pub fn thread_counts(&self) -> (usize, usize) {
+        let now = now_millis();
+        let stopping = self.shutting_down();
+        let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        let unhealthy = beats.iter().filter(|beat| beat.problem(now, stopping).is_some()).count();
+        (beats.len(), unhealthy)
+    }
+
+    /// Records a fault storage cannot recover from in this process. The first reason wins.
+    pub fn fatal(&self, reason: impl Into<String>) {
+        if self.fatal.set(reason.into()).is_ok() {
+            self.fatal_notify.notify_waiters();
+            self.fatal_notify.notify_one();
+        }
+    }
+
+    pub fn fatal_reason(&self) -> Option<String> {
+        self.fatal.get().cloned()
+    }
+
+    /// Resolves with the reason once a fatal fault is recorded.
+    pub async fn wait_fatal(&self) -> String {
+        loop {
+            let notified = self.fatal_notify.notified();
+            if let Some(reason) = self.fatal_reason() {
+                return reason;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_threads_are_healthy_however_long_they_wait() {
+        let health = Health::default();
+        let guard = health.register("a", Duration::from_millis(0));
+        guard.0.since.store(0, Ordering::Relaxed);
+        assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn a_thread_busy_past_its_limit_or_gone_is_a_problem() {
+        let health = Health::default();
+        let busy = health.register("busy", Duration::from_secs(5));
+        busy.busy();
+        assert!(health.problems().is_empty());
+        busy.0.since.store(now_millis() - 6_000, Ordering::Relaxed);
+        assert_eq!(health.problems(), ["thread busy has been busy on one item for 6 s (limit 5 s)"]);
+        busy.idle();
+        let gone = health.register("gone", Duration::from_secs(5));
+        drop(gone);
+        assert_eq!(health.problems(), ["thread gone has exited"]);
+        assert_eq!(health.thread_counts(), (2, 1));
+        // Exits are expected once shutdown began.
+        health.begin_shutdown();
+        assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn a_panicking_thread_marks_itself_exited() {
+        let health = Arc::new(Health::default());
+        let inner = health.clone();
+        let _ = std::thread::spawn(move || {
+            let _beat = inner.register("worker", Duration::from_secs(5));
+            panic!("boom");
+        })
+        .join();
+        assert_eq!(health.problems(), ["thread worker has exited"]);
+    }
+
+    #[test]
+    fn the_first_fatal_reason_wins() {
+        let health = Health::default();
+        health.fatal("disk on fire");
+        health.fatal("second");
+        assert_eq!(health.fatal_reason().as_deref(), Some("disk on fire"));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        assert_eq!(runtime.block_on(health.wait_fatal()), "disk on fire");
     }
 }

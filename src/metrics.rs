@@ -34,6 +34,26 @@ impl AttemptLabel {
     }
 }
 
+/// Values read from storage and health just before rendering.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// Deliveries queued (`pending`) and waiting for a paused or disabled subscription (`held`).
+    pub pending: usize,
+    pub held: usize,
+    /// Group-commit flushes and the writes they made durable, since start-up.
+    pub flushes: u64,
+    pub durable_writes: u64,
+    /// Storage errors by kind (`no_space`, `read_only`, `io`, `corrupt`, `stalled`).
+    pub storage_errors: [(&'static str, u64); 5],
+    /// Storage takes writes (no fault, space above the reserve, probe on time).
+    pub storage_healthy: bool,
+    /// Bytes free on the data dir's file system.
+    pub free_bytes: u64,
+    /// Internal threads registered, and how many are exited or stalled.
+    pub threads: usize,
+    pub unhealthy_threads: usize,
+}
+
 /// The daemon's metrics. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
@@ -45,6 +65,10 @@ pub struct Metrics {
     subscriptions_disabled_total: Counter,
     group_commit_flushes: Counter<u64, AtomicU64>,
     group_commit_requests: Counter<u64, AtomicU64>,
+    storage_errors: Family<Labels, Counter<u64, AtomicU64>>,
+    storage_healthy: Gauge,
+    storage_free_bytes: Gauge,
+    threads: Family<Labels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -96,6 +120,30 @@ impl Metrics {
             "Writes made durable by group commit (divide by flushes for the mean group size)",
             group_commit_requests.clone(),
         );
+        let storage_errors = Family::<Labels, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "storage_errors",
+            "Storage errors by kind: no_space and read_only (writes refused, 503), io (fatal: the daemon exits for a restart), corrupt, stalled (a flush did not return in time)",
+            storage_errors.clone(),
+        );
+        let storage_healthy = Gauge::default();
+        registry.register(
+            "storage_healthy",
+            "1 while storage takes writes (free space above the reserve, no fault), else 0",
+            storage_healthy.clone(),
+        );
+        let storage_free_bytes = Gauge::default();
+        registry.register(
+            "storage_free_bytes",
+            "Bytes free on the data dir's file system at the last reading",
+            storage_free_bytes.clone(),
+        );
+        let threads = Family::<Labels, Gauge>::default();
+        registry.register(
+            "threads",
+            "Internal threads by state: healthy, or unhealthy (exited, or busy on one item past its limit)",
+            threads.clone(),
+        );
         // Every result exists from the start at 0, so alert rules have a series to evaluate.
         for label in [
             AttemptLabel::Success,
@@ -116,6 +164,10 @@ impl Metrics {
             subscriptions_disabled_total,
             group_commit_flushes,
             group_commit_requests,
+            storage_errors,
+            storage_healthy,
+            storage_free_bytes,
+            threads,
         }
     }
 
@@ -136,17 +188,28 @@ impl Metrics {
         self.subscriptions_disabled_total.inc();
     }
 
-    /// Renders the text format; the gauges read from storage are set just before.
-    pub fn render(&self, pending: usize, held: usize, flushes: u64, durable_writes: u64) -> String {
-        self.queue_depth.get_or_create(&vec![("state", "pending")]).set(pending as i64);
-        self.queue_depth.get_or_create(&vec![("state", "held")]).set(held as i64);
-        let flushes_now = self.group_commit_flushes.get();
-        self.group_commit_flushes.inc_by(flushes.saturating_sub(flushes_now));
-        let requests_now = self.group_commit_requests.get();
-        self.group_commit_requests.inc_by(durable_writes.saturating_sub(requests_now));
+    /// Renders the text format; the values read from storage and health are set just before.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.queue_depth.get_or_create(&vec![("state", "pending")]).set(snapshot.pending as i64);
+        self.queue_depth.get_or_create(&vec![("state", "held")]).set(snapshot.held as i64);
+        catch_up(&self.group_commit_flushes, snapshot.flushes);
+        catch_up(&self.group_commit_requests, snapshot.durable_writes);
+        for (kind, count) in snapshot.storage_errors {
+            catch_up(&self.storage_errors.get_or_create(&vec![("kind", kind)]), count);
+        }
+        self.storage_healthy.set(i64::from(snapshot.storage_healthy));
+        self.storage_free_bytes.set(snapshot.free_bytes.min(i64::MAX as u64) as i64);
+        let healthy = snapshot.threads.saturating_sub(snapshot.unhealthy_threads);
+        self.threads.get_or_create(&vec![("state", "healthy")]).set(healthy as i64);
+        self.threads.get_or_create(&vec![("state", "unhealthy")]).set(snapshot.unhealthy_threads as i64);
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);
         text
     }
+}
+
+/// Moves a counter mirrored from elsewhere up to `total`.
+fn catch_up(counter: &Counter<u64, AtomicU64>, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }

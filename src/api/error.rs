@@ -75,6 +75,33 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "storage is unavailable; retry shortly",
             ),
+            StoreError::NoSpace { free, reserve } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!(
+                    "storage is low on space ({free} bytes free, below the reserve of {reserve} bytes); \
+                     nothing was stored; writes resume by themselves once space is freed, retry shortly"
+                ),
+            ),
+            StoreError::ReadOnly => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "storage is on a read-only file system; nothing was stored; retry shortly",
+            ),
+            StoreError::Stalled => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "storage did not confirm the write in time; retry shortly (with the same id, a retry is never stored twice)",
+            ),
+            StoreError::IdempotencyConflict { index, client_id } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_conflict",
+                format!(
+                    "{}id {client_id:?} was already used within the last 24 h for a different event \
+                     (another event type or data); nothing was stored; send a new id for a new event",
+                    index.map(|index| format!("events[{index}].")).unwrap_or_default()
+                ),
+            ),
             StoreError::Io(_) | StoreError::Corrupt(_) => {
                 // The detail goes to the log, never to the client.
                 tracing::error!(error = %err, "storage error while answering a request");

@@ -20,8 +20,15 @@ pub const MAX_BATCH: usize = 1000;
 #[serde(deny_unknown_fields)]
 struct EventBody {
     event: String,
+    /// Absent means `{}`; an explicit `null` is kept (as JSON `null`) so it can be refused.
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     id: Option<String>,
+}
+
+/// Deserializes a field that is present, whatever its value (`null` included), as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,12 +139,48 @@ fn prepare(
     let empty_object = RawValue::from_string("{}".to_owned()).expect("{} is JSON");
     let data = body.data.unwrap_or(empty_object);
     if !data.get().trim_start().starts_with('{') {
-        return Err(ApiError::validation(format!("{at}data must be a JSON object")));
+        let given = if data.get().trim() == "null" { ", not null (omit it for {})" } else { "" };
+        return Err(ApiError::validation(format!("{at}data must be a JSON object{given}")));
     }
+    let fingerprint = match &body.id {
+        Some(_) => fingerprint(&body.event, &data)
+            .ok_or_else(|| ApiError::validation(format!("{at}data is not valid JSON")))?,
+        None => [0; 32],
+    };
     let id = IdKind::Event.new_id(now);
     let payload =
         DeliveryPayload { id: &id, event: &body.event, tenant_id, timestamp: rfc3339(now), data: &data };
     let rendered = serde_json::to_vec(&payload)
         .map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
-    Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id })
+    Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id, fingerprint })
+}
+
+/// SHA-256 over the event type, a zero byte and the canonical form of `data` (object keys
+/// sorted at every level, no insignificant whitespace), so the same event sent again with its
+/// keys in another order or spaced differently is recognised as the same request.
+fn fingerprint(event_type: &str, data: &RawValue) -> Option<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    let value: serde_json::Value = serde_json::from_str(data.get()).ok()?;
+    let mut hasher = Sha256::new();
+    hasher.update(event_type.as_bytes());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&canonical(value)).ok()?);
+    Some(hasher.finalize().into())
+}
+
+/// `value` with every object's keys in sorted order.
+fn canonical(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries.into_iter().map(|(key, value)| (key, canonical(value))).collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(canonical).collect())
+        }
+        other => other,
+    }
 }

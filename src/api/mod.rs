@@ -177,7 +177,7 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
             with_body(body, move |body| events::publish_batch(state, headers, body))
         });
     let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi);
-    let healthz = warp::path!("healthz").and(warp::get()).map(ops::healthz);
+    let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz);
     let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz);
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics);
 

@@ -132,6 +132,8 @@ enum Fails {
     Body,
     /// 429: the tenant's `maxWebhooks` limit.
     Limit,
+    /// 422: a client idempotency id reused for a different event.
+    Conflict,
 }
 
 impl Fails {
@@ -142,6 +144,7 @@ impl Fails {
             Fails::NotFound => &[("404", "NotFound")],
             Fails::Body => &[("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")],
             Fails::Limit => &[("429", "LimitExceeded")],
+            Fails::Conflict => &[("422", "IdempotencyConflict")],
         }
     }
 }
@@ -306,20 +309,21 @@ fn paths() -> Value {
             })),
         },
         "/v1/events": {
-            "post": publish(&[Validation, Body], json!({
+            "post": publish(&[Validation, Body, Conflict], json!({
                 "operationId": "publishEvent",
                 "tags": ["events"],
                 "summary": "Publish an event",
                 "description": "Answered once the event and one delivery per matching subscription \
                     of the tenant are on disk; a paused or disabled subscription gets its delivery \
-                    as `held`. Repeating an `id` within 24 hours answers the first result and \
-                    creates nothing. A tenant with webhooks turned off gets `deliveries: 0`.",
+                    as `held`. Repeating an `id` within 24 hours with the same event type and data \
+                    answers the first result and creates nothing; with another type or data it is \
+                    refused with 422 `idempotency_conflict`. A tenant with webhooks turned off gets `deliveries: 0`.",
                 "requestBody": json_body(schema_ref("PublishEvent")),
                 "responses": { "202": json_response("Accepted and stored", schema_ref("PublishResult")) },
             })),
         },
         "/v1/events/batch": {
-            "post": publish(&[Validation, Body], json!({
+            "post": publish(&[Validation, Body, Conflict], json!({
                 "operationId": "publishEventBatch",
                 "tags": ["events"],
                 "summary": "Publish several events at once",
@@ -343,8 +347,12 @@ fn paths() -> Value {
             "get": open(json!({
                 "operationId": "getHealth",
                 "tags": ["operations"],
-                "summary": "Liveness: the process answers",
-                "responses": { "200": json_response("Alive", schema_ref("Health")) },
+                "summary": "Liveness: every internal thread alive and making progress",
+                "responses": {
+                    "200": json_response("Alive", schema_ref("Health")),
+                    "503": json_response("A thread exited or is stuck, or storage failed for good; \
+                        `problems` says which", schema_ref("Health")),
+                },
             })),
         },
         "/readyz": {
@@ -497,10 +505,9 @@ fn schemas() -> Value {
                 "event": event_type(),
                 "data": {
                     "type": "object",
-                    "nullable": true,
                     "additionalProperties": true,
-                    "description": "Delivered byte for byte as the payload's `data`; absent or \
-                        null means {}.",
+                    "description": "Delivered byte for byte as the payload's `data`; absent means \
+                        {} (null is refused).",
                 },
                 "id": {
                     "type": "string",
@@ -508,7 +515,9 @@ fn schemas() -> Value {
                     "maxLength": 255,
                     "pattern": "^[\\x21-\\x7E]+$",
                     "description": "Your idempotency key: printable ASCII, no spaces. Repeating it \
-                        within 24 hours answers the first result and creates nothing.",
+                        within 24 hours (counted from its first acceptance) with the same event \
+                        type and data answers the first result and creates nothing; with other \
+                        ones it is a 422 `idempotency_conflict`.",
                 },
             },
         },
@@ -572,10 +581,21 @@ fn schemas() -> Value {
             ("data", json!({ "type": "object", "additionalProperties": true })),
         ]),
         "Error": error_schema(),
-        "Health": object("Liveness", &[("status", json!({ "type": "string", "enum": ["ok"] }))]),
+        "Health": {
+            "type": "object",
+            "description": "Liveness",
+            "required": ["status"],
+            "properties": {
+                "status": { "type": "string", "enum": ["ok", "failing"] },
+                "problems": { "type": "array", "items": { "type": "string" } },
+            },
+        },
         "Readiness": object("Readiness and its parts", &[
             ("status", json!({ "type": "string", "enum": ["ready", "not_ready"] })),
-            ("storage", json!({ "type": "string", "enum": ["ok", "failing"] })),
+            ("storage", json!({ "type": "string",
+                "enum": ["ok", "low_space", "read_only", "stalled", "failed"] })),
+            ("storageReason", json!({ "type": "string", "nullable": true,
+                "description": "Why storage refuses writes, in words; null when it takes them" })),
             ("delivery", json!({ "type": "string", "enum": ["running", "stopped"] })),
             ("shuttingDown", json!({ "type": "boolean" })),
         ]),
@@ -822,8 +842,15 @@ fn error_responses() -> Value {
             "limit_exceeded",
             "the tenant has reached its maxWebhooks limit; delete a subscription or ask for a higher limit",
         ),
+        "IdempotencyConflict": error_response(
+            "The `id` was used within 24 h for another event type or data (`idempotency_conflict`); \
+             nothing was stored",
+            "idempotency_conflict",
+            "id \"order-42\" was already used within the last 24 h for a different event (another event type or data); nothing was stored; send a new id for a new event",
+        ),
         "Unavailable": error_response(
-            "Storage is failing or the daemon is shutting down; retry shortly (`unavailable`)",
+            "Storage is low on space, read-only, failing, or the daemon is shutting down; nothing \
+             was stored; retry shortly (`unavailable`)",
             "unavailable",
             "storage is unavailable; retry shortly",
         ),

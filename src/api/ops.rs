@@ -7,21 +7,51 @@ use warp::Reply;
 
 use crate::api::request::json_reply;
 use crate::api::ApiState;
+use crate::metrics::Snapshot;
+use crate::store::SpaceState;
 
-/// `GET /healthz`: the process answers.
-pub fn healthz() -> Response {
-    json_reply(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+/// `GET /healthz`: 200 `{"status": "ok"}` while every internal thread (publish writer, group
+/// commit, storage monitor, scheduler, recorder, workers, janitor) is alive and none has been
+/// busy on one item past its limit, and storage has not failed for good; otherwise 503
+/// `{"status": "failing", "problems": ["thread recorder has exited", …]}`.
+pub fn healthz(state: ApiState) -> Response {
+    let problems = state.health.problems();
+    if problems.is_empty() {
+        json_reply(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+    } else {
+        json_reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &serde_json::json!({ "status": "failing", "problems": problems }),
+        )
+    }
 }
 
-/// `GET /readyz`: 200 once storage answers and the delivery workers run; 503 otherwise.
+/// How long the storage monitor's probe may be overdue before readiness reports storage stalled.
+const PROBE_OVERDUE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `GET /readyz`: 200 when storage takes writes, the delivery workers run and the daemon is not
+/// shutting down; 503 otherwise, with `storage` one of `ok`, `low_space`, `read_only`,
+/// `stalled`, `failed` and `storageReason` saying why in words. Never touches the storage
+/// engine itself, so it answers even when storage hangs.
 pub fn readyz(state: ApiState) -> Response {
-    let storage = state.store.is_healthy();
+    let (storage, reason) = if let Some(reason) = state.health.fatal_reason() {
+        ("failed", Some(reason))
+    } else if state.store.probe_overdue(PROBE_OVERDUE) {
+        ("stalled", Some(format!("a storage write has not returned for over {} s", PROBE_OVERDUE.as_secs())))
+    } else {
+        match state.store.space_state() {
+            SpaceState::Ok => ("ok", None),
+            SpaceState::ReadOnly => ("read_only", state.store.write_refusal()),
+            SpaceState::Low | SpaceState::Critical => ("low_space", state.store.write_refusal()),
+        }
+    };
     let delivery = state.health.delivery_running();
     let stopping = state.health.shutting_down();
-    let ready = storage && delivery && !stopping;
+    let ready = storage == "ok" && delivery && !stopping;
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "storage": if storage { "ok" } else { "failing" },
+        "storage": storage,
+        "storageReason": reason,
         "delivery": if delivery { "running" } else { "stopped" },
         "shuttingDown": stopping,
     });
@@ -32,12 +62,21 @@ pub fn readyz(state: ApiState) -> Response {
 pub fn metrics(state: ApiState) -> Response {
     let (pending, held) = state.store.queue_depth();
     let stats = state.store.commit_stats();
-    let text = state.metrics.render(
+    let storage_healthy = state.health.fatal_reason().is_none()
+        && !state.store.probe_overdue(PROBE_OVERDUE)
+        && state.store.space_state() == SpaceState::Ok;
+    let (threads, unhealthy_threads) = state.health.thread_counts();
+    let text = state.metrics.render(&Snapshot {
         pending,
         held,
-        stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
-        stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-    );
+        flushes: stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
+        durable_writes: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
+        storage_errors: state.store.errors().snapshot(),
+        storage_healthy,
+        free_bytes: state.store.free_bytes(),
+        threads,
+        unhealthy_threads,
+    });
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

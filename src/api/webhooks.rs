@@ -318,7 +318,41 @@ fn validate_name(name: &str) -> Result<String, ApiError> {
     if name.chars().any(char::is_control) {
         return Err(ApiError::validation("name must not contain control characters"));
     }
+    if name.chars().all(is_invisible) {
+        return Err(ApiError::validation(
+            "name must contain at least one visible character (it has only spaces or invisible characters such as U+200B)",
+        ));
+    }
     Ok(name.to_owned())
+}
+
+/// Characters that draw nothing: whitespace, and the Unicode format and filler characters
+/// (general category Cf, variation selectors, Hangul fillers, the Braille blank) a name made
+/// only of would look empty.
+fn is_invisible(c: char) -> bool {
+    c.is_whitespace()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
 }
 
 fn validate_url(config: &Config, url: &str) -> Result<String, ApiError> {
@@ -398,9 +432,13 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
         let Value::String(value) = value else {
             return Err(ApiError::validation(format!("headers.{name} must be a string")));
         };
-        if value.len() > 4096 || value.chars().any(|c| c.is_control() && c != '\t') {
+        // RFC 9110 §5.5: a field value is visible characters, spaces and tabs; bytes above
+        // ASCII are obsolete (obs-text) and receivers read them inconsistently.
+        let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t');
+        if value.len() > 4096 || !visible {
             return Err(ApiError::validation(format!(
-                "headers.{name} must be at most 4096 characters with no CR, LF or other control characters"
+                "headers.{name} must be at most 4096 characters of visible ASCII, spaces or tabs \
+                 (RFC 9110 field value: no CR, LF, other control or non-ASCII characters)"
             )));
         }
         seen.push(lowercase);

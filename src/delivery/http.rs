@@ -10,7 +10,9 @@ use std::time::{Duration, Instant, SystemTime};
 use ureq::config::{AutoHeaderValue, Config};
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, DefaultConnector, NextTimeout, Transport,
+};
 use ureq::Agent;
 
 use crate::delivery::backoff;
@@ -53,7 +55,65 @@ pub fn build_agent(config: &HttpClientConfig) -> Agent {
         .max_idle_connections_per_host(config.max_idle_connections)
         .build();
     let resolver = DeliveryResolver { guard: !config.allow_private_targets, ..DeliveryResolver::default() };
-    Agent::with_parts(agent_config, DefaultConnector::new(), resolver)
+    Agent::with_parts(agent_config, DefaultConnector::new().chain(AnswerBeforeReset), resolver)
+}
+
+/// Keeps a receiver's answer when it stops reading the request: a receiver may answer (410
+/// Gone, 413 Content Too Large, 401) and close before reading the body, and the rest of the
+/// body then fails to send with "broken pipe" or "connection reset". The status line it sent
+/// is still in the socket's receive buffer, so the transport stops sending (the rest of the
+/// body is dropped), lets ureq read the answer, and never returns the connection to the pool.
+/// If no answer arrived, the read fails and the attempt is a connection failure as before.
+#[derive(Debug)]
+struct AnswerBeforeReset;
+
+impl<In: Transport> Connector<In> for AnswerBeforeReset {
+    type Out = SendFailureTolerant<In>;
+
+    fn connect(&self, _: &ConnectionDetails, chained: Option<In>) -> Result<Option<Self::Out>, ureq::Error> {
+        Ok(chained.map(|inner| SendFailureTolerant { inner, send_failed: false }))
+    }
+}
+
+/// A transport that swallows "broken pipe" and "connection reset" while sending (see
+/// [`AnswerBeforeReset`]).
+#[derive(Debug)]
+struct SendFailureTolerant<T> {
+    inner: T,
+    send_failed: bool,
+}
+
+impl<T: Transport> Transport for SendFailureTolerant<T> {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        self.inner.buffers()
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        if self.send_failed {
+            return Ok(());
+        }
+        match self.inner.transmit_output(amount, timeout) {
+            Err(ureq::Error::Io(err))
+                if matches!(err.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) =>
+            {
+                self.send_failed = true;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.inner.await_input(timeout)
+    }
+
+    fn is_open(&mut self) -> bool {
+        !self.send_failed && self.inner.is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        self.inner.is_tls()
+    }
 }
 
 /// Why a target was not connected to; travels through ureq as `ureq::Error::Other`.

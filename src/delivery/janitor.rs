@@ -5,14 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::SharedConfig;
+use crate::health::BeatGuard;
 use crate::model::now_millis;
 use crate::store::{Store, StoreError};
 
-/// Time between two sweeps.
-const PERIOD: Duration = Duration::from_secs(30);
+/// Longest time between two sweeps.
+const MAX_PERIOD: Duration = Duration::from_secs(30);
 
-/// Sweeps at start and then every [`PERIOD`] until `stop` is closed.
-pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Receiver<()>) {
+/// Longest one sweep may take before the janitor counts as stalled (a purge of millions of
+/// records takes minutes).
+pub const SWEEP_LIMIT: Duration = Duration::from_secs(15 * 60);
+
+/// Time between two sweeps: a tenth of `hold_retention`, between 1 s and [`MAX_PERIOD`], so a
+/// held delivery expires at most 10 % (and at most 30 s) after its retention ran out.
+fn period(hold_retention: Duration) -> Duration {
+    (hold_retention / 10).clamp(Duration::from_secs(1), MAX_PERIOD)
+}
+
+/// Sweeps at start and then every [`period`] until `stop` is closed.
+pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Receiver<()>, beat: BeatGuard) {
+    beat.busy();
     if let Err(err) = store.purge_deleted_subscriptions() {
         tracing::error!(error = %err, "cannot finish the cleanup of deleted subscriptions");
     }
@@ -22,10 +34,18 @@ pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Rec
         Err(err) => tracing::error!(error = %err, "cannot release held deliveries at start-up"),
     }
     loop {
+        beat.busy();
         if let Err(err) = sweep(&store, &config) {
-            tracing::error!(error = %err, "janitor sweep failed");
+            let err = store.note(err);
+            // A refused write (low space) is expected while it lasts; the next sweep retries.
+            if err.is_host_fault() {
+                tracing::debug!(error = %err, "janitor sweep skipped");
+            } else {
+                tracing::error!(error = %err, "janitor sweep failed");
+            }
         }
-        match stop.recv_timeout(PERIOD) {
+        beat.idle();
+        match stop.recv_timeout(period(config.current().delivery.hold_retention)) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             _ => return,
         }

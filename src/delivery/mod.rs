@@ -46,6 +46,10 @@ pub enum Progress {
     Recorded { job: Job },
     /// No attempt was made (stale key, deleted subscription, now held): slot and key are free.
     Skipped { job: Job },
+    /// Storage refused a write this job needed (low space, read-only): the key is still queued
+    /// in storage and goes back into its lane, attempted again once dispatch resumes. The
+    /// slot is freed too when `slot_free` (no [`Progress::Attempted`] was sent for it).
+    Requeue { job: Job, slot_free: bool },
 }
 
 /// The running engine. [`Engine::shutdown`] drains it.
@@ -88,30 +92,36 @@ impl Engine {
             agent,
             stopping: stopping.clone(),
         });
+        // An attempt is bounded by the HTTP timeout; preparing and signing take microseconds.
+        let attempt_limit = current.delivery.timeout + Duration::from_secs(30);
         for index in 0..current.delivery.workers {
             let (context, jobs, outcomes, done, exited) =
                 (context.clone(), jobs_rx.clone(), outcomes_tx.clone(), done_tx.clone(), exited_tx.clone());
+            let beat = health.register(format!("delivery-{index}"), attempt_limit);
             std::thread::Builder::new().name(format!("delivery-{index}")).spawn(move || {
-                worker::run(context, jobs, outcomes, done);
+                worker::run(context, jobs, outcomes, done, beat);
                 let _ = exited.send(());
             })?;
         }
         // The recorder exits once every worker dropped its sender and the last outcome is stored.
         drop(outcomes_tx);
         let recorder_store = store.clone();
+        let recorder_beat = health.register("recorder", Duration::from_secs(30));
         let recorder = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || recorder::run(recorder_store, outcomes_rx, done_tx))?;
+            .spawn(move || recorder::run(recorder_store, outcomes_rx, done_tx, recorder_beat))?;
         let scheduler =
             scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
         let notices = store.notices();
         let scheduler_stop = stop_rx.clone();
+        let scheduler_beat = health.register("scheduler", Duration::from_secs(30));
         let scheduler = std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler.run(notices, done_rx, scheduler_stop))?;
+            .spawn(move || scheduler.run(notices, done_rx, scheduler_stop, scheduler_beat))?;
+        let janitor_beat = health.register("janitor", janitor::SWEEP_LIMIT);
         let janitor = std::thread::Builder::new()
             .name("janitor".into())
-            .spawn(move || janitor::run(store, config, stop_rx))?;
+            .spawn(move || janitor::run(store, config, stop_rx, janitor_beat))?;
         health.set_delivery_running(true);
         Ok(Engine {
             stop,
@@ -133,10 +143,12 @@ impl Engine {
         // Closing the stop channel wakes the scheduler and the janitor; the scheduler drops the
         // job sender, so idle workers wake and exit.
         drop(std::mem::replace(&mut self.stop, crossbeam_channel::bounded(0).0));
-        for handle in [self.scheduler.take(), self.janitor.take()].into_iter().flatten() {
-            let _ = handle.join();
-        }
         let deadline = Instant::now() + grace;
+        // The janitor may be in the middle of a long sweep: it is not waited for past the grace
+        // (its writes are idempotent and the next start sweeps again).
+        for handle in [self.scheduler.take(), self.janitor.take()].into_iter().flatten() {
+            join_until(handle, deadline);
+        }
         let mut exited = 0;
         while exited < self.worker_count {
             match self.workers_exited.recv_deadline(deadline) {
@@ -148,9 +160,21 @@ impl Engine {
         // With every worker gone the recorder has the last outcomes and then stops.
         if all_exited {
             if let Some(recorder) = self.recorder.take() {
-                let _ = recorder.join();
+                return join_until(recorder, deadline + Duration::from_secs(5));
             }
         }
         all_exited
     }
+}
+
+/// Joins `handle` if it finishes by `deadline`; otherwise leaves the thread running (the
+/// process is about to exit) and returns false.
+fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
+    while !handle.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.join().is_ok()
 }

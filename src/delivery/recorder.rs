@@ -11,7 +11,8 @@
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::delivery::{Job, Progress};
-use crate::store::{AttemptRecord, Store};
+use crate::health::BeatGuard;
+use crate::store::{AttemptRecord, Store, StoreError};
 
 /// Most outcomes recorded by one transaction. sled's global write lock is held for its duration
 /// and every worker's reads wait on it: 256 made attempts stall for milliseconds (BENCHMARKS.md).
@@ -24,20 +25,27 @@ pub struct Attempted {
 }
 
 /// Records outcomes until every worker has gone (the channel closed) and the queue is empty.
-pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Progress>) {
+pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Progress>, beat: BeatGuard) {
     while let Ok(first) = outcomes.recv() {
+        beat.busy();
         let (jobs, records): (Vec<Job>, Vec<AttemptRecord>) = std::iter::once(first)
             .chain(outcomes.try_iter().take(MAX_GROUP - 1))
             .map(|outcome| (outcome.job, outcome.record))
             .unzip();
-        let recorded = store.record_attempts(&records);
+        let recorded = store.record_attempts(&records).map_err(|err| store.note(err));
         if let Err(err) = &recorded {
             // The queue keys are still in storage: the deliveries are attempted again later.
             tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
         }
+        let requeue = recorded.as_ref().is_err_and(StoreError::is_host_fault);
         for job in jobs {
             // The scheduler is gone only when the engine is stopping.
-            let _ = done.send(Progress::Recorded { job });
+            let _ = done.send(match requeue {
+                // Dispatch waits until storage takes writes again, then repeats the attempt.
+                true => Progress::Requeue { job, slot_free: false },
+                false => Progress::Recorded { job },
+            });
         }
+        beat.idle();
     }
 }

@@ -22,6 +22,7 @@ use crossbeam_channel::{select, Receiver, Sender};
 use crate::config::SharedConfig;
 use crate::delivery::wheel::TimingWheel;
 use crate::delivery::{Job, Progress};
+use crate::health::BeatGuard;
 use crate::model::{now_millis, Millis};
 use crate::store::{QueueNotice, Store};
 
@@ -30,6 +31,9 @@ pub const LANE_WINDOW: usize = 256;
 
 /// The longest the scheduler sleeps without looking at the clock.
 const MAX_SLEEP: Duration = Duration::from_millis(500);
+
+/// How often a lane looks again while dispatch is paused (storage refuses writes).
+const PAUSED_RETRY: Duration = Duration::from_secs(1);
 
 /// A queue key: (due, delivery id).
 type Key = (Millis, String);
@@ -92,6 +96,7 @@ impl Scheduler {
         notices: Receiver<QueueNotice>,
         completions: Receiver<Progress>,
         stop: Receiver<()>,
+        beat: BeatGuard,
     ) {
         match self.store.subscriptions_with_queue() {
             Ok(subscriptions) => {
@@ -113,6 +118,7 @@ impl Scheduler {
                 .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
+            beat.idle();
             select! {
                 recv(notices) -> notice => match notice {
                     Ok(notice) => self.on_notice(notice),
@@ -125,6 +131,7 @@ impl Scheduler {
                 recv(stop) -> _ => return,
                 default(sleep) => {}
             }
+            beat.busy();
             // Take whatever else arrived meanwhile before looking at the clock.
             for notice in notices.try_iter() {
                 self.on_notice(notice);
@@ -188,6 +195,13 @@ impl Scheduler {
             }
             Progress::Recorded { job } => (job, false, true),
             Progress::Skipped { job } => (job, true, true),
+            Progress::Requeue { job, slot_free } => {
+                if let Some(lane) = self.lanes.get_mut(job.subscription_id.as_str()) {
+                    // Still queued in sled: back into the window, tried when dispatch resumes.
+                    lane.window.insert((job.due, job.delivery_id.clone()));
+                }
+                (job, slot_free, true)
+            }
         };
         let id: Arc<str> = job.subscription_id.into();
         if let Some(lane) = self.lanes.get_mut(&id) {
@@ -220,6 +234,15 @@ impl Scheduler {
             if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
         let now = now_millis();
         let Some(lane) = self.lanes.get_mut(id) else { return };
+        if self.store.dispatch_paused() {
+            // Storage cannot take the outcomes now: look again in a second.
+            let wake = now + PAUSED_RETRY.as_millis() as Millis;
+            if lane.wake_at.is_none_or(|at| at > wake) {
+                lane.wake_at = Some(wake);
+                self.wheel.insert(wake, id.clone());
+            }
+            return;
+        }
         refill(&self.store, id, lane);
         while lane.attempting < cap {
             let Some(first) = lane.window.first() else { break };

@@ -11,6 +11,7 @@ use crate::delivery::http::{post, AttemptResult, Outcome};
 use crate::delivery::recorder::Attempted;
 use crate::delivery::signer::{atender_signature, standard_webhooks_header};
 use crate::delivery::{Job, Progress};
+use crate::health::BeatGuard;
 use crate::metrics::{AttemptLabel, Metrics};
 use crate::model::{now_millis, Attempt, Millis, Subscription};
 use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Store, StoreError};
@@ -33,11 +34,13 @@ pub fn run(
     jobs: crossbeam_channel::Receiver<Job>,
     outcomes: crossbeam_channel::Sender<Attempted>,
     progress: crossbeam_channel::Sender<Progress>,
+    beat: BeatGuard,
 ) {
     while let Ok(job) = jobs.recv() {
         if context.stopping.load(Ordering::SeqCst) {
             break;
         }
+        beat.busy();
         let sent = match attempt(&context, &job) {
             Ok(Some((record, endpoint_ok))) => {
                 // The slot is free now; the key stays in flight until the recorder stored it.
@@ -46,10 +49,17 @@ pub fn run(
             }
             Ok(None) => progress.send(Progress::Skipped { job }).is_ok(),
             Err(err) => {
+                let err = context.store.note(err);
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
-                progress.send(Progress::Skipped { job }).is_ok()
+                if err.is_host_fault() {
+                    // The key is still queued: try it again once storage takes writes.
+                    progress.send(Progress::Requeue { job, slot_free: true }).is_ok()
+                } else {
+                    progress.send(Progress::Skipped { job }).is_ok()
+                }
             }
         };
+        beat.idle();
         if !sent {
             break;
         }
@@ -79,8 +89,14 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, 
     let finished_at = now_millis();
     let attempt_number = delivery.attempts_in_round + 1;
     let config = context.config.current();
-    let decision =
-        decide(&subscription, attempt_number, &outcome, finished_at, config.delivery.max_retry_delay);
+    let decision = decide(
+        &subscription,
+        attempt_number,
+        &outcome,
+        finished_at,
+        config.delivery.max_retry_delay,
+        jitter_fraction(),
+    );
     let attempt = Attempt {
         at: started_at,
         duration_ms: outcome.duration.as_millis().min(u32::MAX as u128) as u32,
@@ -123,14 +139,22 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, 
     Ok(Some((record, succeeded)))
 }
 
-/// The retry policy: success, retry after the backoff (or the receiver's Retry-After), or give
-/// up and disable the subscription (retries exhausted, or 410 Gone).
+/// The retry policy: success, retry, or give up and disable the subscription (retries
+/// exhausted, or 410 Gone). Pure: `now` is when the attempt ended and `jitter` a fraction in
+/// [0, 1) for [`retry_delay`], so the policy is tested by table.
+///
+/// The next attempt is due at `now` plus the later of the backoff (`retryDelaySeconds ×
+/// 2^(k−1)`, capped by `max_retry_delay`, plus up to 10 % jitter) and the receiver's
+/// `Retry-After` on 429/503 (RFC 9110 §10.2.3) capped by `max_retry_delay`: a receiver may ask
+/// for more time, never for less, so a short `Retry-After` cannot exhaust the retries sooner
+/// than the subscription's retry config says.
 pub fn decide(
     subscription: &Subscription,
     attempt_number: u32,
     outcome: &Outcome,
     now: Millis,
     max_retry_delay: Duration,
+    jitter: f64,
 ) -> AttemptDecision {
     if outcome.result == AttemptResult::Success {
         return AttemptDecision::Succeeded;
@@ -150,12 +174,10 @@ pub fn decide(
             ),
         };
     }
+    let backoff = retry_delay(subscription.retry_delay_seconds, attempt_number, max_retry_delay, jitter);
     let delay = match outcome.retry_after {
-        // The receiver said when to come back; honour it, within the configured ceiling.
-        Some(retry_after) => retry_after.clamp(Duration::from_secs(1), max_retry_delay),
-        None => {
-            retry_delay(subscription.retry_delay_seconds, attempt_number, max_retry_delay, jitter_fraction())
-        }
+        Some(retry_after) => backoff.max(retry_after.min(max_retry_delay)),
+        None => backoff,
     };
     AttemptDecision::Retry { due: now + delay.as_millis() as Millis }
 }

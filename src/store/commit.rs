@@ -10,9 +10,16 @@ use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use tokio::sync::oneshot;
 
-use crate::store::StoreError;
+use crate::health::Health;
+use crate::store::space::StorageErrors;
+use crate::store::{StoreError, DURABLE_WAIT};
+
+/// A flush running longer than this marks the group-commit thread stalled (`/healthz` fails).
+const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
 type Waiter = oneshot::Sender<Result<(), StoreError>>;
 
@@ -33,35 +40,52 @@ pub struct GroupCommit {
 }
 
 impl GroupCommit {
-    /// Starts the flusher thread for `db`, whose data file is `data_file`.
-    pub fn start(db: sled::Db, data_file: File) -> std::io::Result<GroupCommit> {
+    /// Starts the flusher thread for `db`, whose data file is `data_file`. A failed flush is a
+    /// fatal fault (recorded in `health`): sled cannot go on after a failed write.
+    pub fn start(
+        db: sled::Db,
+        data_file: File,
+        health: Arc<Health>,
+        errors: Arc<StorageErrors>,
+    ) -> std::io::Result<GroupCommit> {
         let (requests, incoming) = crossbeam_channel::unbounded::<Waiter>();
         let stats = Arc::new(CommitStats::default());
         let thread_stats = stats.clone();
         std::thread::Builder::new().name("group-commit".into()).spawn(move || {
+            let beat = health.register("group-commit", FLUSH_LIMIT);
             while let Ok(first) = incoming.recv() {
+                beat.busy();
                 let mut group = vec![first];
                 group.extend(incoming.try_iter());
                 let result = make_durable(&db, &data_file);
+                if let Err(err) = &result {
+                    errors.count(err);
+                    health.fatal(format!("flushing storage failed: {err}"));
+                }
                 thread_stats.flushes.fetch_add(1, Ordering::Relaxed);
                 thread_stats.requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                 for waiter in group {
                     // A waiter that gave up (its request was cancelled) is fine to ignore.
                     let _ = waiter.send(result.clone());
                 }
+                beat.idle();
             }
         })?;
         Ok(GroupCommit { requests, stats })
     }
 
-    /// Resolves once everything written before the call is on disk.
+    /// Resolves once everything written before the call is on disk, or with
+    /// [`StoreError::Stalled`] after [`DURABLE_WAIT`] (the flush did not return: a host fault).
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (waiter, done) = oneshot::channel();
         self.requests.send(waiter).map_err(|_| StoreError::Unavailable)?;
-        done.await.map_err(|_| StoreError::Unavailable)?
+        match tokio::time::timeout(DURABLE_WAIT, done).await {
+            Ok(answer) => answer.map_err(|_| StoreError::Unavailable)?,
+            Err(_) => Err(StoreError::Stalled),
+        }
     }
 
-    /// The same, for callers on a plain thread.
+    /// The same, for callers on a plain thread (benchmarks and tools; no time limit).
     pub fn durable_blocking(&self) -> Result<(), StoreError> {
         let (waiter, done) = oneshot::channel();
         self.requests.send(waiter).map_err(|_| StoreError::Unavailable)?;

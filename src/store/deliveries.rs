@@ -8,11 +8,9 @@ use std::sync::Arc;
 
 use sled::Transactional;
 
-use crate::model::{
-    Attempt, Delivery, DeliveryState, Event, IdKind, LastDeliveryStatus, Millis, Subscription,
-};
+use crate::model::{Attempt, Delivery, DeliveryState, Event, LastDeliveryStatus, Millis, Subscription};
 use crate::store::codec::{decode, encode};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// Everything a worker needs for one attempt, read together.
 #[derive(Debug, Clone)]
@@ -47,7 +45,8 @@ fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &
     if let AttemptDecision::GiveUp { disable_reason } = decision {
         if subscription.is_active {
             subscription.is_active = false;
-            subscription.disabled_at = Some(attempt.at);
+            // Disabled when the attempt that gave up ended, not when it started.
+            subscription.disabled_at = Some(attempt.at + Millis::from(attempt.duration_ms));
             subscription.disable_reason = Some(disable_reason.clone());
         }
     }
@@ -174,6 +173,7 @@ impl Trees {
     /// subscription with several outcomes in the group is read and written once, the outcomes
     /// applied in order, so the workers of one busy subscription do not contend on its record.
     pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
+        self.admit(WriteClass::Internal)?;
         let writes = self.subscription_cache.lock_writes();
         let updated = (
             &self.deliveries,
@@ -252,6 +252,8 @@ impl Trees {
 
     /// Moves a queued delivery to `held` (its subscription is paused or disabled).
     pub fn hold(&self, subscription_id: &str, due: Millis, delivery_id: &str) -> Result<(), StoreError> {
+        self.admit(WriteClass::Internal)?;
+        let now = crate::model::now_millis();
         let queue_key = keys::queue(subscription_id, due, delivery_id);
         let index_key = keys::subscription_delivery(subscription_id, delivery_id);
         (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries).transaction(
@@ -265,7 +267,7 @@ impl Trees {
                 delivery.state = DeliveryState::Held;
                 delivery.next_attempt_at = None;
                 deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                held.insert(index_key.as_slice(), &[])?;
+                held.insert(index_key.as_slice(), &keys::held_since(now))?;
                 log.insert(index_key.as_slice(), &[state_byte(DeliveryState::Held)])?;
                 Ok(())
             },
@@ -348,25 +350,39 @@ impl Trees {
         Ok(released)
     }
 
-    /// Held deliveries created before `now - retention` become `expired`. Returns how many.
+    /// Held deliveries that have been held since before `now - retention` become `expired`.
+    /// `hold_retention` counts from the moment a delivery became held (the `held` entry's
+    /// value), so a redelivery or a retry held late gets the whole retention, and one held
+    /// again after a release counts anew. An entry without that instant (stored before it
+    /// was kept) is stamped `now` and waits a whole retention from here. Returns how many
+    /// expired.
     pub fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        self.admit(WriteClass::Internal)?;
         let cutoff = now.saturating_sub(retention_ms);
         let mut expired = 0;
         for entry in self.held.iter() {
-            let (key, _) = entry?;
+            let (key, value) = entry?;
             let Some(delivery_id) = keys::delivery_of(&key) else { continue };
-            let created = IdKind::Delivery.created_at(delivery_id).unwrap_or(0);
-            if created >= cutoff {
+            let Some(held_since) = keys::parse_held_since(&value) else {
+                // Only stamp the entry if it is still the unstamped one.
+                let _ = self.held.compare_and_swap(&key, Some(value), Some(&keys::held_since(now)))?;
+                continue;
+            };
+            if held_since >= cutoff {
                 continue;
             }
             let subscription_id = std::str::from_utf8(&key[..keys::SUBSCRIPTION_ID_LEN]).unwrap_or_default();
-            (&self.deliveries, &self.held, &self.subscription_deliveries, &self.finished).transaction(
-                |(deliveries, held, log, finished)| {
+            let done = (&self.deliveries, &self.held, &self.subscription_deliveries, &self.finished)
+                .transaction(|(deliveries, held, log, finished)| {
+                    // Held again meanwhile (released and held anew): not this entry any more.
+                    if held.get(&key)?.is_none_or(|current| current != value) {
+                        return Ok(false);
+                    }
                     held.remove(&key)?;
-                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(false) };
                     let mut delivery: Delivery = abort_on(decode(&bytes))?;
                     if delivery.state != DeliveryState::Held {
-                        return Ok(());
+                        return Ok(false);
                     }
                     delivery.state = DeliveryState::Expired;
                     delivery.finished_at = Some(now);
@@ -376,10 +392,9 @@ impl Trees {
                         keys::subscription_delivery(subscription_id, delivery_id),
                         &[state_byte(DeliveryState::Expired)],
                     )?;
-                    Ok(())
-                },
-            )?;
-            expired += 1;
+                    Ok(true)
+                })?;
+            expired += usize::from(done);
         }
         Ok(expired)
     }
@@ -387,6 +402,7 @@ impl Trees {
     /// Removes finished deliveries (and events nobody references any more) that finished
     /// before `now - retention`. Returns how many deliveries were purged.
     pub fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        self.admit(WriteClass::Internal)?;
         let cutoff = now.saturating_sub(retention_ms);
         let mut purged = 0;
         for entry in self.finished.range(..keys::timed(cutoff, b"")) {
@@ -441,6 +457,7 @@ impl Trees {
         subscription: &Subscription,
         delivery_id: &str,
     ) -> Result<Option<Delivery>, StoreError> {
+        self.admit(WriteClass::Client)?;
         let now = crate::model::now_millis();
         let subscription_id = subscription.id.as_str();
         let index_key = keys::subscription_delivery(subscription_id, delivery_id);
@@ -466,7 +483,7 @@ impl Trees {
                     } else {
                         delivery.state = DeliveryState::Held;
                         delivery.next_attempt_at = None;
-                        held.insert(index_key.as_slice(), &[])?;
+                        held.insert(index_key.as_slice(), &keys::held_since(now))?;
                     }
                     deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
                     log.insert(index_key.as_slice(), &[state_byte(delivery.state)])?;
@@ -531,7 +548,7 @@ impl Trees {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::now_millis;
+    use crate::model::{now_millis, IdKind};
     use crate::store::{NewEvent, Store};
 
     fn failed(at: Millis, status: u16) -> Attempt {
@@ -552,6 +569,7 @@ mod tests {
                 event_type: "message.received".into(),
                 body: b"{}".to_vec(),
                 client_id: None,
+                fingerprint: [0; 32],
             })
             .collect();
         store.publish("acme", true, &events, now).unwrap();

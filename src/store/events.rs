@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
 use crate::store::codec::{decode, encode, IdempotencyRecord};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// How long a client idempotency id is remembered.
 pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
@@ -23,6 +23,9 @@ pub struct NewEvent {
     pub body: Vec<u8>,
     /// The client's idempotency id, if it sent one.
     pub client_id: Option<String>,
+    /// SHA-256 of what makes the request this event (type and canonical data), compared when
+    /// the client id was seen before: a different fingerprint is an idempotency conflict.
+    pub fingerprint: [u8; 32],
 }
 
 /// The answer for one published event.
@@ -49,6 +52,8 @@ struct Planned {
     event: Event,
     deliveries: Vec<Delivery>,
     client_key: Option<Vec<u8>>,
+    client_id: Option<String>,
+    fingerprint: [u8; 32],
 }
 
 impl Trees {
@@ -75,15 +80,21 @@ impl Trees {
     /// fails as a whole; when the group transaction aborts (a corrupt record), the requests are
     /// retried one by one so only the affected one fails.
     pub fn publish_group(&self, requests: &[PublishRequest]) -> Vec<Result<Vec<Published>, StoreError>> {
+        if let Err(err) = self.admit(WriteClass::Client) {
+            return requests.iter().map(|_| Err(err.clone())).collect();
+        }
         let planned = match self.plan_group(requests) {
             Ok(planned) => planned,
             Err(err) => return requests.iter().map(|_| Err(err.clone())).collect(),
         };
         match self.write_group(&planned) {
-            Ok(answers) => answers.into_iter().map(Ok).collect(),
+            Ok(answers) => answers,
             Err(StoreError::Corrupt(_)) if planned.len() > 1 => planned
                 .chunks(1)
-                .map(|one| self.write_group(one).map(|mut answers| answers.pop().unwrap_or_default()))
+                .map(|one| match self.write_group(one) {
+                    Ok(mut answers) => answers.pop().unwrap_or(Err(StoreError::Unavailable)),
+                    Err(err) => Err(err),
+                })
                 .collect(),
             Err(err) => requests.iter().map(|_| Err(err.clone())).collect(),
         }
@@ -110,8 +121,12 @@ impl Trees {
     }
 
     /// One transaction for the planned requests, then the held-release check and the queue
-    /// notices. Returns the answers of each request.
-    fn write_group(&self, planned: &[Vec<Planned>]) -> Result<Vec<Vec<Published>>, StoreError> {
+    /// notices. Returns the answer of each request: its events, or why it was refused (an
+    /// idempotency conflict refuses the whole request and writes none of its events).
+    fn write_group(
+        &self,
+        planned: &[Vec<Planned>],
+    ) -> Result<Vec<Result<Vec<Published>, StoreError>>, StoreError> {
         let trees = (
             &self.events,
             &self.deliveries,
@@ -124,6 +139,10 @@ impl Trees {
         let answers = trees.transaction(|(events, deliveries, queue, held, log, idempotency, expiry)| {
             let mut answers = Vec::with_capacity(planned.len());
             for request in planned {
+                if let Some(conflict) = conflict_in(idempotency, request)? {
+                    answers.push(Err(conflict));
+                    continue;
+                }
                 let mut request_answers = Vec::with_capacity(request.len());
                 for plan in request {
                     let now = plan.event.created_at;
@@ -140,6 +159,7 @@ impl Trees {
                             created_at: now,
                             event_id: plan.event.id.clone(),
                             deliveries: plan.deliveries.len() as u32,
+                            fingerprint: Some(plan.fingerprint),
                         };
                         idempotency.insert(key.as_slice(), encode(&record))?;
                         expiry.insert(keys::timed(now, key), &[])?;
@@ -156,9 +176,10 @@ impl Trees {
                             &[delivery.state as u8],
                         )?;
                         match delivery.state {
-                            DeliveryState::Held => {
-                                held.insert(keys::subscription_delivery(subscription_id, &delivery.id), &[])?
-                            }
+                            DeliveryState::Held => held.insert(
+                                keys::subscription_delivery(subscription_id, &delivery.id),
+                                &keys::held_since(now),
+                            )?,
                             _ => queue.insert(keys::queue(subscription_id, now, &delivery.id), &[])?,
                         };
                     }
@@ -168,23 +189,25 @@ impl Trees {
                         duplicate: false,
                     });
                 }
-                answers.push(request_answers);
+                answers.push(Ok(request_answers));
             }
             Ok(answers)
         })?;
 
-        // Deliveries this transaction created (duplicates created nothing).
+        // Deliveries this transaction created (duplicates and refused requests created nothing).
         let created = || {
             planned
                 .iter()
+                .zip(answers.iter())
+                .filter_map(|(plans, answer)| answer.as_ref().ok().map(|answer| plans.iter().zip(answer)))
                 .flatten()
-                .zip(answers.iter().flatten())
                 .filter(|(_, answer)| !answer.duplicate)
-                .flat_map(|(plan, _)| plan.deliveries.iter())
+                .map(|(plan, _)| plan)
         };
 
         // A subscription un-paused while this transaction ran must not keep what it held.
         let mut held_for: Vec<&str> = created()
+            .flat_map(|plan| plan.deliveries.iter())
             .filter(|delivery| delivery.state == DeliveryState::Held)
             .map(|delivery| delivery.subscription_id.as_str())
             .collect();
@@ -195,13 +218,14 @@ impl Trees {
         }
 
         // Attempts read the event from memory while it is fresh (events never change).
-        for (plan, answer) in planned.iter().flatten().zip(answers.iter().flatten()) {
-            if !answer.duplicate && !plan.deliveries.is_empty() {
-                self.event_cache.put(Arc::new(plan.event.clone()));
-            }
+        for plan in created().filter(|plan| !plan.deliveries.is_empty()) {
+            self.event_cache.put(Arc::new(plan.event.clone()));
         }
 
-        for delivery in created().filter(|delivery| delivery.state == DeliveryState::Pending) {
+        for delivery in created()
+            .flat_map(|plan| plan.deliveries.iter())
+            .filter(|delivery| delivery.state == DeliveryState::Pending)
+        {
             self.announce(QueueNotice::Queued {
                 subscription_id: delivery.subscription_id.clone(),
                 due: delivery.created_at,
@@ -231,6 +255,33 @@ impl Trees {
         }
         Ok(purged)
     }
+}
+
+/// The first event of `request` whose client id was used within the window (earlier, or by an
+/// earlier event of the same request) for a different event type or data.
+fn conflict_in(
+    idempotency: &TransactionalTree,
+    request: &[Planned],
+) -> Result<Option<StoreError>, sled::transaction::ConflictableTransactionError<StoreError>> {
+    let batch = request.len() > 1;
+    let mut seen: HashMap<&[u8], [u8; 32]> = HashMap::new();
+    for (index, plan) in request.iter().enumerate() {
+        let Some(key) = &plan.client_key else { continue };
+        let earlier = match seen.get(key.as_slice()) {
+            Some(fingerprint) => Some(*fingerprint),
+            None => {
+                remembered(idempotency, key, plan.event.created_at)?.and_then(|record| record.fingerprint)
+            }
+        };
+        if earlier.is_some_and(|earlier| earlier != plan.fingerprint) {
+            return Ok(Some(StoreError::IdempotencyConflict {
+                index: batch.then_some(index),
+                client_id: plan.client_id.clone().unwrap_or_default(),
+            }));
+        }
+        seen.entry(key.as_slice()).or_insert(plan.fingerprint);
+    }
+    Ok(None)
 }
 
 fn remembered(
@@ -274,6 +325,8 @@ fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: 
             live_deliveries: deliveries.len() as u32,
         },
         client_key: event.client_id.as_deref().map(|client_id| keys::idempotency(tenant_id, client_id)),
+        client_id: event.client_id.clone(),
+        fingerprint: event.fingerprint,
         deliveries,
     }
 }
@@ -290,6 +343,7 @@ mod tests {
             event_type: "message.received".into(),
             body: b"{}".to_vec(),
             client_id: client_id.map(str::to_owned),
+            fingerprint: [0; 32],
         }
     }
 

@@ -55,6 +55,17 @@ pub fn subscription_delivery(subscription_id: &str, delivery_id: &str) -> Vec<u8
     key
 }
 
+/// The value of a `held` entry: when the delivery became held (u64 BE ms), the instant
+/// `hold_retention` counts from. Entries written before this value existed are empty.
+pub fn held_since(at: Millis) -> [u8; 8] {
+    at.to_be_bytes()
+}
+
+/// Reads a `held` value; `None` for an empty (older) one.
+pub fn parse_held_since(value: &[u8]) -> Option<Millis> {
+    Some(Millis::from_be_bytes(value.try_into().ok()?))
+}
+
 /// The delivery id at the end of a `held` / `subscription_deliveries` key.
 pub fn delivery_of(key: &[u8]) -> Option<&str> {
     key.get(SUBSCRIPTION_ID_LEN..).and_then(|rest| std::str::from_utf8(rest).ok())

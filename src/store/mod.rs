@@ -11,10 +11,12 @@ mod commit;
 mod deliveries;
 mod events;
 mod keys;
+mod space;
 mod subscriptions;
 mod writer;
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use sled::transaction::TransactionError;
@@ -24,7 +26,9 @@ pub use commit::{CommitStats, GroupCommit};
 pub use deliveries::AttemptRecord;
 pub use deliveries::{AttemptContext, AttemptDecision};
 pub use events::{NewEvent, PublishRequest, Published};
+pub use space::{SpaceState, StorageErrors, WriteClass};
 
+use crate::health::Health;
 use crate::model::Millis;
 
 /// What can go wrong in storage. Clients only ever learn "internal" or "unavailable".
@@ -38,11 +42,39 @@ pub enum StoreError {
     Unavailable,
     #[error("the tenant's subscription limit is reached")]
     LimitExceeded,
+    /// Free space is below the reserve (`storage.min_free_bytes`): the write was refused before
+    /// it reached the storage engine. Clears by itself when space is freed.
+    #[error("storage is low on space: {free} bytes free, reserve {reserve} bytes")]
+    NoSpace { free: u64, reserve: u64 },
+    /// The data dir's file system is mounted read-only.
+    #[error("the data dir's file system is read-only")]
+    ReadOnly,
+    /// A flush did not return within [`DURABLE_WAIT`]: the write may or may not become durable.
+    #[error("storage did not confirm the write in time")]
+    Stalled,
+    /// A client idempotency id (`events[index].id`, or `id` when `index` is `None`) was used
+    /// within the window for a different event.
+    #[error("idempotency id {client_id:?} was already used for a different event")]
+    IdempotencyConflict { index: Option<usize>, client_id: String },
+}
+
+impl StoreError {
+    /// True for the faults of the host (space, read-only, I/O, stall), as opposed to answers
+    /// about the request or the data.
+    pub fn is_host_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NoSpace { .. } | StoreError::ReadOnly | StoreError::Io(_) | StoreError::Stalled
+        )
+    }
 }
 
 impl From<sled::Error> for StoreError {
     fn from(err: sled::Error) -> Self {
-        StoreError::Io(err.to_string())
+        match err {
+            sled::Error::Corruption { .. } => StoreError::Corrupt(err.to_string()),
+            _ => StoreError::Io(err.to_string()),
+        }
     }
 }
 
@@ -68,6 +100,28 @@ pub enum QueueNotice {
 /// needs and would make resident memory grow with the data.
 const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
+/// Longest a caller waits for its write to become durable before it is answered
+/// [`StoreError::Stalled`] (a 503): a flush that does not return is a host fault, never a hang.
+pub const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Default free-space reserve of the data dir's file system (`storage.min_free_bytes`).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// How the store is opened.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Bytes that must stay free on the data dir's file system for client writes (0: no guard).
+    pub min_free_bytes: u64,
+    /// Where the store's threads report their heartbeats and fatal faults.
+    pub health: Arc<Health>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { min_free_bytes: DEFAULT_MIN_FREE_BYTES, health: Arc::default() }
+    }
+}
+
 /// The sled trees and every synchronous operation on them (the `impl Trees` blocks of the
 /// submodules). [`Store`] adds the threads that combine writes and derefs to this.
 #[derive(Clone)]
@@ -89,6 +143,9 @@ pub struct Trees {
     notices_rx: crossbeam_channel::Receiver<QueueNotice>,
     subscription_cache: Arc<cache::SubscriptionCache>,
     event_cache: Arc<cache::EventCache>,
+    space: Arc<space::SpaceGuard>,
+    errors: Arc<StorageErrors>,
+    health: Arc<Health>,
 }
 
 /// Handle to the database. Cheap to clone; every clone shares the same trees and threads. The
@@ -98,6 +155,7 @@ pub struct Store {
     trees: Trees,
     commit: GroupCommit,
     writer: writer::PublishWriter,
+    monitor: Arc<space::Monitor>,
 }
 
 impl std::ops::Deref for Store {
@@ -109,9 +167,15 @@ impl std::ops::Deref for Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database in `dir` and starts its group-commit and publish-writer
-    /// threads.
+    /// Opens (or creates) the database in `dir` with the default options (see
+    /// [`Store::open_with`]).
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) the database in `dir` and starts its group-commit, publish-writer and
+    /// storage-monitor threads.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StoreError::Io(format!("cannot create {}: {err}", dir.display())))?;
         let db = sled::Config::new()
@@ -121,7 +185,10 @@ impl Store {
             .open()?;
         let data_file = std::fs::File::open(dir.join("db"))
             .map_err(|err| StoreError::Io(format!("cannot open the data file: {err}")))?;
-        let commit = GroupCommit::start(db.clone(), data_file)
+        let health = options.health.clone();
+        let errors = Arc::new(StorageErrors::default());
+        let space = Arc::new(space::SpaceGuard::new(dir, options.min_free_bytes, errors.clone()));
+        let commit = GroupCommit::start(db.clone(), data_file, health.clone(), errors.clone())
             .map_err(|err| StoreError::Io(format!("cannot start the group-commit thread: {err}")))?;
         let (notices, notices_rx) = crossbeam_channel::unbounded();
         let tree = |name: &str| db.open_tree(name);
@@ -143,10 +210,21 @@ impl Store {
             notices_rx,
             subscription_cache: Arc::default(),
             event_cache: Arc::default(),
+            space: space.clone(),
+            errors: errors.clone(),
+            health: health.clone(),
         };
         let writer = writer::PublishWriter::start(trees.clone())
             .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;
-        Ok(Store { trees, commit, writer })
+        let monitor = space::Monitor::start(trees.db.clone(), space, health, errors)
+            .map_err(|err| StoreError::Io(format!("cannot start the storage-monitor thread: {err}")))?;
+        Ok(Store { trees, commit, writer, monitor: Arc::new(monitor) })
+    }
+
+    /// Whether the storage monitor's last probe is older than `limit` (it is stuck in sled).
+    pub fn probe_overdue(&self, limit: std::time::Duration) -> bool {
+        let last = self.monitor.last_probe_ok.load(Ordering::Relaxed);
+        crate::model::now_millis().saturating_sub(last) > limit.as_millis() as Millis
     }
 
     /// Stores a publish request together with whatever other requests are waiting (one
@@ -179,6 +257,56 @@ impl Trees {
     /// Whether the database answers reads.
     pub fn is_healthy(&self) -> bool {
         self.subscriptions.first().is_ok()
+    }
+
+    /// Why writes are refused now (low space, read-only, a fatal fault), or `None`.
+    pub fn write_refusal(&self) -> Option<String> {
+        match self.health.fatal_reason() {
+            Some(reason) => Some(reason),
+            None => self.space.refusal(),
+        }
+    }
+
+    /// The free-space state of the data dir's file system.
+    pub fn space_state(&self) -> SpaceState {
+        self.space.state()
+    }
+
+    /// Bytes free on the data dir's file system at the last reading.
+    pub fn free_bytes(&self) -> u64 {
+        self.space.free_bytes()
+    }
+
+    /// Storage errors by kind since start-up.
+    pub fn errors(&self) -> &StorageErrors {
+        &self.errors
+    }
+
+    /// True while delivery should not start attempts whose outcome could not be stored.
+    pub fn dispatch_paused(&self) -> bool {
+        matches!(self.space.state(), SpaceState::Critical | SpaceState::ReadOnly)
+            || self.health.fatal_reason().is_some()
+    }
+
+    /// Admits a write of `class` (see [`WriteClass`]) or refuses it with the reason.
+    pub(crate) fn admit(&self, class: WriteClass) -> Result<(), StoreError> {
+        if self.health.fatal_reason().is_some() {
+            return Err(StoreError::Unavailable);
+        }
+        self.space.admit(class)
+    }
+
+    /// Counts an error by kind and, for an I/O error of the storage engine, records the fatal
+    /// fault (sled cannot go on after one). Returns the error for `?`.
+    pub(crate) fn note(&self, err: StoreError) -> StoreError {
+        // Refusals were counted when they were made.
+        if !matches!(err, StoreError::NoSpace { .. } | StoreError::ReadOnly) {
+            self.errors.count(&err);
+        }
+        if let StoreError::Io(detail) = &err {
+            self.health.fatal(format!("the storage engine failed and cannot go on: {detail}"));
+        }
+        err
     }
 
     /// Deliveries per queue state: (pending, held), counted from the index trees.

@@ -7,7 +7,7 @@ use sled::Transactional;
 
 use crate::model::Subscription;
 use crate::store::codec::{decode, encode};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees};
+use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 fn read_count(
     counts: &TransactionalTree,
@@ -28,6 +28,7 @@ impl Trees {
         subscription: &Subscription,
         max_webhooks: u32,
     ) -> Result<(), StoreError> {
+        self.admit(WriteClass::Client)?;
         let tenant_id = subscription.tenant_id.as_str();
         let value = encode(subscription);
         (&self.subscriptions, &self.tenant_subscriptions, &self.tenant_counts).transaction(
@@ -126,6 +127,7 @@ impl Trees {
         id: &str,
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
+        self.admit(WriteClass::Client)?;
         let writes = self.subscription_cache.lock_writes();
         let outcome = self.subscriptions.transaction(|subscriptions| {
             let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
@@ -150,6 +152,8 @@ impl Trees {
     /// Removes a tenant's subscription and then every delivery queued or logged for it.
     /// Returns false when there is no such subscription.
     pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+        // Deleting frees space: allowed until the last half of the reserve.
+        self.admit(WriteClass::Internal)?;
         let writes = self.subscription_cache.lock_writes();
         let removed = (
             &self.subscriptions,
@@ -182,6 +186,7 @@ impl Trees {
 
     /// Finishes the cleanup of every deleted subscription (after a crash mid-cleanup).
     pub fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError> {
+        self.admit(WriteClass::Internal)?;
         let mut purged = 0;
         for entry in self.deleted_subscriptions.iter() {
             let (key, _) = entry?;

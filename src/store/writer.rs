@@ -28,7 +28,9 @@ impl PublishWriter {
     pub fn start(trees: Trees) -> std::io::Result<PublishWriter> {
         let (requests, incoming) = crossbeam_channel::unbounded::<(PublishRequest, Reply)>();
         std::thread::Builder::new().name("publish-writer".into()).spawn(move || {
+            let beat = trees.health.register("publish-writer", std::time::Duration::from_secs(30));
             while let Ok(first) = incoming.recv() {
+                beat.busy();
                 let mut events = first.0.events.len();
                 let mut group = vec![first];
                 while events < MAX_GROUP_EVENTS {
@@ -39,8 +41,9 @@ impl PublishWriter {
                 let (requests, replies): (Vec<PublishRequest>, Vec<Reply>) = group.into_iter().unzip();
                 for (reply, result) in replies.into_iter().zip(trees.publish_group(&requests)) {
                     // A caller that went away (its request was cancelled) is fine to ignore.
-                    let _ = reply.send(result);
+                    let _ = reply.send(result.map_err(|err| trees.note(err)));
                 }
+                beat.idle();
             }
         })?;
         Ok(PublishWriter { requests })

@@ -167,15 +167,32 @@ fn failed_attempts_are_retried_on_the_exponential_schedule() {
 }
 
 #[test]
-fn retry_after_on_503_is_honoured() {
+fn retry_after_longer_than_the_backoff_is_waited_for() {
     let daemon = TestDaemon::start();
     let receiver = Receiver::start();
-    receiver.script([Answer::status(503).with_header("retry-after", "2")]);
-    subscribe(&daemon, &receiver, json!({ "retryDelaySeconds": 60 }));
+    receiver.script([Answer::status(503).with_header("retry-after", "3")]);
+    subscribe(&daemon, &receiver, json!({ "retryDelaySeconds": 1 }));
     daemon.publish(ACME_KEY, "message.received", json!({}));
     let received = receiver.wait_for(2, LONG);
     let gap = gaps(&received)[0].as_secs_f64();
-    assert!((1.95..=3.5).contains(&gap), "Retry-After: 2 gave a {gap:.3}s gap (backoff alone would be 60s)");
+    assert!(gap >= 2.95, "Retry-After: 3 gave a {gap:.3}s gap (backoff alone would be 1s)");
+}
+
+#[test]
+fn retry_after_shorter_than_the_backoff_never_shortens_it() {
+    let daemon = TestDaemon::start();
+    let receiver = Receiver::start();
+    receiver.script([
+        Answer::status(503).with_header("retry-after", "1"),
+        Answer::status(429).with_header("retry-after", "0"),
+    ]);
+    subscribe(&daemon, &receiver, json!({ "retryDelaySeconds": 2 }));
+    daemon.publish(ACME_KEY, "message.received", json!({}));
+    let received = receiver.wait_for(3, LONG);
+    let gaps = gaps(&received);
+    // Backoff 2 s, then 4 s: a receiver may ask for more time, never for less.
+    assert!(gaps[0].as_secs_f64() >= 1.95, "Retry-After: 1 shortened the 2 s backoff: {gaps:?}");
+    assert!(gaps[1].as_secs_f64() >= 3.95, "Retry-After: 0 shortened the 4 s backoff: {gaps:?}");
 }
 
 #[test]

@@ -186,6 +186,10 @@ fn bad_create_and_patch_bodies_are_400_naming_the_field() {
         ("blank name", json!({ "name": "   \t " }), vec!["name"]),
         ("101-character name", json!({ "name": long_name }), vec!["name"]),
         ("name with a newline", json!({ "name": "two\nlines" }), vec!["name"]),
+        ("name of zero-width spaces", json!({ "name": "\u{200B}\u{200B}" }), vec!["name", "visible"]),
+        ("name of a BOM and a space", json!({ "name": "\u{FEFF} " }), vec!["name", "visible"]),
+        ("header value not ASCII", json!({ "headers": { "X-A": "café" } }), vec!["headers.X-A", "RFC 9110"]),
+        ("header value with DEL", json!({ "headers": { "X-A": "a\u{7f}" } }), vec!["headers.X-A"]),
         // url: absolute, http(s), a host, no credentials, no fragment, not too long.
         ("relative url", json!({ "url": "/hook" }), vec!["url"]),
         ("not a url", json!({ "url": "not a url" }), vec!["url"]),
@@ -743,4 +747,22 @@ fn non_json_bodies_are_415() {
         let reply = send("PATCH", &daemon.url(&one), &headers, Some(br#"{"name": "typed"}"#));
         assert_eq!(reply.status, 200, "{content_type}: {}", reply.text);
     }
+}
+
+#[test]
+fn publishing_null_data_is_400_naming_the_field() {
+    let (daemon, _, before) = seeded(Setup::default());
+    let single = br#"{"event": "message.received", "data": null}"#;
+    check(
+        "null data",
+        &json_call(&daemon, "POST", "/v1/events", single),
+        400,
+        "validation_failed",
+        &["data", "null"],
+    );
+    let batch =
+        br#"{"events": [{"event": "message.received"}, {"event": "message.received", "data": null}]}"#;
+    let reply = json_call(&daemon, "POST", "/v1/events/batch", batch);
+    check("null data in a batch", &reply, 400, "validation_failed", &["events[1].data"]);
+    assert_intact(&daemon, &before);
 }

@@ -9,6 +9,7 @@ mod crash;
 mod delivery;
 mod docs;
 mod errors;
+mod faults;
 mod openapi;
 mod packaging;
 mod retention;

@@ -35,6 +35,9 @@ pub struct Setup {
     pub max_in_flight_per_subscription: u32,
     pub allow_private_targets: bool,
     pub tiny_max_webhooks: u32,
+    pub hold_retention: &'static str,
+    /// Free-space reserve of the data dir (`storage.min_free_bytes`); 0 turns the guard off.
+    pub min_free_bytes: u64,
     pub extra: String,
 }
 
@@ -47,6 +50,8 @@ impl Default for Setup {
             max_in_flight_per_subscription: 4,
             allow_private_targets: true,
             tiny_max_webhooks: 3,
+            hold_retention: "72h",
+            min_free_bytes: 0,
             extra: String::new(),
         }
     }
@@ -67,6 +72,10 @@ max_retry_delay = "{max_retry_delay}"
 max_in_flight_per_subscription = {max_in_flight}
 allow_http = true
 allow_private_targets = {allow_private}
+hold_retention = "{hold_retention}"
+
+[storage]
+min_free_bytes = {min_free_bytes}
 
 [[tenants]]
 id = "acme"
@@ -114,6 +123,8 @@ scopes = {all}
             max_retry_delay = self.max_retry_delay,
             max_in_flight = self.max_in_flight_per_subscription,
             allow_private = self.allow_private_targets,
+            hold_retention = self.hold_retention,
+            min_free_bytes = self.min_free_bytes,
             acme = digest(ACME_KEY),
             acme_read = digest(ACME_READ_KEY),
             acme_events = digest(ACME_EVENTS_KEY),
