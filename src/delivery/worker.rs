@@ -216,3 +216,69 @@ fn label(result: AttemptResult) -> AttemptLabel {
         AttemptResult::Refused => AttemptLabel::Refused,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIX_HOURS: Duration = Duration::from_secs(6 * 3600);
+
+    fn failed(status: u16, retry_after: Option<u64>) -> Outcome {
+        Outcome {
+            result: AttemptResult::HttpError,
+            status: Some(status),
+            error: Some(format!("HTTP {status}")),
+            retry_after: retry_after.map(Duration::from_secs),
+            duration: Duration::from_millis(5),
+        }
+    }
+
+    /// The retry policy by table: (retryDelaySeconds, attempt, status, Retry-After s, cap) →
+    /// seconds until the next attempt, with no jitter.
+    #[test]
+    fn retry_after_never_shortens_the_backoff_and_the_cap_bounds_both() {
+        let mut subscription = Subscription::new("t", "n", "https://a.example/", vec!["a.b".into()], 0);
+        subscription.max_retries = 20;
+        let cases: [(u32, u32, u16, Option<u64>, Duration, u64); 8] = [
+            (10, 1, 500, None, SIX_HOURS, 10),
+            (10, 3, 503, None, SIX_HOURS, 40),
+            (10, 1, 503, Some(1), SIX_HOURS, 10), // shorter: the backoff wins
+            (10, 1, 429, Some(0), SIX_HOURS, 10), // "now": the backoff wins
+            (10, 1, 503, Some(120), SIX_HOURS, 120), // longer: the receiver wins
+            (10, 1, 429, Some(99_999), Duration::from_secs(600), 600), // capped
+            (10, 12, 500, None, Duration::from_secs(600), 600),
+            (1, 1, 503, Some(3), SIX_HOURS, 3),
+        ];
+        for (delay, attempt, status, retry_after, cap, expected) in cases {
+            subscription.retry_delay_seconds = delay;
+            let decision = decide(&subscription, attempt, &failed(status, retry_after), 1_000, cap, 0.0);
+            assert_eq!(
+                decision,
+                AttemptDecision::Retry { due: 1_000 + expected * 1000 },
+                "delay {delay}, attempt {attempt}, {status}, Retry-After {retry_after:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gone_and_exhaustion_give_up_success_succeeds() {
+        let mut subscription = Subscription::new("t", "n", "https://a.example/", vec!["a.b".into()], 0);
+        subscription.max_retries = 2;
+        let ok =
+            Outcome { result: AttemptResult::Success, status: Some(204), error: None, ..failed(204, None) };
+        assert_eq!(decide(&subscription, 1, &ok, 0, SIX_HOURS, 0.5), AttemptDecision::Succeeded);
+        let gone = decide(&subscription, 1, &failed(410, None), 0, SIX_HOURS, 0.5);
+        assert!(
+            matches!(gone, AttemptDecision::GiveUp { disable_reason } if disable_reason.contains("410 Gone"))
+        );
+        assert!(matches!(
+            decide(&subscription, 2, &failed(500, None), 0, SIX_HOURS, 0.5),
+            AttemptDecision::Retry { .. }
+        ));
+        let exhausted = decide(&subscription, 3, &failed(500, None), 0, SIX_HOURS, 0.5);
+        assert!(
+            matches!(&exhausted, AttemptDecision::GiveUp { disable_reason } if disable_reason == "too many consecutive failures: 3 attempts failed, last: HTTP 500"),
+            "{exhausted:?}"
+        );
+    }
+}

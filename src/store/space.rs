@@ -18,7 +18,7 @@
 //! its group commit returned.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -244,7 +244,9 @@ impl SpaceGuard {
 /// The storage monitor thread: re-reads the free space and probes sled with a tiny write every
 /// [`PROBE_PERIOD`]; a probe that fails is a fatal fault (sled is poisoned).
 pub struct Monitor {
-    stop: Arc<AtomicBool>,
+    /// Dropped with the monitor: the thread wakes at once and releases its database handle
+    /// (sled's file lock goes with the last handle).
+    _stop: crossbeam_channel::Sender<()>,
     /// When the last probe finished (Unix ms), for readiness.
     pub last_probe_ok: Arc<AtomicU64>,
 }
@@ -256,12 +258,12 @@ impl Monitor {
         health: Arc<Health>,
         errors: Arc<StorageErrors>,
     ) -> std::io::Result<Monitor> {
-        let stop = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
         let last_probe_ok = Arc::new(AtomicU64::new(now_millis()));
-        let (thread_stop, thread_last) = (stop.clone(), last_probe_ok.clone());
+        let thread_last = last_probe_ok.clone();
         std::thread::Builder::new().name("storage-monitor".into()).spawn(move || {
             let beat = health.register("storage-monitor", Duration::from_secs(30));
-            while !thread_stop.load(Ordering::Relaxed) {
+            loop {
                 beat.busy();
                 let state = space.state();
                 // A read-only mount refuses writes anyway; a probe would only poison sled.
@@ -279,16 +281,15 @@ impl Monitor {
                     thread_last.store(now_millis(), Ordering::Relaxed);
                 }
                 beat.idle();
-                std::thread::sleep(PROBE_PERIOD);
+                if !matches!(
+                    stopped.recv_timeout(PROBE_PERIOD),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                ) {
+                    return;
+                }
             }
         })?;
-        Ok(Monitor { stop, last_probe_ok })
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        Ok(Monitor { _stop: stop, last_probe_ok })
     }
 }
 
