@@ -114,24 +114,36 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(sub_body())
-        .then(|state, headers, body| with_body(body, move |body| webhooks::create(state, headers, body)));
-    let list =
-        webhooks_root.and(warp::get()).and(with_state.clone()).and(headers()).and(query()).then(
-            |state, headers, query| async move { respond(webhooks::list(state, headers, query).await) },
-        );
+        .then(|state, headers, body| with_body(body, move |body| webhooks::create(state, headers, body)))
+        .boxed();
+    let list = webhooks_root
+        .and(warp::get())
+        .and(with_state.clone())
+        .and(headers())
+        .and(query())
+        .then(|state, headers, query| async move { respond(webhooks::list(state, headers, query).await) })
+        .boxed();
     let get = webhook
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) });
-    let update = webhook.and(warp::patch()).and(with_state.clone()).and(headers()).and(sub_body()).then(
-        |id, state, headers, body| with_body(body, move |body| webhooks::update(state, headers, id, body)),
-    );
+        .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) })
+        .boxed();
+    let update = webhook
+        .and(warp::patch())
+        .and(with_state.clone())
+        .and(headers())
+        .and(sub_body())
+        .then(|id, state, headers, body| {
+            with_body(body, move |body| webhooks::update(state, headers, id, body))
+        })
+        .boxed();
     let delete = webhook
         .and(warp::delete())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, state, headers| async move { respond(webhooks::delete(state, headers, id).await) });
+        .then(|id, state, headers| async move { respond(webhooks::delete(state, headers, id).await) })
+        .boxed();
     let rotate = warp::path!("v1" / "webhooks" / String / "rotate-secret")
         .and(warp::post())
         .and(with_state.clone())
@@ -139,7 +151,8 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(sub_body())
         .then(|id, state, headers, body| {
             with_body(body, move |body| webhooks::rotate_secret(state, headers, id, body))
-        });
+        })
+        .boxed();
     let delivery_list = warp::path!("v1" / "webhooks" / String / "deliveries")
         .and(warp::get())
         .and(with_state.clone())
@@ -147,39 +160,42 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(query())
         .then(|id, state, headers, query| async move {
             respond(deliveries::list(state, headers, id, query).await)
-        });
+        })
+        .boxed();
     let delivery_get = warp::path!("v1" / "webhooks" / String / "deliveries" / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
         .then(|id, delivery_id, state, headers| async move {
             respond(deliveries::get(state, headers, id, delivery_id).await)
-        });
+        })
+        .boxed();
     let redeliver = warp::path!("v1" / "webhooks" / String / "deliveries" / String / "redeliver")
         .and(warp::post())
         .and(with_state.clone())
         .and(headers())
         .then(|id, delivery_id, state, headers| async move {
             respond(deliveries::redeliver(state, headers, id, delivery_id).await)
-        });
+        })
+        .boxed();
     let publish = warp::path!("v1" / "events")
         .and(warp::post())
         .and(with_state.clone())
         .and(headers())
         .and(event_body())
-        .then(|state, headers, body| with_body(body, move |body| events::publish(state, headers, body)));
+        .then(|state, headers, body| with_body(body, move |body| events::publish(state, headers, body)))
+        .boxed();
     let publish_batch = warp::path!("v1" / "events" / "batch")
         .and(warp::post())
         .and(with_state.clone())
         .and(headers())
         .and(event_body())
-        .then(|state, headers, body| {
-            with_body(body, move |body| events::publish_batch(state, headers, body))
-        });
-    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi);
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz);
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz);
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics);
+        .then(|state, headers, body| with_body(body, move |body| events::publish_batch(state, headers, body)))
+        .boxed();
+    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi).boxed();
+    let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz).boxed();
+    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz).boxed();
+    let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics).boxed();
 
     create
         .or(list)
