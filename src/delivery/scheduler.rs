@@ -319,3 +319,123 @@ fn trim(lane: &mut Lane) {
     lane.cursor = lane.window.last().cloned();
     lane.exhausted = false;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DEVELOPMENT_DEFAULT};
+    use crate::model::{IdKind, Subscription};
+    use crate::store::{NewEvent, StoreOptions};
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        health: Arc<crate::health::Health>,
+        store: Store,
+        scheduler: Scheduler,
+        jobs: Receiver<Job>,
+    }
+
+    /// A scheduler over a real store with `workers` workers and a per-subscription cap of 4.
+    fn fixture(workers: usize) -> Fixture {
+        let min_free_bytes = 0;
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { min_free_bytes, ..StoreOptions::default() };
+        let health = options.health.clone();
+        let store = Store::open_with(dir.path(), &options).unwrap();
+        let config = Arc::new(SharedConfig::new(Config::parse(DEVELOPMENT_DEFAULT).unwrap()));
+        let (jobs_tx, jobs) = crossbeam_channel::unbounded();
+        let scheduler = Scheduler::new(store.clone(), config, jobs_tx, workers);
+        Fixture { _dir: dir, health, store, scheduler, jobs }
+    }
+
+    /// A subscription with `queued` deliveries due now; returns its lane id.
+    fn backlog(fixture: &mut Fixture, queued: usize) -> Arc<str> {
+        let now = now_millis();
+        let subscription = Subscription::new("demo", "s", "https://a.example/", vec!["a.b".into()], now);
+        fixture.store.create_subscription(&subscription, 100).unwrap();
+        let events: Vec<NewEvent> = (0..queued)
+            .map(|_| NewEvent {
+                id: IdKind::Event.new_id(now),
+                event_type: "a.b".into(),
+                body: b"{}".to_vec(),
+                client_id: None,
+                fingerprint: [0; 32],
+            })
+            .collect();
+        fixture.store.publish("demo", true, &events, now).unwrap();
+        let id: Arc<str> = subscription.id.as_str().into();
+        fixture.scheduler.lanes.insert(id.clone(), Lane::default());
+        id
+    }
+
+    fn sent(fixture: &Fixture) -> Vec<Job> {
+        fixture.jobs.try_iter().collect()
+    }
+
+    #[test]
+    fn a_trusted_lane_never_exceeds_its_cap_and_refills_as_slots_free() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 10);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        let first = sent(&fixture);
+        assert_eq!(first.len(), 4, "the cap of max_in_flight_per_subscription");
+        assert!(first.iter().all(|job| !job.suspect));
+        // The HTTP exchange ended: one slot is free, one more job goes out; the key stays in flight.
+        fixture.scheduler.on_progress(Progress::Attempted { job: first[0].clone(), endpoint_ok: true });
+        let second = sent(&fixture);
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].delivery_id, first[0].delivery_id);
+        let lane = &fixture.scheduler.lanes[&id];
+        assert!(lane.in_flight.contains(&(first[0].due, first[0].delivery_id.clone())));
+        assert_eq!(lane.attempting, 4);
+    }
+
+    #[test]
+    fn suspects_get_one_attempt_each_and_half_the_workers_together() {
+        let mut fixture = fixture(4);
+        let lanes: Vec<Arc<str>> = (0..3).map(|_| backlog(&mut fixture, 3)).collect();
+        for id in &lanes {
+            fixture.scheduler.dispatch(id);
+        }
+        let out = sent(&fixture);
+        assert_eq!(out.len(), 2, "4 workers: a suspect budget of 2");
+        assert!(out.iter().all(|job| job.suspect));
+        assert_ne!(out[0].subscription_id, out[1].subscription_id, "one at a time per suspect");
+        assert_eq!(fixture.scheduler.budget_queue.len(), 1);
+        // A failed attempt frees its budget slot: the lane that waited longest gets it.
+        fixture.scheduler.on_progress(Progress::Attempted { job: out[0].clone(), endpoint_ok: false });
+        let next = sent(&fixture);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].subscription_id, lanes[2].to_string());
+    }
+
+    #[test]
+    fn a_requeued_key_goes_out_again_and_a_recorded_one_does_not() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 1);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        let job = sent(&fixture).pop().unwrap();
+        fixture.scheduler.on_progress(Progress::Requeue { job: job.clone(), slot_free: true });
+        let again = sent(&fixture);
+        assert_eq!(again.len(), 1);
+        assert_eq!(again[0].delivery_id, job.delivery_id);
+        fixture.scheduler.on_progress(Progress::Attempted { job: again[0].clone(), endpoint_ok: true });
+        fixture.scheduler.on_progress(Progress::Recorded { job: again[0].clone() });
+        assert!(sent(&fixture).is_empty());
+    }
+
+    #[test]
+    fn nothing_is_dispatched_while_storage_cannot_record_outcomes() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 2);
+        fixture.scheduler.trusted.insert(id.clone());
+        // Storage failed for good (the same pause holds below half the free-space reserve).
+        fixture.health.fatal("test");
+        assert!(fixture.store.dispatch_paused());
+        fixture.scheduler.dispatch(&id);
+        assert!(sent(&fixture).is_empty());
+        assert!(fixture.scheduler.lanes[&id].wake_at.is_some(), "the lane looks again later");
+    }
+}

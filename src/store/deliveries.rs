@@ -621,4 +621,36 @@ mod tests {
         assert_eq!(stored.consecutive_failures, 0);
         assert_eq!(stored.last_delivery_status, Some(LastDeliveryStatus::Succeeded));
     }
+
+    #[test]
+    fn hold_retention_counts_from_the_hold_and_unstamped_entries_wait_a_whole_retention() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let created = now_millis() - 10 * 60_000;
+        let mut subscription =
+            Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], created);
+        subscription.is_paused = true;
+        store.create_subscription(&subscription, 10).unwrap();
+        let event = |at| NewEvent {
+            id: IdKind::Event.new_id(at),
+            event_type: "message.received".into(),
+            body: b"{}".to_vec(),
+            client_id: None,
+            fingerprint: [0; 32],
+        };
+        // Created ten minutes ago and held since then; a second one held one minute ago.
+        store.publish("acme", true, &[event(created)], created).unwrap();
+        store.publish("acme", true, &[event(created + 9 * 60_000)], created + 9 * 60_000).unwrap();
+        let retention = 5 * 60_000;
+        assert_eq!(store.expire_held(now_millis(), retention).unwrap(), 1, "only the one held 10 min");
+
+        // An entry written before the held instant was kept: stamped now, expires a retention later.
+        let (key, _) = store.held.iter().next().unwrap().unwrap();
+        store.held.insert(&key, &[]).unwrap();
+        let now = now_millis();
+        assert_eq!(store.expire_held(now, retention).unwrap(), 0, "stamped now, not expired");
+        assert_eq!(store.expire_held(now + retention - 1, retention).unwrap(), 0);
+        assert_eq!(store.expire_held(now + retention + 1, retention).unwrap(), 1);
+        assert_eq!(store.queue_depth(), (0, 0));
+    }
 }
