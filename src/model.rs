@@ -82,9 +82,42 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A new subscription secret: `whsec_` + standard base64 of 32 bytes from the OS CSPRNG.
-pub fn new_secret() -> String {
+pub fn new_secret() -> SigningSecret {
     use base64::Engine as _;
-    format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>()))
+    SigningSecret(format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(random_bytes::<32>())))
+}
+
+/// A subscription's signing secret (`whsec_…`). `Debug` and `Display` print `<redacted>`, so
+/// a secret never reaches a log line or a panic message by accident; [`SigningSecret::expose`]
+/// is the one way to read it (to sign, and in the create and rotate answers). Stored as a plain
+/// string (`serde(transparent)`): the on-disk bytes are those of a `String`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SigningSecret(String);
+
+impl SigningSecret {
+    /// The secret itself, for signing and for the one answer that hands it out.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for SigningSecret {
+    fn from(secret: String) -> Self {
+        SigningSecret(secret)
+    }
+}
+
+impl std::fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningSecret(<redacted>)")
+    }
+}
+
+impl std::fmt::Display for SigningSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Outcome of the most recent attempt, as shown on the subscription.
@@ -106,7 +139,7 @@ impl LastDeliveryStatus {
 /// A signing secret that still verifies for a while after a rotation with grace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetiredSecret {
-    pub secret: String,
+    pub secret: SigningSecret,
     pub valid_until: Millis,
 }
 
@@ -133,7 +166,7 @@ pub struct Subscription {
     pub last_delivery_error: Option<String>,
     pub created_at: Millis,
     pub updated_at: Millis,
-    pub secret: String,
+    pub secret: SigningSecret,
     pub retired_secret: Option<RetiredSecret>,
 }
 
@@ -185,10 +218,10 @@ impl Subscription {
     /// Secrets that sign an attempt made at `now`: the current one first, then a retired one
     /// still within its grace period.
     pub fn signing_secrets(&self, now: Millis) -> Vec<&str> {
-        let mut secrets = vec![self.secret.as_str()];
+        let mut secrets = vec![self.secret.expose()];
         if let Some(retired) = &self.retired_secret {
             if retired.valid_until > now {
-                secrets.push(retired.secret.as_str());
+                secrets.push(retired.secret.expose());
             }
         }
         secrets
@@ -313,5 +346,27 @@ mod tests {
     #[test]
     fn rfc3339_is_utc_seconds() {
         assert_eq!(rfc3339(1_778_490_000_000), "2026-05-11T09:00:00Z");
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn a_secret_never_prints_and_is_stored_as_a_plain_string() {
+        let subscription = Subscription::new("t", "n", "https://a.example/", vec!["a.b".into()], 0);
+        let secret = subscription.secret.expose().to_owned();
+        assert!(secret.starts_with("whsec_"));
+        for printed in [
+            format!("{subscription:?}"),
+            format!("{:?}", subscription.secret),
+            subscription.secret.to_string(),
+        ] {
+            assert!(!printed.contains(&secret), "{printed}");
+            assert!(printed.contains("<redacted>"), "{printed}");
+        }
+        // The same bytes as the String it replaced, so stored subscriptions read unchanged.
+        assert_eq!(bincode::serialize(&subscription.secret).unwrap(), bincode::serialize(&secret).unwrap());
     }
 }

@@ -160,8 +160,10 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
     state.store.durable().await?;
     tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
-    let view =
-        CreatedView { subscription: SubscriptionView::from(&subscription), secret: &subscription.secret };
+    let view = CreatedView {
+        subscription: SubscriptionView::from(&subscription),
+        secret: subscription.secret.expose(),
+    };
     Ok(json_reply(StatusCode::CREATED, &view))
 }
 
@@ -299,7 +301,7 @@ pub async fn rotate_secret(
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     state.store.durable().await?;
     tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");
-    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret })))
+    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret.expose() })))
 }
 
 /// A tenant's subscription, or 404 for unknown, malformed and other tenants' ids alike.

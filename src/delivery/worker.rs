@@ -195,7 +195,7 @@ fn delivery_headers(
     let mut headers = subscription.headers.clone();
     headers.push(("X-Atender-Event".into(), event_type.to_owned()));
     headers.push(("X-Atender-Delivery".into(), delivery_id.to_owned()));
-    headers.push(("X-Atender-Signature".into(), atender_signature(&subscription.secret, body)));
+    headers.push(("X-Atender-Signature".into(), atender_signature(subscription.secret.expose(), body)));
     headers.push(("webhook-id".into(), delivery_id.to_owned()));
     headers.push(("webhook-timestamp".into(), timestamp.to_string()));
     match standard_webhooks_header(&subscription.signing_secrets(now), delivery_id, timestamp, body) {
