@@ -135,7 +135,7 @@ mod tests {
         assert_ne!(a, b);
         let (a, _) = (a.expose(), b.expose());
         assert_eq!(a.len(), SECRET_PREFIX.len() + 44);
-        assert_eq!(standard_webhooks_key(&a).unwrap().len(), 32);
+        assert_eq!(standard_webhooks_key(a).unwrap().len(), 32);
     }
 
     #[test]
