@@ -145,7 +145,7 @@ fn create_answers_every_field_with_its_default_and_the_secret() {
 
     // The stored subscription signs with exactly the secret handed out.
     let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
-    assert_eq!(stored.secret, secret);
+    assert_eq!(stored.secret.expose(), secret);
     assert_eq!(stored.tenant_id, "acme");
 
     // GET answers the same object, minus the secret.
@@ -499,12 +499,12 @@ fn rotate_secret_hands_out_a_new_secret_and_validates_grace() {
         let secret = assert_secret(&rotated["secret"]);
         assert_ne!(secret, previous, "rotation makes a new secret");
         let stored = store.subscription_by_id(id).unwrap().unwrap();
-        assert_eq!(stored.secret, secret, "the new secret is in force at once");
+        assert_eq!(stored.secret.expose(), secret, "the new secret is in force at once");
         let grace = body.as_ref().and_then(|b| b["graceSeconds"].as_u64()).unwrap_or(0);
         match &stored.retired_secret {
             Some(retired) => {
                 assert!(grace > 0, "{body:?} kept the old secret");
-                assert_eq!(retired.secret, previous);
+                assert_eq!(retired.secret.expose(), previous);
             }
             None => assert_eq!(grace, 0, "{body:?} dropped the old secret"),
         }
@@ -523,7 +523,7 @@ fn rotate_secret_hands_out_a_new_secret_and_validates_grace() {
         assert_eq!(reply.error_code(), "validation_failed");
         assert!(reply.error_message().contains("graceSeconds"), "{bad}: {}", reply.text);
     }
-    assert_eq!(store.subscription_by_id(id).unwrap().unwrap().secret, previous);
+    assert_eq!(store.subscription_by_id(id).unwrap().unwrap().secret.expose(), previous);
 
     // Rotation changes nothing else the API shows but updatedAt.
     let mut before = without_secret(&created);
@@ -603,7 +603,7 @@ fn a_tenant_never_sees_or_touches_another_tenants_subscriptions() {
     // Acme's subscription and secret are untouched.
     assert_eq!(daemon.subscription(ACME_KEY, id), without_secret(&created));
     let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
-    assert_eq!(stored.secret, created["secret"].as_str().unwrap());
+    assert_eq!(stored.secret.expose(), created["secret"].as_str().unwrap());
     assert!(stored.retired_secret.is_none());
 }
 
@@ -653,7 +653,7 @@ fn subscriptions_their_order_and_secrets_survive_a_restart() {
     assert_eq!(full.status, 429, "the limit still counts the stored subscriptions: {}", full.text);
     for (id, secret) in &secrets {
         let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
-        assert_eq!(&stored.secret, secret, "{id}");
+        assert_eq!(stored.secret.expose(), secret, "{id}");
     }
 
     // Only the active, unpaused survivor receives; its delivery is signed with its secret.
