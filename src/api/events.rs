@@ -23,7 +23,14 @@ struct EventBody {
     /// Absent means `{}`; an explicit `null` is kept (as JSON `null`) so it can be refused.
     #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
+    /// Absent means none; `null` is refused (as every optional field of the API).
+    #[serde(default, deserialize_with = "non_null")]
     id: Option<String>,
+}
+
+/// Deserializes an optional string field that, when present, must be a string (not `null`).
+fn non_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
 }
 
 /// Deserializes a field that is present, whatever its value (`null` included), as `Some`.

@@ -96,6 +96,56 @@ fn query() -> BoxedFilter<(String,)> {
     warp::query::raw().or(warp::any().map(String::new)).unify().boxed()
 }
 
+/// The methods `ROUTES` serves at `path` (a request path; `{…}` segments of a route match any
+/// one non-empty segment), in `ROUTES` order; empty for a path that is not ours.
+pub fn allowed_methods(path: &str) -> Vec<&'static str> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let mut methods = Vec::new();
+    for (method, template) in ROUTES {
+        let pattern: Vec<&str> = template.split('/').collect();
+        let matches = pattern.len() == segments.len()
+            && pattern.iter().zip(&segments).all(|(want, got)| {
+                if want.starts_with('{') {
+                    !got.is_empty()
+                } else {
+                    want == got
+                }
+            });
+        if matches && !methods.contains(method) {
+            methods.push(*method);
+        }
+    }
+    methods
+}
+
+/// Every request no route took: 405 with the `Allow` header RFC 9110 §15.5.6 requires when the
+/// path is one of ours (another method is served there), 404 otherwise; both in our JSON shape.
+fn unrouted() -> BoxedFilter<(Response,)> {
+    warp::path::full()
+        .map(|path: warp::path::FullPath| {
+            let allowed = allowed_methods(path.as_str());
+            if allowed.is_empty() {
+                return error::ApiError::new(
+                    warp::http::StatusCode::NOT_FOUND,
+                    "not_found",
+                    "no such endpoint",
+                )
+                .into_response();
+            }
+            let mut response = error::ApiError::new(
+                warp::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("this endpoint does not accept that method (it accepts {})", allowed.join(", ")),
+            )
+            .into_response();
+            if let Ok(value) = warp::http::HeaderValue::from_str(&allowed.join(", ")) {
+                response.headers_mut().insert(warp::http::header::ALLOW, value);
+            }
+            response
+        })
+        .boxed()
+}
+
 /// The whole API with its JSON rejection handler.
 pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
     let with_state = {
@@ -192,7 +242,8 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(event_body())
         .then(|state, headers, body| with_body(body, move |body| events::publish_batch(state, headers, body)))
         .boxed();
-    let openapi = warp::path!("v1" / "openapi.json").and(warp::get()).map(ops::openapi).boxed();
+    let openapi =
+        warp::path!("v1" / "openapi.json").and(warp::get()).and(with_state.clone()).map(ops::openapi).boxed();
     let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz).boxed();
     let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz).boxed();
     let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics).boxed();
@@ -225,6 +276,8 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .or(readyz)
         .unify()
         .or(metrics)
+        .unify()
+        .or(unrouted())
         .unify()
         .recover(|rejection| async move { error::handle_rejection(rejection).await })
         .unify()

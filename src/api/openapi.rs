@@ -1,4 +1,4 @@
-//! The OpenAPI 3.0.3 document served at `GET /v1/openapi.json`: every route of [`ROUTES`] with
+//! The OpenAPI 3.1 document served at `GET /v1/openapi.json`: every route of [`ROUTES`] with
 //! its parameters, request and response shapes (mirroring the serde structs of `webhooks`,
 //! `events` and `deliveries`), the error answers of `error`, and the bearer-key scheme with its
 //! scopes. The tests at the bottom hold the document to the router: no route missing, none
@@ -11,10 +11,62 @@ use serde_json::{json, Map, Value};
 use crate::api::events::MAX_BATCH;
 use crate::config::Scope;
 
-/// The whole document.
+/// The document served by a daemon whose catalogue is `event_types`: every event-type field
+/// lists them as its `enum`, so a generated request (schemathesis) or a client generator knows
+/// which values are accepted.
+pub fn document_for(event_types: &[String]) -> Value {
+    let mut document = document();
+    add_event_type_enum(&mut document, event_types);
+    document
+}
+
+fn add_event_type_enum(value: &mut Value, event_types: &[String]) {
+    match value {
+        Value::Object(object) => {
+            if object.get("description").and_then(Value::as_str) == Some(EVENT_TYPE_DESCRIPTION) {
+                object.insert("enum".into(), json!(event_types));
+            }
+            object.values_mut().for_each(|value| add_event_type_enum(value, event_types));
+        }
+        Value::Array(items) => items.iter_mut().for_each(|value| add_event_type_enum(value, event_types)),
+        _ => {}
+    }
+}
+
+/// The whole document, without the catalogue's `enum` (see [`document_for`]).
+///
+/// OpenAPI 3.1 (its schemas are JSON Schema 2020-12, so `propertyNames` can say what a header
+/// name is); the schemas below are written with 3.0's `nullable`, turned into 3.1's
+/// `"type": [T, "null"]` by [`to_openapi_3_1`].
 pub fn document() -> Value {
+    let mut document = document_3_0();
+    to_openapi_3_1(&mut document);
+    document
+}
+
+/// Rewrites every `{"type": T, "nullable": true}` as `{"type": [T, "null"]}` (and an `enum`
+/// beside it gains `null`).
+fn to_openapi_3_1(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if object.remove("nullable") == Some(Value::Bool(true)) {
+                if let Some(Value::String(kind)) = object.get("type").cloned() {
+                    object.insert("type".into(), json!([kind, "null"]));
+                }
+                if let Some(Value::Array(values)) = object.get_mut("enum") {
+                    values.push(Value::Null);
+                }
+            }
+            object.values_mut().for_each(to_openapi_3_1);
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_openapi_3_1),
+        _ => {}
+    }
+}
+
+fn document_3_0() -> Value {
     json!({
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {
             "title": "atender-webhooks",
             "version": env!("CARGO_PKG_VERSION"),
@@ -339,7 +391,7 @@ fn paths() -> Value {
                 "operationId": "getOpenApi",
                 "tags": ["operations"],
                 "summary": "This OpenAPI document",
-                "responses": { "200": json_response("The OpenAPI 3.0.3 document",
+                "responses": { "200": json_response("The OpenAPI 3.1 document",
                     json!({ "type": "object", "additionalProperties": true })) },
             })),
         },
@@ -376,8 +428,9 @@ fn paths() -> Value {
                     queued deliveries by state, disabled subscriptions, storage flushes and \
                     durable writes.",
                 "responses": { "200": {
-                    "description": "Prometheus text exposition format 0.0.4",
-                    "content": { "text/plain": { "schema": { "type": "string" } } },
+                    "description": "OpenMetrics text format 1.0.0 (Prometheus scrapes it as is)",
+                    "content": { "application/openmetrics-text; version=1.0.0; charset=utf-8": {
+                        "schema": { "type": "string" } } },
                 } },
             })),
         },
@@ -676,8 +729,9 @@ fn subscription_input(create: bool) -> Value {
         "type": "object",
         "additionalProperties": false,
         "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 100,
-                "description": "Not blank, no control characters" },
+            "name": { "type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME_PATTERN,
+                "description": "No control characters, and at least one visible character (not \
+                    only spaces or invisible characters such as U+200B)" },
             "url": { "type": "string", "format": "uri",
                 "description": "https (http only when the config allows it). Loopback, private, \
                     link-local, CGNAT, multicast and unspecified addresses are refused unless the \
@@ -685,7 +739,9 @@ fn subscription_input(create: bool) -> Value {
             "events": { "type": "array", "minItems": 1, "maxItems": 50, "uniqueItems": true,
                 "items": event_type() },
             "headers": { "type": "object", "maxProperties": 20,
-                "additionalProperties": { "type": "string", "maxLength": 4096 },
+                "propertyNames": { "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$" },
+                "additionalProperties": { "type": "string", "maxLength": 4096,
+                    "pattern": "^[\\x20-\\x7E\\t]*$" },
                 "description": "Custom headers for every delivery: valid header names, string \
                     values without control characters. Headers the daemon sets itself (Host, \
                     Content-Type, User-Agent, X-Atender-*, webhook-*, …) cannot be given." },
@@ -749,7 +805,14 @@ fn delivery() -> Value {
 }
 
 /// Every code the API answers with.
-const ERROR_CODES: [&str; 10] = [
+/// A subscription name: no control character (Unicode Cc), and at least one character that is
+/// neither whitespace nor invisible (the same sets as `webhooks::validate_name`).
+const NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*\
+[^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00a0\\u00ad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\
+\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8]\
+[^\\u0000-\\u001f\\u007f-\\u009f]*$";
+
+const ERROR_CODES: [&str; 11] = [
     "validation_failed",
     "unauthorized",
     "insufficient_scope",
@@ -759,6 +822,7 @@ const ERROR_CODES: [&str; 10] = [
     "payload_too_large",
     "unsupported_media_type",
     "limit_exceeded",
+    "idempotency_conflict",
     "unavailable",
 ];
 

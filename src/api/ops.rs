@@ -87,6 +87,6 @@ pub fn metrics(state: ApiState) -> Response {
 }
 
 /// `GET /v1/openapi.json`
-pub fn openapi() -> Response {
-    json_reply(StatusCode::OK, &crate::api::openapi::document())
+pub fn openapi(state: ApiState) -> Response {
+    json_reply(StatusCode::OK, &crate::api::openapi::document_for(&state.config.current().event_types))
 }

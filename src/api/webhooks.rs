@@ -82,6 +82,44 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> R
     T::deserialize(deserializer).map(Some)
 }
 
+/// A JSON integer field: `15`, or `15.0` (JSON has one number type, and JSON Schema counts a
+/// number with a zero fraction as an integer); `2.5` or a number beyond i64 is refused.
+#[derive(Debug, Clone, Copy)]
+struct Integer(i64);
+
+impl<'de> Deserialize<'de> for Integer {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Integer, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Integer;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an integer")
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Integer, E> {
+                Ok(Integer(value))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Integer, E> {
+                i64::try_from(value)
+                    .map(Integer)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(value), &self))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Integer, E> {
+                // Exactly representable integers only (|value| < 2^53).
+                if value.fract() == 0.0 && value.abs() < 9_007_199_254_740_992.0 {
+                    Ok(Integer(value as i64))
+                } else {
+                    Err(E::invalid_type(serde::de::Unexpected::Float(value), &self))
+                }
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct CreateBody {
@@ -91,9 +129,9 @@ struct CreateBody {
     #[serde(default, deserialize_with = "present")]
     headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
-    max_retries: Option<i64>,
+    max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    retry_delay_seconds: Option<i64>,
+    retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
     is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -112,9 +150,9 @@ struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
-    max_retries: Option<i64>,
+    max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    retry_delay_seconds: Option<i64>,
+    retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
     is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
@@ -125,7 +163,7 @@ struct PatchBody {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RotateBody {
     #[serde(default, deserialize_with = "present")]
-    grace_seconds: Option<i64>,
+    grace_seconds: Option<Integer>,
 }
 
 /// Why a subscription is disabled when a person turns it off through the API.
@@ -144,10 +182,10 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     let events = validate_events(&config, &body.events)?;
     let subscription = Subscription {
         headers: validate_headers(body.headers.as_ref())?,
-        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(5), 0, 20)?,
+        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(Integer(5)), 0, 20)?,
         retry_delay_seconds: validate_range(
             "retryDelaySeconds",
-            body.retry_delay_seconds.unwrap_or(30),
+            body.retry_delay_seconds.unwrap_or(Integer(30)),
             1,
             86_400,
         )?,
@@ -283,7 +321,7 @@ pub async fn rotate_secret(
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let body: Option<RotateBody> = parse_json(&headers, &body)?;
-    let grace = body.and_then(|body| body.grace_seconds).unwrap_or(0);
+    let grace = body.and_then(|body| body.grace_seconds).unwrap_or(Integer(0));
     let grace = validate_range("graceSeconds", grace, 0, 86_400)?;
     find(&state, &principal.tenant.id, &id)?;
     let secret = generate_secret();
@@ -449,7 +487,7 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
     Ok(valid)
 }
 
-fn validate_range(field: &str, value: i64, min: u32, max: u32) -> Result<u32, ApiError> {
+fn validate_range(field: &str, Integer(value): Integer, min: u32, max: u32) -> Result<u32, ApiError> {
     if value < i64::from(min) || value > i64::from(max) {
         return Err(ApiError::validation(format!("{field} must be between {min} and {max}")));
     }

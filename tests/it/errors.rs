@@ -605,6 +605,16 @@ fn wrong_methods_are_405() {
         let body = create_body(json!({}));
         let reply = daemon.call(method, path, ACME_KEY, Some(body));
         check(&format!("{method} {path}"), &reply, 405, "method_not_allowed", &[]);
+        // RFC 9110 §15.5.6: a 405 lists the methods the resource does accept.
+        let allow = reply.header("allow").unwrap_or_default().to_owned();
+        let expected = if path == "/v1/webhooks" {
+            "POST, GET"
+        } else if path == one {
+            "GET, PATCH, DELETE"
+        } else {
+            "POST"
+        };
+        assert_eq!(allow, expected, "{method} {path}");
     }
     assert_intact(&daemon, &before);
 }
