@@ -88,7 +88,7 @@ impl Engine {
         let context = Arc::new(worker::WorkerContext {
             store: store.clone(),
             config: config.clone(),
-            metrics,
+            metrics: metrics.clone(),
             agent,
             stopping: stopping.clone(),
         });
@@ -109,7 +109,7 @@ impl Engine {
         let recorder_beat = health.register("recorder", Duration::from_secs(30));
         let recorder = std::thread::Builder::new()
             .name("recorder".into())
-            .spawn(move || recorder::run(recorder_store, outcomes_rx, done_tx, recorder_beat))?;
+            .spawn(move || recorder::run(recorder_store, metrics, outcomes_rx, done_tx, recorder_beat))?;
         let scheduler =
             scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
         let notices = store.notices();

@@ -11,7 +11,10 @@
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::delivery::{Job, Progress};
+use std::sync::Arc;
+
 use crate::health::BeatGuard;
+use crate::metrics::Metrics;
 use crate::store::{AttemptRecord, Store, StoreError};
 
 /// Most outcomes recorded by one transaction. sled's global write lock is held for its duration
@@ -25,7 +28,13 @@ pub struct Attempted {
 }
 
 /// Records outcomes until every worker has gone (the channel closed) and the queue is empty.
-pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Progress>, beat: BeatGuard) {
+pub fn run(
+    store: Store,
+    metrics: Arc<Metrics>,
+    outcomes: Receiver<Attempted>,
+    done: Sender<Progress>,
+    beat: BeatGuard,
+) {
     while let Ok(first) = outcomes.recv() {
         beat.busy();
         let (jobs, records): (Vec<Job>, Vec<AttemptRecord>) = std::iter::once(first)
@@ -33,6 +42,10 @@ pub fn run(store: Store, outcomes: Receiver<Attempted>, done: Sender<Progress>, 
             .map(|outcome| (outcome.job, outcome.record))
             .unzip();
         let recorded = store.record_attempts(&records).map_err(|err| store.note(err));
+        if let Ok(disabled) = recorded {
+            // Counted from what was stored: a subscription two outcomes disable counts once.
+            (0..disabled).for_each(|_| metrics.subscription_disabled());
+        }
         if let Err(err) = &recorded {
             // The queue keys are still in storage: the deliveries are attempted again later.
             tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");

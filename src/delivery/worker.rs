@@ -123,9 +123,6 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, 
                 reason = %disable_reason,
                 "delivery failed for good; subscription disabled"
             );
-            if subscription.is_active {
-                context.metrics.subscription_disabled();
-            }
         }
     }
     let succeeded = decision == AttemptDecision::Succeeded;

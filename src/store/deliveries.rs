@@ -32,8 +32,8 @@ pub struct AttemptRecord {
 }
 
 /// The subscription's side of an attempt: last-delivery fields, failure counter, and the
-/// disable when the delivery gave up.
-fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &AttemptDecision) {
+/// disable when the delivery gave up. Returns true when this outcome disabled it (it was active).
+fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &AttemptDecision) -> bool {
     let succeeded = *decision == AttemptDecision::Succeeded;
     subscription.last_delivery_at = Some(attempt.at);
     subscription.last_delivery_status =
@@ -48,8 +48,10 @@ fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &
             // Disabled when the attempt that gave up ended, not when it started.
             subscription.disabled_at = Some(attempt.at + Millis::from(attempt.duration_ms));
             subscription.disable_reason = Some(disable_reason.clone());
+            return true;
         }
     }
+    false
 }
 
 /// What happens after an attempt, decided by the engine's retry policy.
@@ -158,7 +160,7 @@ impl Trees {
         delivery_id: &str,
         attempt: Attempt,
         decision: &AttemptDecision,
-    ) -> Result<(), StoreError> {
+    ) -> Result<usize, StoreError> {
         self.record_attempts(&[AttemptRecord {
             subscription_id: subscription_id.to_owned(),
             due,
@@ -172,7 +174,9 @@ impl Trees {
     /// and its subscription's last-delivery fields, failure counter and disable state. A
     /// subscription with several outcomes in the group is read and written once, the outcomes
     /// applied in order, so the workers of one busy subscription do not contend on its record.
-    pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<(), StoreError> {
+    /// Returns how many subscriptions these outcomes disabled (each counted once, by the
+    /// transaction that turned it off: two 410s racing for one subscription disable it once).
+    pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let writes = self.subscription_cache.lock_writes();
         let updated = (
@@ -184,6 +188,7 @@ impl Trees {
         )
             .transaction(|(deliveries, queue, log, finished, subscriptions)| {
                 let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
+                let mut disabled = 0;
                 for record in records {
                     let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
                     let now = attempt.at;
@@ -221,7 +226,7 @@ impl Trees {
                         }
                     };
                     if let Some(subscription) = subscription {
-                        apply_outcome(subscription, attempt, decision);
+                        disabled += usize::from(apply_outcome(subscription, attempt, decision));
                     }
                 }
                 let mut updated = Vec::with_capacity(touched.len());
@@ -231,8 +236,9 @@ impl Trees {
                         updated.push(subscription);
                     }
                 }
-                Ok(updated)
+                Ok((updated, disabled))
             })?;
+        let (updated, disabled) = updated;
         // Still under the write lock: the cache changes in commit order.
         for subscription in &updated {
             self.subscription_cache.refresh(subscription);
@@ -247,7 +253,7 @@ impl Trees {
                 });
             }
         }
-        Ok(())
+        Ok(disabled)
     }
 
     /// Moves a queued delivery to `held` (its subscription is paused or disabled).
@@ -584,7 +590,7 @@ mod tests {
             decision,
         };
         let retry_at = now + 60_000;
-        store
+        let disabled = store
             .record_attempts(&[
                 record(&queued[0], failed(now + 1, 503), AttemptDecision::Retry { due: retry_at }),
                 record(&queued[1], failed(now + 2, 500), AttemptDecision::Retry { due: retry_at }),
@@ -595,6 +601,7 @@ mod tests {
                 ),
             ])
             .unwrap();
+        assert_eq!(disabled, 1, "the giving-up outcome disabled it, once");
 
         let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
         assert_eq!(stored.consecutive_failures, 3);
