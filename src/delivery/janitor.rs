@@ -63,3 +63,32 @@ fn sweep(store: &Store, config: &SharedConfig) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_period_is_a_tenth_of_hold_retention_within_bounds() {
+        assert_eq!(period(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(period(Duration::from_secs(100)), Duration::from_secs(10));
+        assert_eq!(period(Duration::from_secs(72 * 3600)), MAX_PERIOD);
+    }
+
+    #[test]
+    fn a_sweep_on_an_empty_store_succeeds_and_refused_writes_are_host_faults() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            SharedConfig::new(crate::config::Config::parse(crate::config::DEVELOPMENT_DEFAULT).unwrap());
+        let store = Store::open(dir.path()).unwrap();
+        sweep(&store, &config).unwrap();
+
+        // A reserve no disk can meet: the sweep is refused, as a host fault (logged quietly,
+        // retried at the next sweep), never as a failure of the data.
+        let guarded = tempfile::tempdir().unwrap();
+        let options = crate::store::StoreOptions { min_free_bytes: u64::MAX, ..Default::default() };
+        let store = Store::open_with(guarded.path(), &options).unwrap();
+        let err = sweep(&store, &config).unwrap_err();
+        assert!(err.is_host_fault(), "{err}");
+    }
+}

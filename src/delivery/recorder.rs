@@ -62,3 +62,86 @@ pub fn run(
         beat.idle();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::Health;
+    use crate::model::{now_millis, Attempt, IdKind, Subscription};
+    use crate::store::{AttemptDecision, NewEvent};
+    use std::time::Duration;
+
+    #[test]
+    fn outcomes_are_stored_then_reported_and_a_disable_is_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let now = now_millis();
+        let subscription = Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], now);
+        store.create_subscription(&subscription, 10).unwrap();
+        let events: Vec<NewEvent> = (0..2)
+            .map(|_| NewEvent {
+                id: IdKind::Event.new_id(now),
+                event_type: "a.b".into(),
+                body: b"{}".to_vec(),
+                client_id: None,
+                fingerprint: [0; 32],
+            })
+            .collect();
+        store.publish("t", true, &events, now).unwrap();
+        let queued = store.queued_after(&subscription.id, None, 10).unwrap();
+
+        let (outcomes_tx, outcomes) = crossbeam_channel::unbounded();
+        let (done, progress) = crossbeam_channel::unbounded();
+        let metrics = Arc::new(Metrics::new());
+        // Two 410s for one subscription, as two workers would report them.
+        for (due, delivery_id) in &queued {
+            let job = Job {
+                subscription_id: subscription.id.clone(),
+                due: *due,
+                delivery_id: delivery_id.clone(),
+                suspect: true,
+            };
+            let record = AttemptRecord {
+                subscription_id: subscription.id.clone(),
+                due: *due,
+                delivery_id: delivery_id.clone(),
+                attempt: Attempt {
+                    at: now,
+                    duration_ms: 3,
+                    response_code: Some(410),
+                    error: Some("HTTP 410".into()),
+                },
+                decision: AttemptDecision::GiveUp { disable_reason: "gone".into() },
+            };
+            outcomes_tx.send(Attempted { job, record }).unwrap();
+        }
+        drop(outcomes_tx);
+        let health = Health::default();
+        run(
+            store.clone(),
+            metrics.clone(),
+            outcomes,
+            done,
+            health.register("recorder", Duration::from_secs(5)),
+        );
+
+        let reported: Vec<Progress> = progress.try_iter().collect();
+        assert_eq!(reported.len(), 2);
+        assert!(reported.iter().all(|p| matches!(p, Progress::Recorded { .. })));
+        let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
+        assert!(!stored.is_active);
+        assert_eq!(stored.disabled_at, Some(now + 3), "disabled when the attempt ended");
+        let text = metrics.render(&crate::metrics::Snapshot {
+            pending: 0,
+            held: 0,
+            flushes: 0,
+            durable_writes: 0,
+            storage_errors: store.errors().snapshot(),
+            storage_healthy: true,
+            free_bytes: 0,
+            threads: 0,
+            unhealthy_threads: 0,
+        });
+        assert!(text.contains("atender_subscriptions_disabled_total 1\n"), "{text}");
+    }
+}
