@@ -67,7 +67,7 @@ pub fn run(
 mod tests {
     use super::*;
     use crate::health::Health;
-    use crate::model::{now_millis, Attempt, IdKind, Subscription};
+    use crate::model::{now_millis, Attempt, Subscription};
     use crate::store::{AttemptDecision, NewEvent};
     use std::time::Duration;
 
@@ -78,15 +78,7 @@ mod tests {
         let now = now_millis();
         let subscription = Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], now);
         store.create_subscription(&subscription, 10).unwrap();
-        let events: Vec<NewEvent> = (0..2)
-            .map(|_| NewEvent {
-                id: IdKind::Event.new_id(now),
-                event_type: "a.b".into(),
-                body: b"{}".to_vec(),
-                client_id: None,
-                fingerprint: [0; 32],
-            })
-            .collect();
+        let events: Vec<NewEvent> = (0..2).map(|_| NewEvent::plain("a.b", now)).collect();
         store.publish("t", true, &events, now).unwrap();
         let queued = store.queued_after(&subscription.id, None, 10).unwrap();
 

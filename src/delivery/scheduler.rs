@@ -324,7 +324,7 @@ fn trim(lane: &mut Lane) {
 mod tests {
     use super::*;
     use crate::config::{Config, DEVELOPMENT_DEFAULT};
-    use crate::model::{IdKind, Subscription};
+    use crate::model::Subscription;
     use crate::store::{NewEvent, StoreOptions};
 
     struct Fixture {
@@ -353,15 +353,7 @@ mod tests {
         let now = now_millis();
         let subscription = Subscription::new("demo", "s", "https://a.example/", vec!["a.b".into()], now);
         fixture.store.create_subscription(&subscription, 100).unwrap();
-        let events: Vec<NewEvent> = (0..queued)
-            .map(|_| NewEvent {
-                id: IdKind::Event.new_id(now),
-                event_type: "a.b".into(),
-                body: b"{}".to_vec(),
-                client_id: None,
-                fingerprint: [0; 32],
-            })
-            .collect();
+        let events: Vec<NewEvent> = (0..queued).map(|_| NewEvent::plain("a.b", now)).collect();
         fixture.store.publish("demo", true, &events, now).unwrap();
         let id: Arc<str> = subscription.id.as_str().into();
         fixture.scheduler.lanes.insert(id.clone(), Lane::default());

@@ -554,7 +554,7 @@ impl Trees {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{now_millis, IdKind};
+    use crate::model::now_millis;
     use crate::store::{NewEvent, Store};
 
     fn failed(at: Millis, status: u16) -> Attempt {
@@ -569,15 +569,7 @@ mod tests {
         let subscription =
             Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
         store.create_subscription(&subscription, 10).unwrap();
-        let events: Vec<NewEvent> = (0..3)
-            .map(|_| NewEvent {
-                id: IdKind::Event.new_id(now),
-                event_type: "message.received".into(),
-                body: b"{}".to_vec(),
-                client_id: None,
-                fingerprint: [0; 32],
-            })
-            .collect();
+        let events: Vec<NewEvent> = (0..3).map(|_| NewEvent::plain("message.received", now)).collect();
         store.publish("acme", true, &events, now).unwrap();
         let queued = store.queued_after(&subscription.id, None, 10).unwrap();
         assert_eq!(queued.len(), 3);
@@ -638,13 +630,7 @@ mod tests {
             Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], created);
         subscription.is_paused = true;
         store.create_subscription(&subscription, 10).unwrap();
-        let event = |at| NewEvent {
-            id: IdKind::Event.new_id(at),
-            event_type: "message.received".into(),
-            body: b"{}".to_vec(),
-            client_id: None,
-            fingerprint: [0; 32],
-        };
+        let event = |at| NewEvent::plain("message.received", at);
         // Created ten minutes ago and held since then; a second one held one minute ago.
         store.publish("acme", true, &[event(created)], created).unwrap();
         store.publish("acme", true, &[event(created + 9 * 60_000)], created + 9 * 60_000).unwrap();

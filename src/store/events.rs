@@ -28,6 +28,20 @@ pub struct NewEvent {
     pub fingerprint: [u8; 32],
 }
 
+impl NewEvent {
+    /// An event of `event_type` with body `{}` made at `at`, no client id (for tests).
+    #[cfg(test)]
+    pub(crate) fn plain(event_type: &str, at: Millis) -> NewEvent {
+        NewEvent {
+            id: IdKind::Event.new_id(at),
+            event_type: event_type.into(),
+            body: b"{}".to_vec(),
+            client_id: None,
+            fingerprint: [0; 32],
+        }
+    }
+}
+
 /// The answer for one published event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {
@@ -339,11 +353,8 @@ mod tests {
 
     fn event(client_id: Option<&str>) -> NewEvent {
         NewEvent {
-            id: IdKind::Event.new_id(now_millis()),
-            event_type: "message.received".into(),
-            body: b"{}".to_vec(),
             client_id: client_id.map(str::to_owned),
-            fingerprint: [0; 32],
+            ..NewEvent::plain("message.received", now_millis())
         }
     }
 
