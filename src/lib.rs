@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the TOML file, raw and validated.
 //! - [`model`]: domain types and ids; no I/O.
+//! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`store`]: the only module that knows sled.
 //! - [`api`]: the only module that knows warp and JSON shapes.
@@ -17,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod delivery;
 pub mod health;
+pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod net_policy;

@@ -180,7 +180,7 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     let name = validate_name(&body.name)?;
     let url = validate_url(&config, &body.url)?;
     let events = validate_events(&config, &body.events)?;
-    let subscription = Subscription {
+    let mut subscription = Subscription {
         headers: validate_headers(body.headers.as_ref())?,
         max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(Integer(5)), 0, 20)?,
         retry_delay_seconds: validate_range(
@@ -189,12 +189,12 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
             1,
             86_400,
         )?,
-        is_active,
         is_paused: body.is_paused.unwrap_or(false),
-        disable_reason: (!is_active).then(|| DISABLED_BY_API.to_owned()),
-        disabled_at: (!is_active).then_some(now),
         ..Subscription::new(&principal.tenant.id, name, url, events, now)
     };
+    if !is_active {
+        subscription.disable(DISABLED_BY_API, now);
+    }
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
     state.store.durable().await?;
     tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
@@ -272,22 +272,11 @@ pub async fn update(
         if let Some(is_paused) = patch.is_paused {
             subscription.is_paused = is_paused;
         }
+        // Re-enabling clears the reason and gives the endpoint a clean slate (crate::lifecycle).
         match patch.is_active {
-            Some(true) => {
-                // Re-enabling clears the reason and gives the endpoint a clean slate.
-                if !subscription.is_active {
-                    subscription.consecutive_failures = 0;
-                }
-                subscription.is_active = true;
-                subscription.disable_reason = None;
-                subscription.disabled_at = None;
-            }
-            Some(false) if subscription.is_active => {
-                subscription.is_active = false;
-                subscription.disable_reason = Some(DISABLED_BY_API.to_owned());
-                subscription.disabled_at = Some(now);
-            }
-            _ => {}
+            Some(true) => _ = subscription.enable(),
+            Some(false) => _ = subscription.disable(DISABLED_BY_API, now),
+            None => {}
         }
         subscription.updated_at = now;
     };

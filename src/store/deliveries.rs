@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use sled::Transactional;
 
-use crate::model::{Attempt, Delivery, DeliveryState, Event, LastDeliveryStatus, Millis, Subscription};
+use crate::lifecycle::AttemptDecision;
+use crate::model::{Attempt, Delivery, DeliveryState, Event, Millis, Subscription};
 use crate::store::codec::{decode, encode};
+use crate::store::index::{move_indexes, Indexes};
 use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// Everything a worker needs for one attempt, read together.
@@ -29,52 +31,6 @@ pub struct AttemptRecord {
     pub delivery_id: String,
     pub attempt: Attempt,
     pub decision: AttemptDecision,
-}
-
-/// The subscription's side of an attempt: last-delivery fields, failure counter, and the
-/// disable when the delivery gave up. Returns true when this outcome disabled it (it was active).
-fn apply_outcome(subscription: &mut Subscription, attempt: &Attempt, decision: &AttemptDecision) -> bool {
-    let succeeded = *decision == AttemptDecision::Succeeded;
-    subscription.last_delivery_at = Some(attempt.at);
-    subscription.last_delivery_status =
-        Some(if succeeded { LastDeliveryStatus::Succeeded } else { LastDeliveryStatus::Failed });
-    subscription.last_delivery_response_code = attempt.response_code;
-    subscription.last_delivery_error = attempt.error.clone();
-    subscription.consecutive_failures =
-        if succeeded { 0 } else { subscription.consecutive_failures.saturating_add(1) };
-    if let AttemptDecision::GiveUp { disable_reason } = decision {
-        if subscription.is_active {
-            subscription.is_active = false;
-            // Disabled when the attempt that gave up ended, not when it started.
-            subscription.disabled_at = Some(attempt.at + Millis::from(attempt.duration_ms));
-            subscription.disable_reason = Some(disable_reason.clone());
-            return true;
-        }
-    }
-    false
-}
-
-/// What happens after an attempt, decided by the engine's retry policy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AttemptDecision {
-    /// 2xx: the delivery is done.
-    Succeeded,
-    /// Failed; try again at `due`.
-    Retry { due: Millis },
-    /// Failed for good: the delivery is `failed` and the subscription is disabled with `reason`.
-    GiveUp { disable_reason: String },
-}
-
-/// The byte stored as the value of a `subscription_deliveries` entry, so the log can filter by
-/// state without decoding records. Append only: these numbers are on disk.
-fn state_byte(state: DeliveryState) -> u8 {
-    match state {
-        DeliveryState::Pending => 0,
-        DeliveryState::Held => 1,
-        DeliveryState::Succeeded => 2,
-        DeliveryState::Failed => 3,
-        DeliveryState::Expired => 4,
-    }
 }
 
 /// Most log index entries examined for one page of a filtered listing, so a rare status on a
@@ -182,41 +138,33 @@ impl Trees {
         let updated = (
             &self.deliveries,
             &self.queue,
+            &self.held,
             &self.subscription_deliveries,
             &self.finished,
             &self.subscriptions,
         )
-            .transaction(|(deliveries, queue, log, finished, subscriptions)| {
+            .transaction(|(deliveries, queue, held, log, finished, subscriptions)| {
+                let indexes = Indexes { queue, held, log, finished };
                 let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
                 let mut disabled = 0;
                 for record in records {
                     let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
-                    let now = attempt.at;
-                    queue.remove(keys::queue(subscription_id, *due, delivery_id))?;
-                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
-                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                    delivery.push_attempt(attempt.clone());
-                    match decision {
-                        AttemptDecision::Succeeded | AttemptDecision::GiveUp { .. } => {
-                            delivery.state = if *decision == AttemptDecision::Succeeded {
-                                DeliveryState::Succeeded
-                            } else {
-                                DeliveryState::Failed
-                            };
-                            delivery.next_attempt_at = None;
-                            delivery.finished_at = Some(now);
-                            finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
-                        }
-                        AttemptDecision::Retry { due } => {
-                            delivery.next_attempt_at = Some(*due);
-                            queue.insert(keys::queue(subscription_id, *due, delivery_id), &[])?;
-                        }
+                    // The attempt ended here: a finished delivery finished then.
+                    let ended = attempt.at + Millis::from(attempt.duration_ms);
+                    let job_key = keys::queue(subscription_id, *due, delivery_id);
+                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else {
+                        queue.remove(job_key)?;
+                        continue;
+                    };
+                    let before: Delivery = abort_on(decode(&bytes))?;
+                    let mut after = before.clone();
+                    after.record_attempt(attempt.clone(), decision, ended);
+                    deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
+                    move_indexes(&indexes, Some(&before), Some(&after), ended)?;
+                    // The key the job was made for, if the record had moved on meanwhile.
+                    if after.state != DeliveryState::Pending || after.next_attempt_at != Some(*due) {
+                        queue.remove(job_key)?;
                     }
-                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                    log.insert(
-                        keys::subscription_delivery(subscription_id, delivery_id),
-                        &[state_byte(delivery.state)],
-                    )?;
 
                     let subscription = match touched.entry(subscription_id.as_str()) {
                         Entry::Occupied(entry) => entry.into_mut(),
@@ -226,7 +174,7 @@ impl Trees {
                         }
                     };
                     if let Some(subscription) = subscription {
-                        disabled += usize::from(apply_outcome(subscription, attempt, decision));
+                        disabled += usize::from(subscription.apply_outcome(attempt, decision));
                     }
                 }
                 let mut updated = Vec::with_capacity(touched.len());
@@ -261,23 +209,18 @@ impl Trees {
         self.admit(WriteClass::Internal)?;
         let now = crate::model::now_millis();
         let queue_key = keys::queue(subscription_id, due, delivery_id);
-        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
-        (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries).transaction(
-            |(deliveries, queue, held, log)| {
+        (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+            .transaction(|(deliveries, queue, held, log, finished)| {
                 queue.remove(queue_key.as_slice())?;
                 let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
-                let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                if delivery.state != DeliveryState::Pending {
-                    return Ok(());
+                let before: Delivery = abort_on(decode(&bytes))?;
+                let mut after = before.clone();
+                if after.hold() {
+                    deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
+                    move_indexes(&Indexes { queue, held, log, finished }, Some(&before), Some(&after), now)?;
                 }
-                delivery.state = DeliveryState::Held;
-                delivery.next_attempt_at = None;
-                deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                held.insert(index_key.as_slice(), &keys::held_since(now))?;
-                log.insert(index_key.as_slice(), &[state_byte(DeliveryState::Held)])?;
                 Ok(())
-            },
-        )?;
+            })?;
         self.release_if_deliverable(subscription_id)
     }
 
@@ -328,26 +271,22 @@ impl Trees {
                 break;
             }
             let now = crate::model::now_millis();
-            (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries).transaction(
-                |(deliveries, queue, held, log)| {
+            (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+                .transaction(|(deliveries, queue, held, log, finished)| {
+                    let indexes = Indexes { queue, held, log, finished };
                     for delivery_id in &batch {
-                        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
-                        held.remove(index_key.as_slice())?;
+                        // A stray entry (its record gone or no longer held) goes too.
+                        held.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
                         let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
-                        let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                        if delivery.state != DeliveryState::Held {
-                            continue;
+                        let before: Delivery = abort_on(decode(&bytes))?;
+                        let mut after = before.clone();
+                        if after.release(now) {
+                            deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
+                            move_indexes(&indexes, Some(&before), Some(&after), now)?;
                         }
-                        delivery.state = DeliveryState::Pending;
-                        delivery.attempts_in_round = 0;
-                        delivery.next_attempt_at = Some(now);
-                        deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                        queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
-                        log.insert(index_key.as_slice(), &[state_byte(DeliveryState::Pending)])?;
                     }
                     Ok(())
-                },
-            )?;
+                })?;
             released += batch.len();
         }
         if released > 0 {
@@ -377,29 +316,32 @@ impl Trees {
             if held_since >= cutoff {
                 continue;
             }
-            let subscription_id = std::str::from_utf8(&key[..keys::SUBSCRIPTION_ID_LEN]).unwrap_or_default();
-            let done = (&self.deliveries, &self.held, &self.subscription_deliveries, &self.finished)
-                .transaction(|(deliveries, held, log, finished)| {
-                    // Held again meanwhile (released and held anew): not this entry any more.
-                    if held.get(&key)?.is_none_or(|current| current != value) {
-                        return Ok(false);
-                    }
-                    held.remove(&key)?;
-                    let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(false) };
-                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                    if delivery.state != DeliveryState::Held {
-                        return Ok(false);
-                    }
-                    delivery.state = DeliveryState::Expired;
-                    delivery.finished_at = Some(now);
-                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                    finished.insert(keys::timed(now, delivery_id.as_bytes()), &[])?;
-                    log.insert(
-                        keys::subscription_delivery(subscription_id, delivery_id),
-                        &[state_byte(DeliveryState::Expired)],
-                    )?;
-                    Ok(true)
-                })?;
+            let done =
+                (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+                    .transaction(|(deliveries, queue, held, log, finished)| {
+                        // Held again meanwhile (released and held anew): not this entry any more.
+                        if held.get(&key)?.is_none_or(|current| current != value) {
+                            return Ok(false);
+                        }
+                        let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else {
+                            held.remove(&key)?;
+                            return Ok(false);
+                        };
+                        let before: Delivery = abort_on(decode(&bytes))?;
+                        let mut after = before.clone();
+                        if !after.expire(now) {
+                            held.remove(&key)?;
+                            return Ok(false);
+                        }
+                        deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
+                        move_indexes(
+                            &Indexes { queue, held, log, finished },
+                            Some(&before),
+                            Some(&after),
+                            now,
+                        )?;
+                        Ok(true)
+                    })?;
             expired += usize::from(done);
         }
         Ok(expired)
@@ -431,17 +373,19 @@ impl Trees {
     /// Removes a delivery record with every index entry pointing at it, and its event when it
     /// was the last delivery referencing it.
     pub(super) fn remove_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
-        (&self.deliveries, &self.events, &self.queue, &self.held, &self.subscription_deliveries)
-            .transaction(|(deliveries, events, queue, held, log)| {
+        (
+            &self.deliveries,
+            &self.events,
+            &self.queue,
+            &self.held,
+            &self.subscription_deliveries,
+            &self.finished,
+        )
+            .transaction(|(deliveries, events, queue, held, log, finished)| {
                 let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
                 let delivery: Delivery = abort_on(decode(&bytes))?;
-                let subscription_id = delivery.subscription_id.as_str();
                 deliveries.remove(delivery_id.as_bytes())?;
-                if let Some(due) = delivery.next_attempt_at {
-                    queue.remove(keys::queue(subscription_id, due, delivery_id))?;
-                }
-                held.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
-                log.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
+                move_indexes(&Indexes { queue, held, log, finished }, Some(&delivery), None, 0)?;
                 if let Some(bytes) = events.get(delivery.event_id.as_bytes())? {
                     let mut event: Event = abort_on(decode(&bytes))?;
                     event.live_deliveries = event.live_deliveries.saturating_sub(1);
@@ -466,34 +410,25 @@ impl Trees {
         self.admit(WriteClass::Client)?;
         let now = crate::model::now_millis();
         let subscription_id = subscription.id.as_str();
-        let index_key = keys::subscription_delivery(subscription_id, delivery_id);
         let result =
             (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
                 .transaction(|(deliveries, queue, held, log, finished)| {
                     let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
-                    let mut delivery: Delivery = abort_on(decode(&bytes))?;
-                    if delivery.subscription_id != subscription_id {
+                    let before: Delivery = abort_on(decode(&bytes))?;
+                    if before.subscription_id != subscription_id {
                         return Ok(None);
                     }
-                    if !delivery.state.is_finished() {
-                        return Ok(Some(delivery));
+                    let mut after = before.clone();
+                    if after.redeliver(subscription.is_deliverable(), now) {
+                        deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
+                        move_indexes(
+                            &Indexes { queue, held, log, finished },
+                            Some(&before),
+                            Some(&after),
+                            now,
+                        )?;
                     }
-                    if let Some(finished_at) = delivery.finished_at.take() {
-                        finished.remove(keys::timed(finished_at, delivery_id.as_bytes()))?;
-                    }
-                    delivery.attempts_in_round = 0;
-                    if subscription.is_deliverable() {
-                        delivery.state = DeliveryState::Pending;
-                        delivery.next_attempt_at = Some(now);
-                        queue.insert(keys::queue(subscription_id, now, delivery_id), &[])?;
-                    } else {
-                        delivery.state = DeliveryState::Held;
-                        delivery.next_attempt_at = None;
-                        held.insert(index_key.as_slice(), &keys::held_since(now))?;
-                    }
-                    deliveries.insert(delivery_id.as_bytes(), encode(&delivery))?;
-                    log.insert(index_key.as_slice(), &[state_byte(delivery.state)])?;
-                    Ok(Some(delivery))
+                    Ok(Some(after))
                 })?;
         if let Some(delivery) = &result {
             if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
@@ -528,7 +463,7 @@ impl Trees {
             Some(cursor) => keys::subscription_delivery(subscription_id, cursor),
             None => keys::prefix_end(subscription_id.as_bytes()),
         };
-        let wanted = state.map(state_byte);
+        let wanted = state.map(keys::state_byte);
         let mut page = Vec::new();
         let mut last_scanned = None;
         let mut more = false;
@@ -618,7 +553,7 @@ mod tests {
             .unwrap();
         let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
         assert_eq!(stored.consecutive_failures, 0);
-        assert_eq!(stored.last_delivery_status, Some(LastDeliveryStatus::Succeeded));
+        assert_eq!(stored.last_delivery_status, Some(crate::model::LastDeliveryStatus::Succeeded));
     }
 
     #[test]

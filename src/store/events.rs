@@ -10,6 +10,7 @@ use sled::Transactional;
 
 use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
 use crate::store::codec::{decode, encode, IdempotencyRecord};
+use crate::store::index::{move_indexes, Indexes};
 use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// How long a client idempotency id is remembered.
@@ -147,66 +148,58 @@ impl Trees {
             &self.queue,
             &self.held,
             &self.subscription_deliveries,
+            &self.finished,
             &self.idempotency,
             &self.idempotency_expiry,
         );
-        let answers = trees.transaction(|(events, deliveries, queue, held, log, idempotency, expiry)| {
-            let mut answers = Vec::with_capacity(planned.len());
-            for request in planned {
-                if let Some(conflict) = conflict_in(idempotency, request)? {
-                    answers.push(Err(conflict));
-                    continue;
-                }
-                let mut request_answers = Vec::with_capacity(request.len());
-                for plan in request {
-                    let now = plan.event.created_at;
-                    if let Some(key) = &plan.client_key {
-                        if let Some(previous) = remembered(idempotency, key, now)? {
-                            request_answers.push(Published {
-                                event_id: previous.event_id,
-                                deliveries: previous.deliveries,
-                                duplicate: true,
-                            });
-                            continue;
+        let answers =
+            trees.transaction(|(events, deliveries, queue, held, log, finished, idempotency, expiry)| {
+                let indexes = Indexes { queue, held, log, finished };
+                let mut answers = Vec::with_capacity(planned.len());
+                for request in planned {
+                    if let Some(conflict) = conflict_in(idempotency, request)? {
+                        answers.push(Err(conflict));
+                        continue;
+                    }
+                    let mut request_answers = Vec::with_capacity(request.len());
+                    for plan in request {
+                        let now = plan.event.created_at;
+                        if let Some(key) = &plan.client_key {
+                            if let Some(previous) = remembered(idempotency, key, now)? {
+                                request_answers.push(Published {
+                                    event_id: previous.event_id,
+                                    deliveries: previous.deliveries,
+                                    duplicate: true,
+                                });
+                                continue;
+                            }
+                            let record = IdempotencyRecord {
+                                created_at: now,
+                                event_id: plan.event.id.clone(),
+                                deliveries: plan.deliveries.len() as u32,
+                                fingerprint: Some(plan.fingerprint),
+                            };
+                            idempotency.insert(key.as_slice(), encode(&record))?;
+                            expiry.insert(keys::timed(now, key), &[])?;
                         }
-                        let record = IdempotencyRecord {
-                            created_at: now,
+                        // An event nobody subscribed to is answered but not kept: nothing references it.
+                        if !plan.deliveries.is_empty() {
+                            events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
+                        }
+                        for delivery in &plan.deliveries {
+                            deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
+                            move_indexes(&indexes, None, Some(delivery), now)?;
+                        }
+                        request_answers.push(Published {
                             event_id: plan.event.id.clone(),
                             deliveries: plan.deliveries.len() as u32,
-                            fingerprint: Some(plan.fingerprint),
-                        };
-                        idempotency.insert(key.as_slice(), encode(&record))?;
-                        expiry.insert(keys::timed(now, key), &[])?;
+                            duplicate: false,
+                        });
                     }
-                    // An event nobody subscribed to is answered but not kept: nothing references it.
-                    if !plan.deliveries.is_empty() {
-                        events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
-                    }
-                    for delivery in &plan.deliveries {
-                        let subscription_id = delivery.subscription_id.as_str();
-                        deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
-                        log.insert(
-                            keys::subscription_delivery(subscription_id, &delivery.id),
-                            &[delivery.state as u8],
-                        )?;
-                        match delivery.state {
-                            DeliveryState::Held => held.insert(
-                                keys::subscription_delivery(subscription_id, &delivery.id),
-                                &keys::held_since(now),
-                            )?,
-                            _ => queue.insert(keys::queue(subscription_id, now, &delivery.id), &[])?,
-                        };
-                    }
-                    request_answers.push(Published {
-                        event_id: plan.event.id.clone(),
-                        deliveries: plan.deliveries.len() as u32,
-                        duplicate: false,
-                    });
+                    answers.push(Ok(request_answers));
                 }
-                answers.push(Ok(request_answers));
-            }
-            Ok(answers)
-        })?;
+                Ok(answers)
+            })?;
 
         // Deliveries this transaction created (duplicates and refused requests created nothing).
         let created = || {
@@ -313,20 +306,7 @@ fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: 
         .iter()
         .filter(|subscription| subscription.wants(&event.event_type))
         .map(|subscription| {
-            let deliverable = subscription.is_deliverable();
-            Delivery {
-                id: IdKind::Delivery.new_id(now),
-                tenant_id: tenant_id.to_owned(),
-                subscription_id: subscription.id.clone(),
-                event_id: event.id.clone(),
-                event_type: event.event_type.clone(),
-                state: if deliverable { DeliveryState::Pending } else { DeliveryState::Held },
-                attempts: Vec::new(),
-                attempts_in_round: 0,
-                next_attempt_at: deliverable.then_some(now),
-                created_at: now,
-                finished_at: None,
-            }
+            Delivery::new(IdKind::Delivery.new_id(now), subscription, &event.id, &event.event_type, now)
         })
         .collect();
     Planned {

@@ -1,7 +1,7 @@
 //! Key encodings of the sled trees. Ids are fixed-length ASCII (prefix + ULID), times are
 //! big-endian u64 milliseconds, so byte order is the order we scan in.
 
-use crate::model::Millis;
+use crate::model::{DeliveryState, Millis};
 
 /// Length of a subscription id: `wh_` + 26.
 pub const SUBSCRIPTION_ID_LEN: usize = 29;
@@ -53,6 +53,18 @@ pub fn subscription_delivery(subscription_id: &str, delivery_id: &str) -> Vec<u8
     key.extend_from_slice(subscription_id.as_bytes());
     key.extend_from_slice(delivery_id.as_bytes());
     key
+}
+
+/// The byte stored as the value of a `subscription_deliveries` entry, so the log can filter by
+/// state without decoding records. Append only: these numbers are on disk.
+pub fn state_byte(state: DeliveryState) -> u8 {
+    match state {
+        DeliveryState::Pending => 0,
+        DeliveryState::Held => 1,
+        DeliveryState::Succeeded => 2,
+        DeliveryState::Failed => 3,
+        DeliveryState::Expired => 4,
+    }
 }
 
 /// The value of a `held` entry: when the delivery became held (u64 BE ms), the instant

@@ -10,6 +10,7 @@ mod codec;
 mod commit;
 mod deliveries;
 mod events;
+mod index;
 mod keys;
 mod space;
 mod subscriptions;
@@ -21,10 +22,11 @@ use std::sync::Arc;
 
 use sled::transaction::TransactionError;
 
+pub use crate::lifecycle::AttemptDecision;
 pub use codec::IdempotencyRecord;
 pub use commit::{CommitStats, GroupCommit};
+pub use deliveries::AttemptContext;
 pub use deliveries::AttemptRecord;
-pub use deliveries::{AttemptContext, AttemptDecision};
 pub use events::{NewEvent, PublishRequest, Published};
 pub use space::{SpaceState, StorageErrors, WriteClass};
 
