@@ -152,7 +152,11 @@ fn serve(config_path: Option<PathBuf>, json_logs: bool) -> anyhow::Result<()> {
         }
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(serve_until_signalled(config, config_path))
+    let served = runtime.block_on(serve_until_signalled(config, config_path));
+    // A storage call stuck on a hung disk keeps its blocking thread; dropping the runtime would
+    // wait for it forever, so exit without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    served
 }
 
 /// The embedded default with a fresh demo key granted every scope.

@@ -150,8 +150,7 @@ fn prepare(
         return Err(ApiError::validation(format!("{at}data must be a JSON object{given}")));
     }
     let fingerprint = match &body.id {
-        Some(_) => fingerprint(&body.event, &data)
-            .ok_or_else(|| ApiError::validation(format!("{at}data is not valid JSON")))?,
+        Some(_) => fingerprint(&body.event, &data),
         None => [0; 32],
     };
     let id = IdKind::Event.new_id(now);
@@ -163,31 +162,59 @@ fn prepare(
 }
 
 /// SHA-256 over the event type, a zero byte and the canonical form of `data` (object keys
-/// sorted at every level, no insignificant whitespace), so the same event sent again with its
-/// keys in another order or spaced differently is recognised as the same request.
-fn fingerprint(event_type: &str, data: &RawValue) -> Option<[u8; 32]> {
+/// sorted at every level, no insignificant whitespace, strings with their escapes resolved,
+/// numbers exactly as written), so the same event sent again with its keys in another order or
+/// spaced differently is recognised as the same request, and `1e400` is never mistaken for
+/// `2e400`. Data the canonical form cannot read (a lone surrogate escape, very deep nesting)
+/// is hashed as written.
+fn fingerprint(event_type: &str, data: &RawValue) -> [u8; 32] {
     use sha2::{Digest, Sha256};
-    let value: serde_json::Value = serde_json::from_str(data.get()).ok()?;
+    let mut canonical_data = Vec::with_capacity(data.get().len());
+    if write_canonical(data, &mut canonical_data, 0).is_none() {
+        canonical_data = data.get().trim().as_bytes().to_vec();
+    }
     let mut hasher = Sha256::new();
     hasher.update(event_type.as_bytes());
     hasher.update([0]);
-    hasher.update(serde_json::to_vec(&canonical(value)).ok()?);
-    Some(hasher.finalize().into())
+    hasher.update(&canonical_data);
+    hasher.finalize().into()
 }
 
-/// `value` with every object's keys in sorted order.
-fn canonical(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => {
-            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(&b.0));
-            serde_json::Value::Object(
-                entries.into_iter().map(|(key, value)| (key, canonical(value))).collect(),
-            )
+/// Writes `value` in canonical form (see [`fingerprint`]); `None` when it cannot.
+fn write_canonical(value: &RawValue, out: &mut Vec<u8>, depth: usize) -> Option<()> {
+    const MAX_DEPTH: usize = 100;
+    let text = value.get().trim();
+    match text.as_bytes().first()? {
+        b'{' if depth < MAX_DEPTH => {
+            // A key given twice keeps its last value, as every JSON reader here does.
+            let object: std::collections::BTreeMap<String, Box<RawValue>> =
+                serde_json::from_str(text).ok()?;
+            out.push(b'{');
+            for (index, (key, value)) in object.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                out.extend(serde_json::to_vec(key).ok()?);
+                out.push(b':');
+                write_canonical(value, out, depth + 1)?;
+            }
+            out.push(b'}');
         }
-        serde_json::Value::Array(items) => {
-            serde_json::Value::Array(items.into_iter().map(canonical).collect())
+        b'[' if depth < MAX_DEPTH => {
+            let items: Vec<Box<RawValue>> = serde_json::from_str(text).ok()?;
+            out.push(b'[');
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out, depth + 1)?;
+            }
+            out.push(b']');
         }
-        other => other,
+        b'{' | b'[' => return None,
+        b'"' => out.extend(serde_json::to_vec(&serde_json::from_str::<String>(text).ok()?).ok()?),
+        // Numbers, true, false and null exactly as written.
+        _ => out.extend(text.as_bytes()),
     }
+    Some(())
 }

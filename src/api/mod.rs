@@ -91,6 +91,39 @@ where
     }
 }
 
+/// Longest a handler that reads or writes storage may take before it is answered 503: the
+/// durability wait (10 s) plus room to answer.
+const HANDLER_WAIT: std::time::Duration = std::time::Duration::from_secs(12);
+
+/// Runs a handler that makes synchronous storage calls on tokio's blocking pool and bounds it by
+/// [`HANDLER_WAIT`]. A storage engine stuck on a hung disk then holds a blocking thread, never
+/// an async worker: `/healthz`, `/readyz`, signals and every other request keep being served,
+/// and the stuck request gets 503 `unavailable` in time. (Publishing talks to storage only
+/// through the publish writer's channel and stays on the async workers.)
+async fn off_workers<F>(handler: F) -> Response
+where
+    F: std::future::Future<Output = Result<Response, error::ApiError>> + Send + 'static,
+{
+    let runtime = tokio::runtime::Handle::current();
+    let task = tokio::task::spawn_blocking(move || runtime.block_on(handler));
+    respond(match tokio::time::timeout(HANDLER_WAIT, task).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(crate::store::StoreError::Unavailable.into()),
+        Err(_) => Err(crate::store::StoreError::Stalled.into()),
+    })
+}
+
+/// [`with_body`] for handlers that make synchronous storage calls ([`off_workers`]).
+async fn with_body_off<F>(body: Result<Vec<u8>, Response>, handler: impl FnOnce(Vec<u8>) -> F) -> Response
+where
+    F: std::future::Future<Output = Result<Response, error::ApiError>> + Send + 'static,
+{
+    match body {
+        Ok(body) => off_workers(handler(body)).await,
+        Err(response) => response,
+    }
+}
+
 /// The raw query string, empty when there is none.
 fn query() -> BoxedFilter<(String,)> {
     warp::query::raw().or(warp::any().map(String::new)).unify().boxed()
@@ -164,20 +197,20 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(sub_body())
-        .then(|state, headers, body| with_body(body, move |body| webhooks::create(state, headers, body)))
+        .then(|state, headers, body| with_body_off(body, move |body| webhooks::create(state, headers, body)))
         .boxed();
     let list = webhooks_root
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
         .and(query())
-        .then(|state, headers, query| async move { respond(webhooks::list(state, headers, query).await) })
+        .then(|state, headers, query| off_workers(webhooks::list(state, headers, query)))
         .boxed();
     let get = webhook
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, state, headers| async move { respond(webhooks::get(state, headers, id).await) })
+        .then(|id, state, headers| off_workers(webhooks::get(state, headers, id)))
         .boxed();
     let update = webhook
         .and(warp::patch())
@@ -185,14 +218,14 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(headers())
         .and(sub_body())
         .then(|id, state, headers, body| {
-            with_body(body, move |body| webhooks::update(state, headers, id, body))
+            with_body_off(body, move |body| webhooks::update(state, headers, id, body))
         })
         .boxed();
     let delete = webhook
         .and(warp::delete())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, state, headers| async move { respond(webhooks::delete(state, headers, id).await) })
+        .then(|id, state, headers| off_workers(webhooks::delete(state, headers, id)))
         .boxed();
     let rotate = warp::path!("v1" / "webhooks" / String / "rotate-secret")
         .and(warp::post())
@@ -200,7 +233,7 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(headers())
         .and(sub_body())
         .then(|id, state, headers, body| {
-            with_body(body, move |body| webhooks::rotate_secret(state, headers, id, body))
+            with_body_off(body, move |body| webhooks::rotate_secret(state, headers, id, body))
         })
         .boxed();
     let delivery_list = warp::path!("v1" / "webhooks" / String / "deliveries")
@@ -208,24 +241,20 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .and(headers())
         .and(query())
-        .then(|id, state, headers, query| async move {
-            respond(deliveries::list(state, headers, id, query).await)
-        })
+        .then(|id, state, headers, query| off_workers(deliveries::list(state, headers, id, query)))
         .boxed();
     let delivery_get = warp::path!("v1" / "webhooks" / String / "deliveries" / String)
         .and(warp::get())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, delivery_id, state, headers| async move {
-            respond(deliveries::get(state, headers, id, delivery_id).await)
-        })
+        .then(|id, delivery_id, state, headers| off_workers(deliveries::get(state, headers, id, delivery_id)))
         .boxed();
     let redeliver = warp::path!("v1" / "webhooks" / String / "deliveries" / String / "redeliver")
         .and(warp::post())
         .and(with_state.clone())
         .and(headers())
-        .then(|id, delivery_id, state, headers| async move {
-            respond(deliveries::redeliver(state, headers, id, delivery_id).await)
+        .then(|id, delivery_id, state, headers| {
+            off_workers(deliveries::redeliver(state, headers, id, delivery_id))
         })
         .boxed();
     let publish = warp::path!("v1" / "events")
@@ -246,7 +275,11 @@ pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
         warp::path!("v1" / "openapi.json").and(warp::get()).and(with_state.clone()).map(ops::openapi).boxed();
     let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz).boxed();
     let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz).boxed();
-    let metrics = warp::path!("metrics").and(warp::get()).and(with_state).map(ops::metrics).boxed();
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(with_state)
+        .then(|state| off_workers(async move { Ok(ops::metrics(state)) }))
+        .boxed();
 
     create
         .or(list)

@@ -649,7 +649,8 @@ fn schemas() -> Value {
                 "enum": ["ok", "low_space", "read_only", "stalled", "failed"] })),
             ("storageReason", json!({ "type": "string", "nullable": true,
                 "description": "Why storage refuses writes, in words; null when it takes them" })),
-            ("delivery", json!({ "type": "string", "enum": ["running", "stopped"] })),
+            ("delivery", json!({ "type": "string", "enum": ["running", "paused", "stopped"],
+                "description": "paused: attempts wait while storage cannot record their outcomes" })),
             ("shuttingDown", json!({ "type": "boolean" })),
         ]),
     })
@@ -741,7 +742,7 @@ fn subscription_input(create: bool) -> Value {
             "headers": { "type": "object", "maxProperties": 20,
                 "propertyNames": { "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$" },
                 "additionalProperties": { "type": "string", "maxLength": 4096,
-                    "pattern": "^[\\x20-\\x7E\\t]*$" },
+                    "pattern": "^([\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?)?$" },
                 "description": "Custom headers for every delivery: valid header names, string \
                     values without control characters. Headers the daemon sets itself (Host, \
                     Content-Type, User-Agent, X-Atender-*, webhook-*, …) cannot be given." },
@@ -809,7 +810,7 @@ fn delivery() -> Value {
 /// neither whitespace nor invisible (the same sets as `webhooks::validate_name`).
 const NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*\
 [^\\s\\u0000-\\u001f\\u007f-\\u009f\\u00a0\\u00ad\\u034f\\u061c\\u115f\\u1160\\u1680\\u17b4\\u17b5\\u180b-\\u180f\
-\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufff8]\
+\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufffb]\
 [^\\u0000-\\u001f\\u007f-\\u009f]*$";
 
 const ERROR_CODES: [&str; 11] = [

@@ -45,14 +45,20 @@ pub fn readyz(state: ApiState) -> Response {
             SpaceState::Low | SpaceState::Critical => ("low_space", state.store.write_refusal()),
         }
     };
-    let delivery = state.health.delivery_running();
+    let running = state.health.delivery_running();
     let stopping = state.health.shutting_down();
-    let ready = storage == "ok" && delivery && !stopping;
+    let ready = storage == "ok" && running && !stopping;
+    // Running, but holding attempts back while storage cannot record their outcomes.
+    let delivery = match (running, state.store.dispatch_paused()) {
+        (false, _) => "stopped",
+        (true, true) => "paused",
+        (true, false) => "running",
+    };
     let body = serde_json::json!({
         "status": if ready { "ready" } else { "not_ready" },
         "storage": storage,
         "storageReason": reason,
-        "delivery": if delivery { "running" } else { "stopped" },
+        "delivery": delivery,
         "shuttingDown": stopping,
     });
     json_reply(if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, &body)

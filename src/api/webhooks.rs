@@ -378,7 +378,11 @@ fn is_invisible(c: char) -> bool {
                 | '\u{FE00}'..='\u{FE0F}'
                 | '\u{FEFF}'
                 | '\u{FFA0}'
-                | '\u{FFF0}'..='\u{FFF8}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
                 | '\u{1D173}'..='\u{1D17A}'
                 | '\u{E0000}'..='\u{E0FFF}'
         )
@@ -461,13 +465,15 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
         let Value::String(value) = value else {
             return Err(ApiError::validation(format!("headers.{name} must be a string")));
         };
-        // RFC 9110 §5.5: a field value is visible characters, spaces and tabs; bytes above
-        // ASCII are obsolete (obs-text) and receivers read them inconsistently.
-        let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ' || b == b'\t');
-        if value.len() > 4096 || !visible {
+        // RFC 9110 §5.5: a field value has no leading or trailing whitespace (receivers strip
+        // it, so it would not arrive as shown); bytes above ASCII are obsolete (obs-text) and
+        // read inconsistently. Tabs are refused too: visible ASCII and inner spaces only.
+        let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if value.len() > 4096 || !visible || value.starts_with(' ') || value.ends_with(' ') {
             return Err(ApiError::validation(format!(
-                "headers.{name} must be at most 4096 characters of visible ASCII, spaces or tabs \
-                 (RFC 9110 field value: no CR, LF, other control or non-ASCII characters)"
+                "headers.{name} must be at most 4096 characters of visible ASCII with spaces only \
+                 between them (RFC 9110 field value: no leading or trailing space, no tab, CR, LF, \
+                 other control or non-ASCII characters)"
             )));
         }
         seen.push(lowercase);

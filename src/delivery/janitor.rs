@@ -25,12 +25,16 @@ fn period(hold_retention: Duration) -> Duration {
 /// Sweeps at start and then every [`period`] until `stop` is closed.
 pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Receiver<()>, beat: BeatGuard) {
     beat.busy();
+    // Refused writes (low space) are retried by the periodic sweeps; only other errors are news.
     if let Err(err) = store.purge_deleted_subscriptions() {
-        tracing::error!(error = %err, "cannot finish the cleanup of deleted subscriptions");
+        if !err.is_host_fault() {
+            tracing::error!(error = %err, "cannot finish the cleanup of deleted subscriptions");
+        }
     }
     match store.release_all_deliverable() {
         Ok(0) => {}
         Ok(released) => tracing::info!(released, "released held deliveries of active subscriptions"),
+        Err(err) if err.is_host_fault() => {}
         Err(err) => tracing::error!(error = %err, "cannot release held deliveries at start-up"),
     }
     loop {
@@ -58,6 +62,8 @@ fn sweep(store: &Store, config: &SharedConfig) -> Result<(), StoreError> {
     let expired = store.expire_held(now, delivery.hold_retention.as_millis() as u64)?;
     let purged = store.purge_finished(now, delivery.delivery_retention.as_millis() as u64)?;
     let forgotten = store.purge_idempotency(now)?;
+    // Deletes interrupted by a crash or refused for space at start-up.
+    store.purge_deleted_subscriptions()?;
     if expired + purged + forgotten > 0 {
         tracing::info!(expired, purged, forgotten, "janitor sweep");
     }

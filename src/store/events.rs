@@ -95,7 +95,12 @@ impl Trees {
     /// fails as a whole; when the group transaction aborts (a corrupt record), the requests are
     /// retried one by one so only the affected one fails.
     pub fn publish_group(&self, requests: &[PublishRequest]) -> Vec<Result<Vec<Published>, StoreError>> {
-        if let Err(err) = self.admit(WriteClass::Client) {
+        // sled writes a value about twice (its log, then a page rewrite or a blob file).
+        let bytes: usize =
+            requests.iter().flat_map(|request| &request.events).map(|event| event.body.len()).sum();
+        if let Err(err) = self.admit_bytes(WriteClass::Client, 2 * bytes as u64) {
+            // Counted once per refused request, not per group.
+            requests.iter().skip(1).for_each(|_| self.errors.count(&err));
             return requests.iter().map(|_| Err(err.clone())).collect();
         }
         let planned = match self.plan_group(requests) {

@@ -180,6 +180,7 @@ impl Store {
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StoreError::Io(format!("cannot create {}: {err}", dir.display())))?;
+        remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(CACHE_CAPACITY_BYTES)
@@ -231,8 +232,12 @@ impl Store {
 
     /// Stores a publish request together with whatever other requests are waiting (one
     /// transaction for the group). Not yet durable: the caller awaits [`Store::durable`].
+    /// Answers [`StoreError::Stalled`] when the writer does not answer within [`DURABLE_WAIT`].
     pub async fn publish_grouped(&self, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
-        self.writer.publish(request).await
+        match tokio::time::timeout(DURABLE_WAIT, self.writer.publish(request)).await {
+            Ok(answer) => answer,
+            Err(_) => Err(StoreError::Stalled),
+        }
     }
 
     /// Resolves once every write made before the call is on disk (shared with other callers).
@@ -292,10 +297,15 @@ impl Trees {
 
     /// Admits a write of `class` (see [`WriteClass`]) or refuses it with the reason.
     pub(crate) fn admit(&self, class: WriteClass) -> Result<(), StoreError> {
+        self.admit_bytes(class, 0)
+    }
+
+    /// [`Trees::admit`] for a write of about `bytes`, taken off the free-space reading at once.
+    pub(crate) fn admit_bytes(&self, class: WriteClass, bytes: u64) -> Result<(), StoreError> {
         if self.health.fatal_reason().is_some() {
             return Err(StoreError::Unavailable);
         }
-        self.space.admit(class)
+        self.space.admit_bytes(class, bytes)
     }
 
     /// Counts an error by kind and, for an I/O error of the storage engine, records the fatal
@@ -327,9 +337,61 @@ impl Trees {
     }
 }
 
+/// Removes snapshot files sled did not finish writing. sled writes a snapshot as
+/// `snap.<lsn>.generating` and renames it when complete, but its start-up also reads a
+/// leftover `.generating` file as a snapshot: one left empty by a full disk (a start-up while
+/// the disk was full) made every later start fail with "stored data is corrupt". Such a file
+/// is incomplete by construction; sled recovers from its log and writes a new one.
+fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|err| StoreError::Io(format!("cannot read {}: {err}", dir.display())))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::warn!(file = %name, "removing a snapshot file sled did not finish writing");
+            std::fs::remove_file(entry.path())
+                .map_err(|err| StoreError::Io(format!("cannot remove {}: {err}", entry.path().display())))?;
+        }
+    }
+    Ok(())
+}
+
 /// Turns a failed decode inside a transaction into an abort carrying the error.
 fn abort_on<T>(
     result: Result<T, StoreError>,
 ) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>> {
     result.map_err(sled::transaction::ConflictableTransactionError::Abort)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_next_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
+        let store = Store::open_with(dir.path(), &options).unwrap();
+        let subscription =
+            crate::model::Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], 1);
+        store.create_subscription(&subscription, 10).unwrap();
+        store.durable_blocking().unwrap();
+        drop(store);
+        // What sled leaves when it cannot write a snapshot at start-up: an empty file.
+        std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
+        let mut tries = 0;
+        let store = loop {
+            // sled's file lock goes with the last handle of the first store.
+            match Store::open_with(dir.path(), &options) {
+                Ok(store) => break store,
+                Err(StoreError::Io(err)) if tries < 100 && err.contains("lock") => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(err) => panic!("{err}"),
+            }
+        };
+        assert!(store.subscription_by_id(&subscription.id).unwrap().is_some());
+    }
 }

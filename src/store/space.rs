@@ -126,6 +126,7 @@ pub struct SpaceGuard {
     read_at: AtomicU64,
     epoch: Instant,
     free: AtomicU64,
+    read_only: std::sync::atomic::AtomicBool,
     state: AtomicU8,
     /// Serialises readings so one caller reads while the others use the last value.
     reading: Mutex<()>,
@@ -140,12 +141,28 @@ impl SpaceGuard {
             read_at: AtomicU64::new(0),
             epoch: Instant::now(),
             free: AtomicU64::new(u64::MAX),
+            read_only: std::sync::atomic::AtomicBool::new(false),
             state: AtomicU8::new(SpaceState::Ok.as_u8()),
             reading: Mutex::new(()),
             errors,
         };
         guard.refresh();
         guard
+    }
+
+    /// Admits a write of about `bytes` (0 when small or unknown) of `class`, or says why not.
+    /// The bytes of an admitted write are taken off the last reading at once, so the writes
+    /// admitted before the next `statvfs` cannot together run far past the reserve (and
+    /// readiness says so as soon as the estimate is below it); the next reading corrects it.
+    pub fn admit_bytes(&self, class: WriteClass, bytes: u64) -> Result<(), StoreError> {
+        self.admit(class)?;
+        if bytes > 0 {
+            let _ = self
+                .free
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |free| Some(free.saturating_sub(bytes)));
+            self.classify();
+        }
+        Ok(())
     }
 
     /// Admits a write of `class`, or says why not (`NoSpace`, `ReadOnly`).
@@ -197,27 +214,29 @@ impl SpaceGuard {
     }
 
     fn refresh(&self) {
-        let before = SpaceState::from_u8(self.state.load(Ordering::Relaxed));
-        let (state, free) = match rustix::fs::statvfs(&self.dir) {
-            Ok(stat) => {
-                let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-                let state = if stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY) {
-                    SpaceState::ReadOnly
-                } else if self.reserve == 0 || free >= self.reserve {
-                    SpaceState::Ok
-                } else if free >= self.reserve / 2 {
-                    SpaceState::Low
-                } else {
-                    SpaceState::Critical
-                };
-                (state, free)
-            }
-            // The directory is gone or unreadable: sled's own writes will say more; keep going.
-            Err(_) => (before, self.free.load(Ordering::Relaxed)),
-        };
-        self.free.store(free, Ordering::Relaxed);
-        self.state.store(state.as_u8(), Ordering::Relaxed);
+        // An unreadable directory keeps the last reading: sled's own writes will say more.
+        if let Ok(stat) = rustix::fs::statvfs(&self.dir) {
+            self.read_only
+                .store(stat.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY), Ordering::Relaxed);
+            self.free.store(stat.f_bavail.saturating_mul(stat.f_frsize), Ordering::Relaxed);
+        }
         self.read_at.store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.classify();
+    }
+
+    /// Sets the state from the free-space estimate and the read-only flag; logs transitions.
+    fn classify(&self) {
+        let free = self.free.load(Ordering::Relaxed);
+        let state = if self.read_only.load(Ordering::Relaxed) {
+            SpaceState::ReadOnly
+        } else if self.reserve == 0 || free >= self.reserve {
+            SpaceState::Ok
+        } else if free >= self.reserve / 2 {
+            SpaceState::Low
+        } else {
+            SpaceState::Critical
+        };
+        let before = SpaceState::from_u8(self.state.swap(state.as_u8(), Ordering::Relaxed));
         if state != before {
             match state {
                 SpaceState::Ok => {
@@ -265,9 +284,9 @@ impl Monitor {
             let beat = health.register("storage-monitor", Duration::from_secs(30));
             loop {
                 beat.busy();
-                let state = space.state();
-                // A read-only mount refuses writes anyway; a probe would only poison sled.
-                if state != SpaceState::ReadOnly && state != SpaceState::Critical {
+                // A read-only mount refuses writes anyway; a probe would only poison sled. A
+                // full disk is probed too: sled's own background flush may have failed there.
+                if space.state() != SpaceState::ReadOnly {
                     match db.insert(b"storage-probe", &now_millis().to_be_bytes()) {
                         Ok(_) => thread_last.store(now_millis(), Ordering::Relaxed),
                         Err(err) => {

@@ -437,6 +437,20 @@ fn an_idempotency_id_reused_for_another_event_is_a_conflict() {
         assert!(conflict.error_message().contains("\"order-42\""), "{}", conflict.text);
     }
 
+    // Numbers compare as written: two integers beyond 2^64 that a float would merge differ.
+    let raw = |n: &str| {
+        let body = format!(r#"{{"event": "message.received", "id": "big-number", "data": {{"n": {n}}}}}"#);
+        send(
+            "POST",
+            &daemon.url("/v1/events"),
+            &[("Authorization", &format!("Bearer {ACME_KEY}")), ("Content-Type", "application/json")],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(raw("18446744073709551616").status, 202);
+    assert_eq!(raw("18446744073709551616").status, 202);
+    assert_eq!(raw("18446744073709551617").status, 422);
+
     // In a batch the conflict names the event, and the whole batch is refused.
     let batch = daemon.call(
         "POST",
@@ -482,9 +496,9 @@ fn an_idempotency_id_reused_for_another_event_is_a_conflict() {
         handles.into_iter().map(|handle| handle.join().unwrap()).collect()
     });
     assert!(answers.iter().all(|id| *id == answers[0]), "{answers:?}");
-    wait_until("three events delivered", LONG, || receiver.count() >= 3);
+    wait_until("four events delivered", LONG, || receiver.count() >= 4);
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(receiver.count(), 3, "order-42, fresh-1 and burst, each once");
+    assert_eq!(receiver.count(), 4, "order-42, big-number, fresh-1 and burst, each once");
 }
 
 /// A receiver that reads each request's head, answers with `status` at once and closes without
@@ -532,4 +546,74 @@ fn a_status_sent_before_the_connection_reset_is_recorded() {
     assert_eq!(subscription["lastDeliveryResponseCode"], 413, "{subscription}");
     assert_eq!(subscription["lastDeliveryStatus"], "failed");
     assert_eq!(subscription["isActive"], true, "a 413 is a failed attempt, retried later");
+}
+
+#[test]
+fn a_hung_disk_gets_503s_in_time_while_health_and_signals_are_answered() {
+    let fs_dir = tempfile::tempdir().unwrap();
+    let mount = Mounted::ext4(&fs_dir.path().join("image"), &fs_dir.path().join("fs"));
+    let (dir, config_path) = config_in(&Setup::default(), &mount.path.join("data"));
+    let mut served = Served::start_with_file(dir, config_path, &[]);
+    let created = served.call(
+        "POST",
+        "/v1/webhooks",
+        ACME_KEY,
+        Some(json!({ "name": "n", "url": "http://127.0.0.1:9/hook", "events": ["message.received"] })),
+    );
+    assert_eq!(created.status, 201, "{}", created.text);
+    assert_eq!(publish_big(&served, 100).status, 202);
+
+    // The disk stops answering writes (as a hung device does): fsfreeze blocks every write.
+    sh("fsfreeze", &["-f", mount.path.to_str().unwrap()]);
+    let thaw = Thaw(mount.path.clone());
+    let started = Instant::now();
+    let (publishes, lists) = std::thread::scope(|scope| {
+        // Large events: sled writes them as blob files, so its writer blocks in the file system
+        // inside a transaction, holding sled's lock that every read waits for.
+        let publishes: Vec<_> =
+            (0..4).map(|_| scope.spawn(|| publish_big(&served, 900_000).status)).collect();
+        std::thread::sleep(Duration::from_millis(500));
+        // More storage reads than the daemon has async workers (one per core).
+        let lists: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| served.call("GET", "/v1/webhooks", ACME_KEY, None).status))
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        // Meanwhile the health endpoints answer at once (never stuck behind storage).
+        for path in ["/healthz", "/readyz"] {
+            let asked = Instant::now();
+            let reply = served.call("GET", path, ACME_KEY, None);
+            assert!(asked.elapsed() < Duration::from_secs(3), "{path} took {:?}", asked.elapsed());
+            assert!(reply.status == 200 || reply.status == 503, "{path}: {}", reply.text);
+        }
+        let lists: Vec<u16> = lists.into_iter().map(|list| list.join().unwrap()).collect();
+        let publishes: Vec<u16> = publishes.into_iter().map(|publish| publish.join().unwrap()).collect();
+        (publishes, lists)
+    });
+    // Every request is answered within the durability wait (10 s) plus room: 503, or the read.
+    assert!(started.elapsed() < Duration::from_secs(20), "answers took {:?}", started.elapsed());
+    assert!(
+        publishes.iter().all(|&status| status == 503),
+        "writes that cannot be made durable: {publishes:?}"
+    );
+    assert!(lists.iter().all(|&list| list == 200 || list == 503), "lists answered {lists:?}");
+    let ready = served.call("GET", "/readyz", ACME_KEY, None);
+    assert_eq!((ready.status, ready.json()["storage"].clone()), (503, json!("stalled")), "{}", ready.text);
+
+    // SIGTERM is taken while the disk hangs; the process ends once the kernel lets its threads
+    // out of the frozen file system.
+    served.process.signal("TERM");
+    served.process.wait_for_stderr("shutting down", Duration::from_secs(10));
+    drop(thaw);
+    let status = served.process.wait_exit(Duration::from_secs(40));
+    assert_eq!(status.code(), Some(0), "{}", served.process.transcript());
+    drop(mount);
+}
+
+/// Thaws a frozen file system when dropped (also when the test fails).
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze").arg("-u").arg(&self.0).status();
+    }
 }
