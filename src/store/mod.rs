@@ -158,6 +158,8 @@ pub struct Store {
     commit: GroupCommit,
     writer: writer::PublishWriter,
     monitor: Arc<space::Monitor>,
+    /// When a stalled write was last logged (Unix ms).
+    stall_logged: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::ops::Deref for Store {
@@ -221,7 +223,7 @@ impl Store {
             .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;
         let monitor = space::Monitor::start(trees.db.clone(), space, health, errors)
             .map_err(|err| StoreError::Io(format!("cannot start the storage-monitor thread: {err}")))?;
-        Ok(Store { trees, commit, writer, monitor: Arc::new(monitor) })
+        Ok(Store { trees, commit, writer, monitor: Arc::new(monitor), stall_logged: Arc::default() })
     }
 
     /// Whether the storage monitor's last probe is older than `limit` (it is stuck in sled).
@@ -236,13 +238,32 @@ impl Store {
     pub async fn publish_grouped(&self, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
         match tokio::time::timeout(DURABLE_WAIT, self.writer.publish(request)).await {
             Ok(answer) => answer,
-            Err(_) => Err(StoreError::Stalled),
+            Err(_) => Err(self.stalled()),
         }
+    }
+
+    /// [`StoreError::Stalled`], logged at most once per [`DURABLE_WAIT`] however many
+    /// requests are waiting, so a hung disk shows in the log as well as in `/readyz`.
+    fn stalled(&self) -> StoreError {
+        let now = crate::model::now_millis();
+        let last = self.stall_logged.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= DURABLE_WAIT.as_millis() as Millis
+            && self.stall_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            tracing::warn!(
+                wait_seconds = DURABLE_WAIT.as_secs(),
+                "storage did not confirm writes in time (a hung or overloaded disk?); answering 503"
+            );
+        }
+        StoreError::Stalled
     }
 
     /// Resolves once every write made before the call is on disk (shared with other callers).
     pub async fn durable(&self) -> Result<(), StoreError> {
-        self.commit.durable().await
+        match self.commit.durable().await {
+            Err(StoreError::Stalled) => Err(self.stalled()),
+            other => other,
+        }
     }
 
     /// [`Store::durable`] for plain threads.

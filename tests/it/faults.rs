@@ -598,6 +598,9 @@ fn a_hung_disk_gets_503s_in_time_while_health_and_signals_are_answered() {
     assert!(lists.iter().all(|&list| list == 200 || list == 503), "lists answered {lists:?}");
     let ready = served.call("GET", "/readyz", ACME_KEY, None);
     assert_eq!((ready.status, ready.json()["storage"].clone()), (503, json!("stalled")), "{}", ready.text);
+    // The log says so too, once, not once per waiting request.
+    served.process.wait_for_stderr("storage did not confirm writes in time", Duration::from_secs(5));
+    assert_eq!(served.process.stderr_count("storage did not confirm writes in time"), 1);
 
     // SIGTERM is taken while the disk hangs; the process ends once the kernel lets its threads
     // out of the frozen file system.
