@@ -11,7 +11,7 @@ use sled::Transactional;
 use crate::lifecycle::AttemptDecision;
 use crate::model::{Attempt, Delivery, DeliveryState, Event, Millis, Subscription};
 use crate::store::codec::{decode, encode};
-use crate::store::index::{move_indexes, Indexes};
+use crate::store::index::{move_indexes, store_delivery, Indexes};
 use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// Everything a worker needs for one attempt, read together.
@@ -159,8 +159,7 @@ impl Trees {
                     let before: Delivery = abort_on(decode(&bytes))?;
                     let mut after = before.clone();
                     after.record_attempt(attempt.clone(), decision, ended);
-                    deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
-                    move_indexes(&indexes, Some(&before), Some(&after), ended)?;
+                    store_delivery(deliveries, &indexes, Some(&before), &after, ended)?;
                     // The key the job was made for, if the record had moved on meanwhile.
                     if after.state != DeliveryState::Pending || after.next_attempt_at != Some(*due) {
                         queue.remove(job_key)?;
@@ -216,8 +215,13 @@ impl Trees {
                 let before: Delivery = abort_on(decode(&bytes))?;
                 let mut after = before.clone();
                 if after.hold() {
-                    deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
-                    move_indexes(&Indexes { queue, held, log, finished }, Some(&before), Some(&after), now)?;
+                    store_delivery(
+                        deliveries,
+                        &Indexes { queue, held, log, finished },
+                        Some(&before),
+                        &after,
+                        now,
+                    )?;
                 }
                 Ok(())
             })?;
@@ -281,8 +285,7 @@ impl Trees {
                         let before: Delivery = abort_on(decode(&bytes))?;
                         let mut after = before.clone();
                         if after.release(now) {
-                            deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
-                            move_indexes(&indexes, Some(&before), Some(&after), now)?;
+                            store_delivery(deliveries, &indexes, Some(&before), &after, now)?;
                         }
                     }
                     Ok(())
@@ -333,11 +336,11 @@ impl Trees {
                             held.remove(&key)?;
                             return Ok(false);
                         }
-                        deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
-                        move_indexes(
+                        store_delivery(
+                            deliveries,
                             &Indexes { queue, held, log, finished },
                             Some(&before),
-                            Some(&after),
+                            &after,
                             now,
                         )?;
                         Ok(true)
@@ -420,11 +423,11 @@ impl Trees {
                     }
                     let mut after = before.clone();
                     if after.redeliver(subscription.is_deliverable(), now) {
-                        deliveries.insert(delivery_id.as_bytes(), encode(&after))?;
-                        move_indexes(
+                        store_delivery(
+                            deliveries,
                             &Indexes { queue, held, log, finished },
                             Some(&before),
-                            Some(&after),
+                            &after,
                             now,
                         )?;
                     }

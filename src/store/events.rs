@@ -10,7 +10,7 @@ use sled::Transactional;
 
 use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
 use crate::store::codec::{decode, encode, IdempotencyRecord};
-use crate::store::index::{move_indexes, Indexes};
+use crate::store::index::{store_delivery, Indexes};
 use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 /// How long a client idempotency id is remembered.
@@ -192,8 +192,7 @@ impl Trees {
                             events.insert(plan.event.id.as_bytes(), encode(&plan.event))?;
                         }
                         for delivery in &plan.deliveries {
-                            deliveries.insert(delivery.id.as_bytes(), encode(delivery))?;
-                            move_indexes(&indexes, None, Some(delivery), now)?;
+                            store_delivery(deliveries, &indexes, None, delivery, now)?;
                         }
                         request_answers.push(Published {
                             event_id: plan.event.id.clone(),

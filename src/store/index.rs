@@ -48,6 +48,19 @@ fn entries(delivery: Option<&Delivery>) -> Entries {
     }
 }
 
+/// Stores `after` as the delivery's record and moves its index entries from `before` (see
+/// [`move_indexes`]): the one write every delivery state change makes.
+pub(super) fn store_delivery(
+    deliveries: &TransactionalTree,
+    indexes: &Indexes,
+    before: Option<&Delivery>,
+    after: &Delivery,
+    now: Millis,
+) -> Result<(), UnabortableTransactionError> {
+    deliveries.insert(after.id.as_bytes(), crate::store::codec::encode(after))?;
+    move_indexes(indexes, before, Some(after), now)
+}
+
 /// Moves the index entries of one delivery from what `before` needs to what `after` needs
 /// (`None`: the record does not exist). A delivery that becomes held is stamped `now` as the
 /// instant `hold_retention` counts from; one that stays held keeps its stamp.
