@@ -33,7 +33,9 @@ impl Daemon {
     pub async fn start(config: Config) -> anyhow::Result<Daemon> {
         let data_dir = config.data_dir.clone();
         let health = Arc::new(Health::default());
-        let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone() };
+        // Queue notices: the store announces committed queue writes, the engine listens.
+        let (notices, notices_rx) = crossbeam_channel::unbounded();
+        let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices };
         let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &options))
             .await?
             .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
@@ -44,8 +46,9 @@ impl Daemon {
         let local_addr = listener.local_addr()?;
         let config = Arc::new(SharedConfig::new(config));
         let metrics = Arc::new(Metrics::new());
-        let engine = Engine::start(store.clone(), config.clone(), metrics.clone(), health.clone())
-            .context("cannot start the delivery engine")?;
+        let engine =
+            Engine::start(store.clone(), notices_rx, config.clone(), metrics.clone(), health.clone())
+                .context("cannot start the delivery engine")?;
         tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
         let state =
             ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };

@@ -66,8 +66,11 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the scheduler, `delivery.workers` worker threads and the janitor.
+    /// `notices` receives what the store announces after each queue write (the daemon made the
+    /// channel and gave the sending end to the store).
     pub fn start(
         store: Store,
+        notices: crossbeam_channel::Receiver<crate::store::QueueNotice>,
         config: Arc<SharedConfig>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,
@@ -112,7 +115,6 @@ impl Engine {
             .spawn(move || recorder::run(recorder_store, metrics, outcomes_rx, done_tx, recorder_beat))?;
         let scheduler =
             scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
-        let notices = store.notices();
         let scheduler_stop = stop_rx.clone();
         let scheduler_beat = health.register("scheduler", Duration::from_secs(30));
         let scheduler = std::thread::Builder::new()

@@ -116,11 +116,19 @@ pub struct StoreOptions {
     pub min_free_bytes: u64,
     /// Where the store's threads report their heartbeats and fatal faults.
     pub health: Arc<Health>,
+    /// Where committed queue writes are announced. The daemon creates the channel and hands the
+    /// receiving end to the delivery engine; the store never reads it. The default is a channel
+    /// nobody receives from (notices are dropped), for tools and tests without an engine.
+    pub notices: crossbeam_channel::Sender<QueueNotice>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { min_free_bytes: DEFAULT_MIN_FREE_BYTES, health: Arc::default() }
+        StoreOptions {
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            health: Arc::default(),
+            notices: crossbeam_channel::unbounded().0,
+        }
     }
 }
 
@@ -142,7 +150,6 @@ pub struct Trees {
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
     notices: crossbeam_channel::Sender<QueueNotice>,
-    notices_rx: crossbeam_channel::Receiver<QueueNotice>,
     subscription_cache: Arc<cache::SubscriptionCache>,
     event_cache: Arc<cache::EventCache>,
     space: Arc<space::SpaceGuard>,
@@ -195,7 +202,6 @@ impl Store {
         let space = Arc::new(space::SpaceGuard::new(dir, options.min_free_bytes, errors.clone()));
         let commit = GroupCommit::start(db.clone(), data_file, health.clone(), errors.clone())
             .map_err(|err| StoreError::Io(format!("cannot start the group-commit thread: {err}")))?;
-        let (notices, notices_rx) = crossbeam_channel::unbounded();
         let tree = |name: &str| db.open_tree(name);
         let trees = Trees {
             subscriptions: tree("subscriptions")?,
@@ -211,8 +217,7 @@ impl Store {
             idempotency: tree("idempotency")?,
             idempotency_expiry: tree("idempotency_expiry")?,
             db,
-            notices,
-            notices_rx,
+            notices: options.notices.clone(),
             subscription_cache: Arc::default(),
             event_cache: Arc::default(),
             space: space.clone(),
@@ -277,11 +282,6 @@ impl Store {
 }
 
 impl Trees {
-    /// The channel on which queue writes are announced (for the delivery engine).
-    pub fn notices(&self) -> crossbeam_channel::Receiver<QueueNotice> {
-        self.notices_rx.clone()
-    }
-
     /// Whether the database answers reads.
     pub fn is_healthy(&self) -> bool {
         self.subscriptions.first().is_ok()
@@ -353,7 +353,7 @@ impl Trees {
     }
 
     fn announce(&self, notice: QueueNotice) {
-        // The receiver lives as long as the store itself, so this cannot fail.
+        // Without a receiver (no engine, or the engine stopped) a notice has nobody to wake.
         let _ = self.notices.send(notice);
     }
 }
