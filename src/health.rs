@@ -30,6 +30,8 @@ pub struct Beat {
     state: AtomicU8,
     /// When the current state began (Unix ms).
     since: AtomicU64,
+    /// Errors the thread met and went on after (a failed write, a failed sweep).
+    errors: AtomicU64,
 }
 
 impl Beat {
@@ -48,6 +50,14 @@ impl Beat {
     /// Name given at registration (`publish-writer`, `delivery-3`, …).
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The kind of thread: the name without a trailing `-<number>` (`delivery-3` → `delivery`).
+    pub fn kind(&self) -> &str {
+        match self.name.rsplit_once('-') {
+            Some((kind, number)) if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) => kind,
+            _ => &self.name,
+        }
     }
 
     /// What is wrong with this thread at `now`, if anything.
@@ -77,6 +87,11 @@ impl BeatGuard {
 
     pub fn idle(&self) {
         self.0.idle();
+    }
+
+    /// The thread met an error and goes on (counted in `atender_thread_errors_total`).
+    pub fn error(&self) {
+        self.0.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -122,6 +137,7 @@ impl Health {
             limit,
             state: AtomicU8::new(IDLE),
             since: AtomicU64::new(now_millis()),
+            errors: AtomicU64::new(0),
         });
         self.beats.lock().unwrap_or_else(|e| e.into_inner()).push(beat.clone());
         BeatGuard(beat)
@@ -151,6 +167,20 @@ impl Health {
         let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
         let unhealthy = beats.iter().filter(|beat| beat.problem(now, stopping).is_some()).count();
         (beats.len(), unhealthy)
+    }
+
+    /// Errors met by each kind of thread since start-up, in registration order of the kinds.
+    pub fn thread_errors(&self) -> Vec<(String, u64)> {
+        let beats = self.beats.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kinds: Vec<(String, u64)> = Vec::new();
+        for beat in beats.iter() {
+            let errors = beat.errors.load(Ordering::Relaxed);
+            match kinds.iter_mut().find(|(kind, _)| kind == beat.kind()) {
+                Some((_, total)) => *total += errors,
+                None => kinds.push((beat.kind().to_owned(), errors)),
+            }
+        }
+        kinds
     }
 
     /// Records a fault storage cannot recover from in this process. The first reason wins.
@@ -202,6 +232,9 @@ mod tests {
         drop(gone);
         assert_eq!(health.problems(), ["thread gone has exited"]);
         assert_eq!(health.thread_counts(), (2, 1));
+        busy.error();
+        busy.error();
+        assert_eq!(health.thread_errors(), [("busy".to_owned(), 2), ("gone".to_owned(), 0)]);
         // Exits are expected once shutdown began.
         health.begin_shutdown();
         assert!(health.problems().is_empty());
@@ -227,5 +260,24 @@ mod tests {
         assert_eq!(health.fatal_reason().as_deref(), Some("disk on fire"));
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         assert_eq!(runtime.block_on(health.wait_fatal()), "disk on fire");
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    #[test]
+    fn numbered_threads_share_a_kind() {
+        let health = Health::default();
+        for name in ["delivery-0", "delivery-11", "publish-writer", "group-commit"] {
+            let beat = health.register(name, Duration::from_secs(1));
+            beat.error();
+            std::mem::forget(beat);
+        }
+        assert_eq!(
+            health.thread_errors(),
+            [("delivery".to_owned(), 2), ("publish-writer".to_owned(), 1), ("group-commit".to_owned(), 1)]
+        );
     }
 }

@@ -52,6 +52,8 @@ pub struct Snapshot {
     /// Internal threads registered, and how many are exited or stalled.
     pub threads: usize,
     pub unhealthy_threads: usize,
+    /// Errors each kind of thread met and went on after.
+    pub thread_errors: Vec<(String, u64)>,
 }
 
 /// The daemon's metrics. Cheap to update from any thread.
@@ -69,6 +71,7 @@ pub struct Metrics {
     storage_healthy: Gauge,
     storage_free_bytes: Gauge,
     threads: Family<Labels, Gauge>,
+    thread_errors: Family<Vec<(&'static str, String)>, Counter<u64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -144,6 +147,12 @@ impl Metrics {
             "Internal threads by state: healthy, or unhealthy (exited, or busy on one item past its limit)",
             threads.clone(),
         );
+        let thread_errors = Family::<Vec<(&'static str, String)>, Counter<u64, AtomicU64>>::default();
+        registry.register(
+            "thread_errors",
+            "Errors each kind of internal thread met and went on after (a refused or failed write, a failed sweep)",
+            thread_errors.clone(),
+        );
         // Every result exists from the start at 0, so alert rules have a series to evaluate.
         for label in [
             AttemptLabel::Success,
@@ -168,6 +177,7 @@ impl Metrics {
             storage_healthy,
             storage_free_bytes,
             threads,
+            thread_errors,
         }
     }
 
@@ -202,6 +212,9 @@ impl Metrics {
         let healthy = snapshot.threads.saturating_sub(snapshot.unhealthy_threads);
         self.threads.get_or_create(&vec![("state", "healthy")]).set(healthy as i64);
         self.threads.get_or_create(&vec![("state", "unhealthy")]).set(snapshot.unhealthy_threads as i64);
+        for (kind, errors) in &snapshot.thread_errors {
+            catch_up(&self.thread_errors.get_or_create(&vec![("thread", kind.clone())]), *errors);
+        }
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut text, &self.registry);

@@ -82,6 +82,7 @@ pub fn metrics(state: ApiState) -> Response {
         free_bytes: state.store.free_bytes(),
         threads,
         unhealthy_threads,
+        thread_errors: state.health.thread_errors(),
     });
     let mut response = text.into_response();
     response.headers_mut().insert(

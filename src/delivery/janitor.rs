@@ -40,6 +40,7 @@ pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Rec
     loop {
         beat.busy();
         if let Err(err) = sweep(&store, &config) {
+            beat.error();
             let err = store.note(err);
             // A refused write (low space) is expected while it lasts; the next sweep retries.
             if err.is_host_fault() {

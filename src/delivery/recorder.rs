@@ -47,6 +47,7 @@ pub fn run(
             (0..disabled).for_each(|_| metrics.subscription_disabled());
         }
         if let Err(err) = &recorded {
+            beat.error();
             // The queue keys are still in storage: the deliveries are attempted again later.
             tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
         }
@@ -133,6 +134,7 @@ mod tests {
             free_bytes: 0,
             threads: 0,
             unhealthy_threads: 0,
+            thread_errors: Vec::new(),
         });
         assert!(text.contains("atender_subscriptions_disabled_total 1\n"), "{text}");
     }

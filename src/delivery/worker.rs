@@ -49,6 +49,7 @@ pub fn run(
             }
             Ok(None) => progress.send(Progress::Skipped { job }).is_ok(),
             Err(err) => {
+                beat.error();
                 let err = context.store.note(err);
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
                 if err.is_host_fault() {

@@ -59,6 +59,7 @@ impl GroupCommit {
                 group.extend(incoming.try_iter());
                 let result = make_durable(&db, &data_file);
                 if let Err(err) = &result {
+                    beat.error();
                     errors.count(err);
                     health.fatal(format!("flushing storage failed: {err}"));
                 }

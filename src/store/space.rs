@@ -290,6 +290,7 @@ impl Monitor {
                     match db.insert(b"storage-probe", &now_millis().to_be_bytes()) {
                         Ok(_) => thread_last.store(now_millis(), Ordering::Relaxed),
                         Err(err) => {
+                            beat.error();
                             let err = StoreError::from(err);
                             errors.count(&err);
                             health

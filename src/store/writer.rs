@@ -40,6 +40,13 @@ impl PublishWriter {
                 }
                 let (requests, replies): (Vec<PublishRequest>, Vec<Reply>) = group.into_iter().unzip();
                 for (reply, result) in replies.into_iter().zip(trees.publish_group(&requests)) {
+                    // An idempotency conflict is the client's error, not the thread's.
+                    if result
+                        .as_ref()
+                        .is_err_and(|err| !matches!(err, StoreError::IdempotencyConflict { .. }))
+                    {
+                        beat.error();
+                    }
                     // A caller that went away (its request was cancelled) is fine to ignore.
                     let _ = reply.send(result.map_err(|err| trees.note(err)));
                 }

@@ -157,6 +157,8 @@ fn a_full_disk_costs_only_503s_and_recovers_without_a_restart() {
     let metrics = served.call("GET", "/metrics", ACME_KEY, None).text;
     assert!(metrics.contains("atender_storage_healthy 0"), "{metrics}");
     assert!(!metrics.contains("atender_storage_errors_total{kind=\"no_space\"} 0\n"), "{metrics}");
+    assert!(metrics.contains("atender_thread_errors_total{thread=\"publish-writer\"}"), "{metrics}");
+    assert!(!metrics.contains("atender_thread_errors_total{thread=\"publish-writer\"} 0\n"), "{metrics}");
 
     // Deliveries of what is stored go on meanwhile.
     wait_until("the live receiver got every accepted event", LONG, || {
