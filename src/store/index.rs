@@ -104,3 +104,71 @@ pub(super) fn move_indexes(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::AttemptDecision;
+    use crate::model::{Attempt, Subscription};
+    use crate::store::Store;
+    use sled::Transactional;
+
+    /// The index entries a delivery has in storage now: (queue, held, finished, log byte).
+    fn stored(store: &Store, delivery: &Delivery) -> (bool, Option<Millis>, bool, Option<u8>) {
+        let index_key = keys::subscription_delivery(&delivery.subscription_id, &delivery.id);
+        let queued = store.queue.scan_prefix(delivery.subscription_id.as_bytes()).count() == 1;
+        let held = store.held.get(&index_key).unwrap().and_then(|value| keys::parse_held_since(&value));
+        let finished = store.finished.iter().count() == 1;
+        let log = store.subscription_deliveries.get(&index_key).unwrap().map(|value| value[0]);
+        (queued, held, finished, log)
+    }
+
+    fn apply(store: &Store, before: Option<&Delivery>, after: Option<&Delivery>, now: Millis) {
+        let trees = (&store.queue, &store.held, &store.subscription_deliveries, &store.finished);
+        trees
+            .transaction(|(queue, held, log, finished)| {
+                move_indexes(&Indexes { queue, held, log, finished }, before, after, now)?;
+                Ok::<(), sled::transaction::ConflictableTransactionError<()>>(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn every_state_has_exactly_its_entries_through_a_whole_life() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let subscription = Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], 0);
+        let id = crate::model::IdKind::Delivery.new_id(10);
+        let new = Delivery::new(id, &subscription, "evt_1", "a.b", 10);
+        apply(&store, None, Some(&new), 10);
+        assert_eq!(stored(&store, &new), (true, None, false, Some(0)), "pending");
+
+        let mut retried = new.clone();
+        let attempt = Attempt { at: 20, duration_ms: 1, response_code: Some(503), error: None };
+        retried.record_attempt(attempt.clone(), &AttemptDecision::Retry { due: 99 }, 21);
+        apply(&store, Some(&new), Some(&retried), 21);
+        let due: Vec<_> =
+            store.queue.iter().keys().map(|key| keys::parse_queue(&key.unwrap()).unwrap().1).collect();
+        assert_eq!(due, [99], "the queue key moved to the new due time");
+
+        let mut held = retried.clone();
+        assert!(held.hold());
+        apply(&store, Some(&retried), Some(&held), 30);
+        assert_eq!(stored(&store, &held), (false, Some(30), false, Some(1)), "held since 30");
+        apply(&store, Some(&held), Some(&held), 40);
+        assert_eq!(stored(&store, &held).1, Some(30), "staying held keeps the stamp");
+
+        let mut expired = held.clone();
+        assert!(expired.expire(50));
+        apply(&store, Some(&held), Some(&expired), 50);
+        assert_eq!(stored(&store, &expired), (false, None, true, Some(4)), "expired");
+
+        let mut again = expired.clone();
+        assert!(again.redeliver(false, 60));
+        apply(&store, Some(&expired), Some(&again), 60);
+        assert_eq!(stored(&store, &again), (false, Some(60), false, Some(1)), "redelivered while paused");
+
+        apply(&store, Some(&again), None, 70);
+        assert_eq!(stored(&store, &again), (false, None, false, None), "removed: no entry left");
+    }
+}
