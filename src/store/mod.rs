@@ -282,11 +282,6 @@ impl Store {
 }
 
 impl Trees {
-    /// Whether the database answers reads.
-    pub fn is_healthy(&self) -> bool {
-        self.subscriptions.first().is_ok()
-    }
-
     /// Why writes are refused now (low space, read-only, a fatal fault), or `None`.
     pub fn write_refusal(&self) -> Option<String> {
         match self.health.fatal_reason() {
