@@ -191,6 +191,11 @@ impl Health {
         }
     }
 
+    /// Whether a fatal fault is recorded (cheap: no copy of the reason).
+    pub fn has_failed(&self) -> bool {
+        self.fatal.get().is_some()
+    }
+
     pub fn fatal_reason(&self) -> Option<String> {
         self.fatal.get().cloned()
     }

@@ -8,7 +8,6 @@ use warp::Reply;
 use crate::api::request::json_reply;
 use crate::api::ApiState;
 use crate::metrics::Snapshot;
-use crate::store::SpaceState;
 
 /// `GET /healthz`: 200 `{"status": "ok"}` while every internal thread (publish writer, group
 /// commit, storage monitor, scheduler, recorder, workers, janitor) is alive and none has been
@@ -26,25 +25,12 @@ pub fn healthz(state: ApiState) -> Response {
     }
 }
 
-/// How long the storage monitor's probe may be overdue before readiness reports storage stalled.
-const PROBE_OVERDUE: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// `GET /readyz`: 200 when storage takes writes, the delivery workers run and the daemon is not
 /// shutting down; 503 otherwise, with `storage` one of `ok`, `low_space`, `read_only`,
 /// `stalled`, `failed` and `storageReason` saying why in words. Never touches the storage
 /// engine itself, so it answers even when storage hangs.
 pub fn readyz(state: ApiState) -> Response {
-    let (storage, reason) = if let Some(reason) = state.health.fatal_reason() {
-        ("failed", Some(reason))
-    } else if state.store.probe_overdue(PROBE_OVERDUE) {
-        ("stalled", Some(format!("a storage write has not returned for over {} s", PROBE_OVERDUE.as_secs())))
-    } else {
-        match state.store.space_state() {
-            SpaceState::Ok => ("ok", None),
-            SpaceState::ReadOnly => ("read_only", state.store.write_refusal()),
-            SpaceState::Low | SpaceState::Critical => ("low_space", state.store.write_refusal()),
-        }
-    };
+    let (storage, reason) = state.store.status();
     let running = state.health.delivery_running();
     let stopping = state.health.shutting_down();
     let ready = storage == "ok" && running && !stopping;
@@ -68,9 +54,7 @@ pub fn readyz(state: ApiState) -> Response {
 pub fn metrics(state: ApiState) -> Response {
     let (pending, held) = state.store.queue_depth();
     let stats = state.store.commit_stats();
-    let storage_healthy = state.health.fatal_reason().is_none()
-        && !state.store.probe_overdue(PROBE_OVERDUE)
-        && state.store.space_state() == SpaceState::Ok;
+    let storage_healthy = state.store.status().0 == "ok";
     let (threads, unhealthy_threads) = state.health.thread_counts();
     let text = state.metrics.render(&Snapshot {
         pending,

@@ -106,6 +106,9 @@ const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 /// [`StoreError::Stalled`] (a 503): a flush that does not return is a host fault, never a hang.
 pub const DURABLE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How late the storage monitor's probe may be before storage counts as stalled.
+pub const PROBE_OVERDUE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Default free-space reserve of the data dir's file system (`storage.min_free_bytes`).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
 
@@ -231,10 +234,24 @@ impl Store {
         Ok(Store { trees, commit, writer, monitor: Arc::new(monitor), stall_logged: Arc::default() })
     }
 
-    /// Whether the storage monitor's last probe is older than `limit` (it is stuck in sled).
-    pub fn probe_overdue(&self, limit: std::time::Duration) -> bool {
-        let last = self.monitor.last_probe_ok.load(Ordering::Relaxed);
-        crate::model::now_millis().saturating_sub(last) > limit.as_millis() as Millis
+    /// How storage stands, for `/readyz` and the `atender_storage_healthy` gauge: `ok`,
+    /// `low_space`, `read_only`, `stalled` (the monitor's probe is more than [`PROBE_OVERDUE`]
+    /// late: sled is stuck) or `failed` (a fatal fault), with the reason in words. Reads no
+    /// sled state, so it answers while storage hangs.
+    pub fn status(&self) -> (&'static str, Option<String>) {
+        if let Some(reason) = self.health.fatal_reason() {
+            return ("failed", Some(reason));
+        }
+        let last_probe = self.monitor.last_probe_ok.load(Ordering::Relaxed);
+        if crate::model::now_millis().saturating_sub(last_probe) > PROBE_OVERDUE.as_millis() as Millis {
+            let reason = format!("a storage write has not returned for over {} s", PROBE_OVERDUE.as_secs());
+            return ("stalled", Some(reason));
+        }
+        match self.space.state() {
+            SpaceState::Ok => ("ok", None),
+            SpaceState::ReadOnly => ("read_only", self.space.refusal()),
+            SpaceState::Low | SpaceState::Critical => ("low_space", self.space.refusal()),
+        }
     }
 
     /// Stores a publish request together with whatever other requests are waiting (one
@@ -282,19 +299,6 @@ impl Store {
 }
 
 impl Trees {
-    /// Why writes are refused now (low space, read-only, a fatal fault), or `None`.
-    pub fn write_refusal(&self) -> Option<String> {
-        match self.health.fatal_reason() {
-            Some(reason) => Some(reason),
-            None => self.space.refusal(),
-        }
-    }
-
-    /// The free-space state of the data dir's file system.
-    pub fn space_state(&self) -> SpaceState {
-        self.space.state()
-    }
-
     /// Bytes free on the data dir's file system at the last reading.
     pub fn free_bytes(&self) -> u64 {
         self.space.free_bytes()
@@ -307,8 +311,7 @@ impl Trees {
 
     /// True while delivery should not start attempts whose outcome could not be stored.
     pub fn dispatch_paused(&self) -> bool {
-        matches!(self.space.state(), SpaceState::Critical | SpaceState::ReadOnly)
-            || self.health.fatal_reason().is_some()
+        matches!(self.space.state(), SpaceState::Critical | SpaceState::ReadOnly) || self.health.has_failed()
     }
 
     /// Admits a write of `class` (see [`WriteClass`]) or refuses it with the reason.
@@ -318,7 +321,7 @@ impl Trees {
 
     /// [`Trees::admit`] for a write of about `bytes`, taken off the free-space reading at once.
     pub(crate) fn admit_bytes(&self, class: WriteClass, bytes: u64) -> Result<(), StoreError> {
-        if self.health.fatal_reason().is_some() {
+        if self.health.has_failed() {
             return Err(StoreError::Unavailable);
         }
         self.space.admit_bytes(class, bytes)
