@@ -210,18 +210,13 @@ impl Trees {
         let queue_key = keys::queue(subscription_id, due, delivery_id);
         (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
             .transaction(|(deliveries, queue, held, log, finished)| {
+                let indexes = Indexes { queue, held, log, finished };
                 queue.remove(queue_key.as_slice())?;
                 let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
                 let before: Delivery = abort_on(decode(&bytes))?;
                 let mut after = before.clone();
                 if after.hold() {
-                    store_delivery(
-                        deliveries,
-                        &Indexes { queue, held, log, finished },
-                        Some(&before),
-                        &after,
-                        now,
-                    )?;
+                    store_delivery(deliveries, &indexes, Some(&before), &after, now)?;
                 }
                 Ok(())
             })?;
@@ -322,6 +317,7 @@ impl Trees {
             let done =
                 (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
                     .transaction(|(deliveries, queue, held, log, finished)| {
+                        let indexes = Indexes { queue, held, log, finished };
                         // Held again meanwhile (released and held anew): not this entry any more.
                         if held.get(&key)?.is_none_or(|current| current != value) {
                             return Ok(false);
@@ -336,13 +332,7 @@ impl Trees {
                             held.remove(&key)?;
                             return Ok(false);
                         }
-                        store_delivery(
-                            deliveries,
-                            &Indexes { queue, held, log, finished },
-                            Some(&before),
-                            &after,
-                            now,
-                        )?;
+                        store_delivery(deliveries, &indexes, Some(&before), &after, now)?;
                         Ok(true)
                     })?;
             expired += usize::from(done);
@@ -416,6 +406,7 @@ impl Trees {
         let result =
             (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
                 .transaction(|(deliveries, queue, held, log, finished)| {
+                    let indexes = Indexes { queue, held, log, finished };
                     let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
                     let before: Delivery = abort_on(decode(&bytes))?;
                     if before.subscription_id != subscription_id {
@@ -423,13 +414,7 @@ impl Trees {
                     }
                     let mut after = before.clone();
                     if after.redeliver(subscription.is_deliverable(), now) {
-                        store_delivery(
-                            deliveries,
-                            &Indexes { queue, held, log, finished },
-                            Some(&before),
-                            &after,
-                            now,
-                        )?;
+                        store_delivery(deliveries, &indexes, Some(&before), &after, now)?;
                     }
                     Ok(Some(after))
                 })?;
