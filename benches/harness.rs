@@ -12,8 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atender_webhooks::config::key_digest;
-use atender_webhooks::model::{now_millis, Attempt, IdKind, Subscription};
-use atender_webhooks::store::{AttemptDecision, AttemptRecord, NewEvent, Store};
+use atender_webhooks::model::{now_millis, Attempt, EventId, Subscription, SubscriptionId};
+use atender_webhooks::store::{
+    AttemptDecision, AttemptRecord, DueWork, NewEvent, Outcomes, SledStore, Subscriptions, Vitals,
+};
 use atender_webhooks::{Config, Daemon};
 use serde_json::{json, Value};
 use warp::Filter;
@@ -292,9 +294,8 @@ impl BenchDaemon {
     }
 
     fn commit_stats(&self) -> f64 {
-        let stats = self.daemon.store().commit_stats();
-        let flushes = stats.flushes.load(Ordering::Relaxed).max(1);
-        stats.requests.load(Ordering::Relaxed) as f64 / flushes as f64
+        let figures = self.daemon.store().figures();
+        figures.flushed_writes as f64 / figures.flushes.max(1) as f64
     }
 
     fn stop(self, runtime: &tokio::runtime::Runtime) {
@@ -649,10 +650,10 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     std::fs::write(dir.path().join("config.toml"), config_text(&data, "10s")).unwrap();
-    let store = Store::open(&data).unwrap();
+    let store = SledStore::open(&data).unwrap();
     let now = now_millis();
     // Ten subscriptions, as a real backlog spreads over several endpoints.
-    let subscriptions: Vec<String> = (0..10)
+    let subscriptions: Vec<SubscriptionId> = (0..10)
         .map(|n| {
             let mut subscription = Subscription::new(
                 "bench",
@@ -671,18 +672,18 @@ fn seeded_backlog(size: usize) -> tempfile::TempDir {
     for _ in 0..size.div_ceil(per_event).div_ceil(500) {
         let events: Vec<NewEvent> = (0..500)
             .map(|_| NewEvent {
-                id: IdKind::Event.new_id(now),
+                id: EventId::new(now),
                 event_type: "message.received".into(),
                 body: body.clone(),
                 client_id: None,
                 fingerprint: [0; 32],
             })
             .collect();
-        store.publish("bench", true, &events, now).unwrap();
+        store.publish_now("bench", true, &events, now).unwrap();
     }
     // Every delivery has failed once and waits an hour for its retry.
     let due = now + 3_600_000;
-    let queued: Vec<(String, u64, String)> = subscriptions
+    let queued: Vec<_> = subscriptions
         .iter()
         .flat_map(|subscription| {
             store

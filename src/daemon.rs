@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
@@ -14,17 +13,16 @@ use crate::config::{Config, SharedConfig};
 use crate::delivery::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::{Store, StoreOptions};
+use crate::store::{Storage, StoreOptions};
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] leaves its threads running.
 pub struct Daemon {
     local_addr: SocketAddr,
     config: Arc<SharedConfig>,
-    store: Store,
+    store: Arc<dyn Storage>,
     health: Arc<Health>,
     engine: Engine,
     server: JoinHandle<()>,
-    stop_server: oneshot::Sender<()>,
 }
 
 impl Daemon {
@@ -36,7 +34,7 @@ impl Daemon {
         // Queue notices: the store announces committed queue writes, the engine listens.
         let (notices, notices_rx) = crossbeam_channel::unbounded();
         let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices };
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, &options))
+        let store = tokio::task::spawn_blocking(move || crate::store::open(&data_dir, &options))
             .await?
             .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
         tracing::info!(data_dir = %config.data_dir.display(), "storage open");
@@ -52,17 +50,16 @@ impl Daemon {
         tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
         let state =
             ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };
-        let (stop_server, stopped) = oneshot::channel::<()>();
+        // The server stops taking connections on the daemon's one shutdown signal.
+        let shutdown = health.shutdown_signal().clone();
         let server = tokio::spawn(
             warp::serve(api::routes(state))
                 .incoming(listener)
-                .graceful(async {
-                    let _ = stopped.await;
-                })
+                .graceful(async move { shutdown.raised().await })
                 .run(),
         );
         tracing::info!(%local_addr, "listening");
-        Ok(Daemon { local_addr, config, store, health, engine, server, stop_server })
+        Ok(Daemon { local_addr, config, store, health, engine, server })
     }
 
     /// The address the API actually listens on.
@@ -111,13 +108,13 @@ impl Daemon {
     /// answer, so a last flush that fails loses nothing acknowledged.
     pub async fn shutdown(self, grace: Duration) -> anyhow::Result<bool> {
         let deadline = tokio::time::Instant::now() + grace;
+        // One signal: the server stops accepting, the engine's threads stop taking work.
         self.health.begin_shutdown();
-        let _ = self.stop_server.send(());
         let server_done = tokio::time::timeout_at(deadline, self.server).await.is_ok();
         let engine = self.engine;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         let engine_done = tokio::task::spawn_blocking(move || engine.shutdown(remaining)).await?;
-        if let Err(err) = self.store.durable().await {
+        if let Err(err) = self.store.flush().await {
             tracing::error!(error = %err, "the last flush at shutdown failed; every acknowledged write was flushed before its answer");
             return Ok(false);
         }
@@ -129,8 +126,8 @@ impl Daemon {
         &self.health
     }
 
-    /// The store, for tests and benchmarks that inspect state.
-    pub fn store(&self) -> &Store {
+    /// Storage, for tests and benchmarks that inspect state.
+    pub fn store(&self) -> &Arc<dyn Storage> {
         &self.store
     }
 }

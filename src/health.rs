@@ -7,6 +7,12 @@
 //! as it unwinds) or has been busy on one item for longer than its limit. Waiting for work is
 //! never unhealthy, however long it lasts.
 //!
+//! The same guard carries the daemon's one [`Shutdown`] signal to every thread: a thread that
+//! finds its own work (scheduler, workers, janitor, storage monitor) stops when it is raised
+//! ([`BeatGuard::stopping`], [`BeatGuard::stop_signal`], [`BeatGuard::rest`]); a thread that
+//! serves requests others wait on (publish writer, group commit, recorder) keeps serving until
+//! its last client is gone, so the work accepted before the signal still completes.
+//!
 //! A *fatal* storage fault (an error after which the storage engine cannot go on in this
 //! process, see ARCHITECTURE.md "Host faults") is recorded here once; the serving loop waits for
 //! it and exits non-zero so the service manager restarts the daemon.
@@ -76,11 +82,86 @@ impl Beat {
     }
 }
 
-/// Held by a thread for its whole life: dropping it (return or panic) marks the thread exited.
+/// The daemon's shutdown signal: raised once, seen by every thread and task holding a clone.
+/// Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Shutdown(Arc<ShutdownInner>);
+
 #[derive(Debug)]
-pub struct BeatGuard(Arc<Beat>);
+struct ShutdownInner {
+    raised: AtomicBool,
+    /// Dropped when raised: a closed channel is ready at once in every `select!` that waits on
+    /// the receiver, however many threads wait.
+    sender: Mutex<Option<crossbeam_channel::Sender<()>>>,
+    receiver: crossbeam_channel::Receiver<()>,
+    /// The same for async tasks.
+    watch: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        let (sender, receiver) = crossbeam_channel::bounded(0);
+        Shutdown(Arc::new(ShutdownInner {
+            raised: AtomicBool::new(false),
+            sender: Mutex::new(Some(sender)),
+            receiver,
+            watch: tokio::sync::watch::Sender::new(false),
+        }))
+    }
+}
+
+impl Shutdown {
+    /// Raises the signal (again: no effect).
+    pub fn raise(&self) {
+        self.0.raised.store(true, Ordering::SeqCst);
+        self.0.sender.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.0.watch.send_replace(true);
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.0.raised.load(Ordering::SeqCst)
+    }
+
+    /// A channel that becomes ready (disconnected) when the signal is raised, for
+    /// `crossbeam_channel::select!`. Never carries a message.
+    pub fn channel(&self) -> &crossbeam_channel::Receiver<()> {
+        &self.0.receiver
+    }
+
+    /// Waits up to `period`; returns false as soon as the signal is raised (at once if it is).
+    pub fn rest(&self, period: Duration) -> bool {
+        !self.is_raised() && self.0.receiver.recv_timeout(period).is_err_and(|err| err.is_timeout())
+    }
+
+    /// Resolves once the signal is raised.
+    pub async fn raised(&self) {
+        let mut watch = self.0.watch.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let _ = watch.wait_for(|raised| *raised).await;
+    }
+}
+
+/// Held by a thread for its whole life: dropping it (return or panic) marks the thread exited.
+/// Carries the daemon's [`Shutdown`] signal.
+#[derive(Debug)]
+pub struct BeatGuard(Arc<Beat>, Shutdown);
 
 impl BeatGuard {
+    /// True once the daemon is shutting down.
+    pub fn stopping(&self) -> bool {
+        self.1.is_raised()
+    }
+
+    /// Ready (disconnected) once the daemon is shutting down, for `select!`.
+    pub fn stop_signal(&self) -> &crossbeam_channel::Receiver<()> {
+        self.1.channel()
+    }
+
+    /// Waits idle up to `period`; false as soon as the daemon is shutting down.
+    pub fn rest(&self, period: Duration) -> bool {
+        self.1.rest(period)
+    }
+
     pub fn busy(&self) {
         self.0.busy();
     }
@@ -106,7 +187,7 @@ impl Drop for BeatGuard {
 #[derive(Debug, Default)]
 pub struct Health {
     delivery_running: AtomicBool,
-    shutting_down: AtomicBool,
+    shutdown: Shutdown,
     beats: Mutex<Vec<Arc<Beat>>>,
     fatal: OnceLock<String>,
     fatal_notify: tokio::sync::Notify,
@@ -121,12 +202,18 @@ impl Health {
         self.delivery_running.load(Ordering::SeqCst)
     }
 
+    /// Raises the shutdown signal every registered thread carries.
     pub fn begin_shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
+        self.shutdown.raise();
     }
 
     pub fn shutting_down(&self) -> bool {
-        self.shutting_down.load(Ordering::SeqCst)
+        self.shutdown.is_raised()
+    }
+
+    /// The shutdown signal, for tasks that are not registered threads (the HTTP server).
+    pub fn shutdown_signal(&self) -> &Shutdown {
+        &self.shutdown
     }
 
     /// Registers the calling thread under `name`; it starts idle. Keep the guard for the
@@ -140,7 +227,7 @@ impl Health {
             errors: AtomicU64::new(0),
         });
         self.beats.lock().unwrap_or_else(|e| e.into_inner()).push(beat.clone());
-        BeatGuard(beat)
+        BeatGuard(beat, self.shutdown.clone())
     }
 
     /// Every thread problem now (empty: all alive and making progress).
@@ -243,6 +330,39 @@ mod tests {
         // Exits are expected once shutdown began.
         health.begin_shutdown();
         assert!(health.problems().is_empty());
+    }
+
+    #[test]
+    fn one_shutdown_signal_reaches_every_thread_and_task() {
+        let health = Health::default();
+        let beats: Vec<BeatGuard> =
+            (0..3).map(|n| health.register(format!("t-{n}"), Duration::from_secs(1))).collect();
+        assert!(beats.iter().all(|beat| !beat.stopping()));
+        assert!(beats[0].rest(Duration::from_millis(1)), "a rest without the signal runs its course");
+        let waiters: Vec<_> = beats
+            .into_iter()
+            .map(|beat| {
+                std::thread::spawn(move || {
+                    crossbeam_channel::select! {
+                        recv(beat.stop_signal()) -> _ => {}
+                        default(Duration::from_secs(30)) => panic!("the signal never came"),
+                    }
+                    assert!(beat.stopping());
+                    assert!(!beat.rest(Duration::from_secs(30)), "no rest once stopping");
+                })
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let signal = health.shutdown_signal().clone();
+        let task = runtime.spawn(async move { signal.raised().await });
+        health.begin_shutdown();
+        health.begin_shutdown();
+        for waiter in waiters {
+            waiter.join().unwrap();
+        }
+        runtime
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap() });
+        assert!(health.shutting_down());
     }
 
     #[test]

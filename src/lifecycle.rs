@@ -17,7 +17,9 @@
 //!     └──────────────────────────────────────────────▶ expired ───────┘
 //! ```
 
-use crate::model::{Attempt, Delivery, DeliveryState, LastDeliveryStatus, Millis, Subscription};
+use crate::model::{
+    Attempt, Delivery, DeliveryId, DeliveryState, EventId, LastDeliveryStatus, Millis, Subscription,
+};
 
 /// What happens after an attempt, decided by the engine's retry policy
 /// (`delivery::worker::decide`).
@@ -35,9 +37,9 @@ impl Delivery {
     /// A new delivery of an event to a subscription: `pending` and due at `now` when the
     /// subscription is deliverable, `held` otherwise.
     pub fn new(
-        id: String,
+        id: DeliveryId,
         subscription: &Subscription,
-        event_id: &str,
+        event_id: &EventId,
         event_type: &str,
         now: Millis,
     ) -> Delivery {
@@ -46,7 +48,7 @@ impl Delivery {
             id,
             tenant_id: subscription.tenant_id.clone(),
             subscription_id: subscription.id.clone(),
-            event_id: event_id.to_owned(),
+            event_id: event_id.clone(),
             event_type: event_type.to_owned(),
             state: if deliverable { DeliveryState::Pending } else { DeliveryState::Held },
             attempts: Vec::new(),
@@ -190,7 +192,8 @@ mod tests {
     }
 
     fn delivery(state: DeliveryState) -> Delivery {
-        let mut delivery = Delivery::new("dlv_1".into(), &subscription(true, false), "evt_1", "a.b", 10);
+        let mut delivery =
+            Delivery::new(DeliveryId::new(1), &subscription(true, false), &EventId::new(1), "a.b", 10);
         delivery.state = state;
         delivery.next_attempt_at = (state == Pending).then_some(10);
         delivery.finished_at = state.is_finished().then_some(20);
@@ -207,7 +210,8 @@ mod tests {
         for (active, paused, state, due) in
             [(true, false, Pending, Some(5)), (true, true, Held, None), (false, false, Held, None)]
         {
-            let delivery = Delivery::new("d".into(), &subscription(active, paused), "e", "a.b", 5);
+            let delivery =
+                Delivery::new(DeliveryId::new(1), &subscription(active, paused), &EventId::new(1), "a.b", 5);
             assert_eq!((delivery.state, delivery.next_attempt_at), (state, due));
         }
     }

@@ -44,11 +44,11 @@ pub struct Snapshot {
     pub flushes: u64,
     pub durable_writes: u64,
     /// Storage errors by kind (`no_space`, `read_only`, `io`, `corrupt`, `stalled`).
-    pub storage_errors: [(&'static str, u64); 5],
+    pub storage_errors: Vec<(&'static str, u64)>,
     /// Storage takes writes (no fault, space above the reserve, probe on time).
     pub storage_healthy: bool,
-    /// Bytes free on the data dir's file system.
-    pub free_bytes: u64,
+    /// Bytes free on the data dir's file system (`None`: storage is not on a local one).
+    pub free_bytes: Option<u64>,
     /// Internal threads registered, and how many are exited or stalled.
     pub threads: usize,
     pub unhealthy_threads: usize,
@@ -204,11 +204,13 @@ impl Metrics {
         self.queue_depth.get_or_create(&vec![("state", "held")]).set(snapshot.held as i64);
         catch_up(&self.group_commit_flushes, snapshot.flushes);
         catch_up(&self.group_commit_requests, snapshot.durable_writes);
-        for (kind, count) in snapshot.storage_errors {
+        for &(kind, count) in &snapshot.storage_errors {
             catch_up(&self.storage_errors.get_or_create(&vec![("kind", kind)]), count);
         }
         self.storage_healthy.set(i64::from(snapshot.storage_healthy));
-        self.storage_free_bytes.set(snapshot.free_bytes.min(i64::MAX as u64) as i64);
+        if let Some(free) = snapshot.free_bytes {
+            self.storage_free_bytes.set(free.min(i64::MAX as u64) as i64);
+        }
         let healthy = snapshot.threads.saturating_sub(snapshot.unhealthy_threads);
         self.threads.get_or_create(&vec![("state", "healthy")]).set(healthy as i64);
         self.threads.get_or_create(&vec![("state", "unhealthy")]).set(snapshot.unhealthy_threads as i64);

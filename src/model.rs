@@ -1,10 +1,10 @@
 //! Domain types and identifiers: subscriptions, events, deliveries and their attempts.
 //! Plain data, no I/O and no clock: times are unix milliseconds handed in by the caller.
 //!
-//! These structs are also the current on-disk shape (see `store::codec`): change a field and you
-//! must freeze the old shape as a previous version and migrate it on read.
+//! These are not the on-disk shapes: storage keeps its own frozen records (`store::records`)
+//! and converts, so a field here can change without touching what is stored.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 /// Unix time in milliseconds.
 pub type Millis = u64;
@@ -23,56 +23,125 @@ pub fn rfc3339(at: Millis) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// The kinds of identifier, each with its prefix. Ids are prefix + ULID, so they sort by
-/// creation time and are exactly `prefix.len() + 26` bytes long.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdKind {
-    Subscription,
-    Event,
-    Delivery,
+/// A new ULID made at `at` for id kind `slot`, greater than every one made before for that
+/// slot by this process: listings promise newest first by id, and two ids made within one
+/// millisecond must not sort at random.
+fn next_ulid(slot: usize, at: Millis) -> ulid::Ulid {
+    /// The last ULID of each kind. Id generation is the one piece of process-wide state, as a
+    /// random number generator would be.
+    static LAST: std::sync::Mutex<[Option<ulid::Ulid>; 3]> = std::sync::Mutex::new([None; 3]);
+    let random = u128::from_le_bytes(random_bytes::<16>());
+    let fresh = ulid::Ulid::from_parts(at, random);
+    let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let id = match last[slot] {
+        // Same millisecond (or the clock stepped back): one more than the previous id.
+        Some(previous) if fresh <= previous => previous.increment().unwrap_or(fresh),
+        _ => fresh,
+    };
+    last[slot] = Some(id);
+    id
 }
 
-impl IdKind {
-    pub fn prefix(self) -> &'static str {
-        match self {
-            IdKind::Subscription => "wh_",
-            IdKind::Event => "evt_",
-            IdKind::Delivery => "dlv_",
+/// Defines an identifier type: prefix + ULID (Crockford base32, 26 characters), so ids sort by
+/// creation time and every id of a kind is exactly [`Self::LEN`] ASCII bytes — the fixed width
+/// the storage key encodings rely on (`store::keys`). Only [`Self::new`] and [`Self::parse`]
+/// (which validates) make one, so a value of the type is always well-formed.
+macro_rules! typed_id {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $slot:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The prefix every id of this kind starts with.
+            pub const PREFIX: &'static str = $prefix;
+            /// Length in bytes of every id of this kind: the prefix plus 26.
+            pub const LEN: usize = $prefix.len() + 26;
+
+            /// A new id created at `at` (Unix ms), greater than every id of this kind this
+            /// process made before.
+            pub fn new(at: Millis) -> Self {
+                $name(format!("{}{}", $prefix, next_ulid($slot, at)))
+            }
+
+            /// `text` as an id of this kind, or `None` when it is not a well-formed one (it
+            /// may still not exist).
+            pub fn parse(text: &str) -> Option<Self> {
+                let ulid = text.strip_prefix($prefix)?;
+                (ulid.len() == 26 && ulid::Ulid::from_string(ulid).is_ok()).then(|| $name(text.to_owned()))
+            }
+
+            /// [`Self::parse`] of stored bytes (a key or a record field).
+            pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+                Self::parse(std::str::from_utf8(bytes).ok()?)
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+
+            pub fn as_bytes(&self) -> &[u8] {
+                self.0.as_bytes()
+            }
+
+            /// The creation time encoded in the id (Unix ms).
+            pub fn created_at(&self) -> Millis {
+                ulid::Ulid::from_string(&self.0[$prefix.len()..]).map(|ulid| ulid.timestamp_ms()).unwrap_or(0)
+            }
         }
-    }
 
-    /// A new id created at `at`, greater than every id of this kind made before by this
-    /// process: listings promise newest first by id, and two ids made within one millisecond
-    /// must not sort at random.
-    pub fn new_id(self, at: Millis) -> String {
-        /// The last id of each kind. Id generation is the one piece of process-wide state, as
-        /// a random number generator would be.
-        static LAST: std::sync::Mutex<[Option<ulid::Ulid>; 3]> = std::sync::Mutex::new([None; 3]);
-        let random = u128::from_le_bytes(random_bytes::<16>());
-        let fresh = ulid::Ulid::from_parts(at, random);
-        let slot = self as usize;
-        let mut last = LAST.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let id = match last[slot] {
-            // Same millisecond (or the clock stepped back): one more than the previous id.
-            Some(previous) if fresh <= previous => previous.increment().unwrap_or(fresh),
-            _ => fresh,
-        };
-        last[slot] = Some(id);
-        format!("{}{}", self.prefix(), id)
-    }
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
 
-    /// Whether `text` is a well-formed id of this kind (it may still not exist).
-    pub fn is_valid(self, text: &str) -> bool {
-        text.strip_prefix(self.prefix())
-            .is_some_and(|rest| rest.len() == 26 && ulid::Ulid::from_string(rest).is_ok())
-    }
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                std::fmt::Debug::fmt(&self.0, f)
+            }
+        }
 
-    /// The creation time encoded in a well-formed id.
-    pub fn created_at(self, text: &str) -> Option<Millis> {
-        let rest = text.strip_prefix(self.prefix())?;
-        ulid::Ulid::from_string(rest).ok().map(|ulid| ulid.timestamp_ms())
-    }
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
 }
+
+typed_id!(
+    /// A subscription's id: `wh_` + ULID (29 bytes).
+    SubscriptionId,
+    "wh_",
+    0
+);
+typed_id!(
+    /// An event's id: `evt_` + ULID (30 bytes); the `id` of the delivery body.
+    EventId,
+    "evt_",
+    1
+);
+typed_id!(
+    /// A delivery's id: `dlv_` + ULID (30 bytes); sent as `X-Atender-Delivery` and as the
+    /// Standard Webhooks `webhook-id`, the receiver's deduplication key.
+    DeliveryId,
+    "dlv_",
+    2
+);
 
 /// Bytes from the OS CSPRNG. Failure to read it is unrecoverable for a security product.
 pub fn random_bytes<const N: usize>() -> [u8; N] {
@@ -89,10 +158,8 @@ pub fn new_secret() -> SigningSecret {
 
 /// A subscription's signing secret (`whsec_…`). `Debug` and `Display` print `<redacted>`, so
 /// a secret never reaches a log line or a panic message by accident; [`SigningSecret::expose`]
-/// is the one way to read it (to sign, and in the create and rotate answers). Stored as a plain
-/// string (`serde(transparent)`): the on-disk bytes are those of a `String`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
+/// is the one way to read it (to sign, to store, and in the create and rotate answers).
+#[derive(Clone, PartialEq, Eq)]
 pub struct SigningSecret(String);
 
 impl SigningSecret {
@@ -121,7 +188,7 @@ impl std::fmt::Display for SigningSecret {
 }
 
 /// Outcome of the most recent attempt, as shown on the subscription.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LastDeliveryStatus {
     Succeeded,
     Failed,
@@ -137,16 +204,16 @@ impl LastDeliveryStatus {
 }
 
 /// A signing secret that still verifies for a while after a rotation with grace.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetiredSecret {
     pub secret: SigningSecret,
     pub valid_until: Millis,
 }
 
 /// A webhook subscription of one tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
-    pub id: String,
+    pub id: SubscriptionId,
     pub tenant_id: String,
     pub name: String,
     pub url: String,
@@ -182,7 +249,7 @@ impl Subscription {
         now: Millis,
     ) -> Subscription {
         Subscription {
-            id: IdKind::Subscription.new_id(now),
+            id: SubscriptionId::new(now),
             tenant_id: tenant_id.to_owned(),
             name: name.into(),
             url: url.into(),
@@ -229,9 +296,9 @@ impl Subscription {
 }
 
 /// An accepted event. `body` is the exact JSON sent to every receiver, on every attempt.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub id: String,
+    pub id: EventId,
     pub tenant_id: String,
     pub event_type: String,
     pub created_at: Millis,
@@ -241,7 +308,7 @@ pub struct Event {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DeliveryState {
     Pending,
     Held,
@@ -280,7 +347,7 @@ impl DeliveryState {
 }
 
 /// One HTTP attempt of a delivery.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub at: Millis,
     pub duration_ms: u32,
@@ -292,12 +359,12 @@ pub struct Attempt {
 pub const MAX_LOGGED_ATTEMPTS: usize = 50;
 
 /// One event on its way to one subscription.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
-    pub id: String,
+    pub id: DeliveryId,
     pub tenant_id: String,
-    pub subscription_id: String,
-    pub event_id: String,
+    pub subscription_id: SubscriptionId,
+    pub event_id: EventId,
     pub event_type: String,
     pub state: DeliveryState,
     /// Logged attempts, oldest first (at most [`MAX_LOGGED_ATTEMPTS`]).
@@ -327,19 +394,21 @@ mod tests {
     #[test]
     fn ids_sort_by_creation_time_and_validate() {
         // Far in the future, so ids other tests made at the real time do not interfere.
-        let earlier = IdKind::Subscription.new_id(200_000_000_001_000);
-        let later = IdKind::Subscription.new_id(200_000_000_002_000);
+        let earlier = SubscriptionId::new(200_000_000_001_000);
+        let later = SubscriptionId::new(200_000_000_002_000);
         assert!(earlier < later);
-        assert!(IdKind::Subscription.is_valid(&earlier));
-        assert!(!IdKind::Delivery.is_valid(&earlier));
-        assert!(!IdKind::Subscription.is_valid("wh_nope"));
-        assert_eq!(IdKind::Subscription.created_at(&later), Some(200_000_000_002_000));
-        assert_eq!(earlier.len(), 3 + 26);
+        assert_eq!(SubscriptionId::parse(earlier.as_str()), Some(earlier.clone()));
+        assert_eq!(DeliveryId::parse(earlier.as_str()), None);
+        assert_eq!(SubscriptionId::parse("wh_nope"), None);
+        assert_eq!(SubscriptionId::parse("wh_01ARZ3NDEKTSV4RRFFQ69G5FA!"), None);
+        assert_eq!(later.created_at(), 200_000_000_002_000);
+        assert_eq!(earlier.as_str().len(), SubscriptionId::LEN);
+        assert_eq!((SubscriptionId::LEN, EventId::LEN, DeliveryId::LEN), (29, 30, 30));
     }
 
     #[test]
     fn ids_made_in_one_millisecond_still_increase() {
-        let ids: Vec<String> = (0..1000).map(|_| IdKind::Delivery.new_id(200_000_000_005_000)).collect();
+        let ids: Vec<DeliveryId> = (0..1000).map(|_| DeliveryId::new(200_000_000_005_000)).collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
     }
 
@@ -366,7 +435,5 @@ mod secret_tests {
             assert!(!printed.contains(&secret), "{printed}");
             assert!(printed.contains("<redacted>"), "{printed}");
         }
-        // The same bytes as the String it replaced, so stored subscriptions read unchanged.
-        assert_eq!(bincode::serialize(&subscription.secret).unwrap(), bincode::serialize(&secret).unwrap());
     }
 }

@@ -11,7 +11,7 @@ use crate::api::request::{authorize, json_reply, page_limit, parse_query, query_
 use crate::api::webhooks::find;
 use crate::api::ApiState;
 use crate::config::Scope;
-use crate::model::{rfc3339, Attempt, Delivery, DeliveryState, IdKind};
+use crate::model::{rfc3339, Attempt, Delivery, DeliveryId, DeliveryState, SubscriptionId};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -51,9 +51,9 @@ struct DeliveryView {
 impl DeliveryView {
     fn new(delivery: &Delivery, payload: Option<Box<RawValue>>) -> DeliveryView {
         DeliveryView {
-            id: delivery.id.clone(),
-            subscription_id: delivery.subscription_id.clone(),
-            event_id: delivery.event_id.clone(),
+            id: delivery.id.to_string(),
+            subscription_id: delivery.subscription_id.to_string(),
+            event_id: delivery.event_id.to_string(),
             event: delivery.event_type.clone(),
             status: delivery.state.as_str(),
             attempts: delivery.attempts.iter().map(AttemptView::from).collect(),
@@ -85,11 +85,14 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let cursor = query_value(&pairs, "cursor");
-    if cursor.is_some_and(|cursor| !IdKind::Delivery.is_valid(cursor)) {
-        return Err(ApiError::validation("cursor is not a cursor this API returned (expected a dlv_ id)"));
-    }
-    let (page, next) = state.store.list_deliveries(&subscription.id, status, limit, cursor)?;
+    let cursor = query_value(&pairs, "cursor")
+        .map(|cursor| {
+            DeliveryId::parse(cursor).ok_or_else(|| {
+                ApiError::validation("cursor is not a cursor this API returned (expected a dlv_ id)")
+            })
+        })
+        .transpose()?;
+    let (page, next) = state.store.list_deliveries(&subscription.id, status, limit, cursor.as_ref())?;
     let data: Vec<DeliveryView> = page.iter().map(|delivery| DeliveryView::new(delivery, None)).collect();
     Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
 }
@@ -123,20 +126,18 @@ pub async fn redeliver(
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let subscription = find(&state, &principal.tenant.id, &id)?;
-    find_delivery(&state, &subscription.id, &delivery_id)?;
+    let delivery_id = find_delivery(&state, &subscription.id, &delivery_id)?.id;
     let delivery =
         state.store.redeliver(&subscription, &delivery_id)?.ok_or_else(|| ApiError::not_found("delivery"))?;
-    state.store.durable().await?;
     Ok(json_reply(StatusCode::ACCEPTED, &DeliveryView::new(&delivery, None)))
 }
 
-fn find_delivery(state: &ApiState, subscription_id: &str, delivery_id: &str) -> Result<Delivery, ApiError> {
-    if !IdKind::Delivery.is_valid(delivery_id) {
-        return Err(ApiError::not_found("delivery"));
-    }
-    state
-        .store
-        .delivery(delivery_id)?
-        .filter(|delivery| delivery.subscription_id == subscription_id)
-        .ok_or_else(|| ApiError::not_found("delivery"))
+/// A delivery of the subscription, or 404 for unknown, malformed and other subscriptions' ids.
+fn find_delivery(
+    state: &ApiState,
+    subscription_id: &SubscriptionId,
+    delivery_id: &str,
+) -> Result<Delivery, ApiError> {
+    let delivery_id = DeliveryId::parse(delivery_id).ok_or_else(|| ApiError::not_found("delivery"))?;
+    state.store.delivery(subscription_id, &delivery_id)?.ok_or_else(|| ApiError::not_found("delivery"))
 }

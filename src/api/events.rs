@@ -10,7 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::request::{authorize, json_reply, require_json, Gate};
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
-use crate::model::{now_millis, rfc3339, IdKind, Millis};
+use crate::model::{now_millis, rfc3339, EventId, Millis};
 use crate::store::{NewEvent, PublishRequest, Published};
 
 /// Most events in one batch.
@@ -74,7 +74,7 @@ pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resu
     let answer = &answers[0];
     Ok(json_reply(
         StatusCode::ACCEPTED,
-        &PublishedView { id: &answer.event_id, deliveries: answer.deliveries },
+        &PublishedView { id: answer.event_id.as_str(), deliveries: answer.deliveries },
     ))
 }
 
@@ -100,7 +100,7 @@ pub async fn publish_batch(state: ApiState, headers: HeaderMap, body: Vec<u8>) -
         store_events(&state, &principal.tenant.id, principal.tenant.webhooks_enabled, events, now).await?;
     let data: Vec<PublishedView> = answers
         .iter()
-        .map(|answer| PublishedView { id: &answer.event_id, deliveries: answer.deliveries })
+        .map(|answer| PublishedView { id: answer.event_id.as_str(), deliveries: answer.deliveries })
         .collect();
     Ok(json_reply(StatusCode::ACCEPTED, &serde_json::json!({ "data": data })))
 }
@@ -114,8 +114,7 @@ async fn store_events(
 ) -> Result<Vec<Published>, ApiError> {
     let request = PublishRequest { tenant_id: tenant_id.to_owned(), webhooks_enabled, events, now };
     // Stored by the publish writer together with whatever else is being published meanwhile.
-    let answers = state.store.publish_grouped(request).await?;
-    state.store.durable().await?;
+    let answers = state.store.publish(request).await?;
     state.metrics.events_published(answers.iter().filter(|answer| !answer.duplicate).count() as u64);
     Ok(answers)
 }
@@ -153,9 +152,14 @@ fn prepare(
         Some(_) => fingerprint(&body.event, &data),
         None => [0; 32],
     };
-    let id = IdKind::Event.new_id(now);
-    let payload =
-        DeliveryPayload { id: &id, event: &body.event, tenant_id, timestamp: rfc3339(now), data: &data };
+    let id = EventId::new(now);
+    let payload = DeliveryPayload {
+        id: id.as_str(),
+        event: &body.event,
+        tenant_id,
+        timestamp: rfc3339(now),
+        data: &data,
+    };
     let rendered = serde_json::to_vec(&payload)
         .map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
     Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id, fingerprint })

@@ -24,7 +24,7 @@ use warp::Filter;
 use crate::config::SharedConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::store::Store;
+use crate::store::Storage;
 
 use request::{read_body, respond};
 
@@ -32,7 +32,9 @@ use request::{read_body, respond};
 #[derive(Clone)]
 pub struct ApiState {
     pub config: Arc<SharedConfig>,
-    pub store: Store,
+    /// Storage (the API uses its `Subscriptions`, `Publishing`, `DeliveryLog` and `Vitals`
+    /// parts).
+    pub store: Arc<dyn Storage>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }

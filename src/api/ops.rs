@@ -53,17 +53,17 @@ pub fn readyz(state: ApiState) -> Response {
 /// `GET /metrics`
 pub fn metrics(state: ApiState) -> Response {
     let (pending, held) = state.store.queue_depth();
-    let stats = state.store.commit_stats();
+    let figures = state.store.figures();
     let storage_healthy = state.store.status().0 == "ok";
     let (threads, unhealthy_threads) = state.health.thread_counts();
     let text = state.metrics.render(&Snapshot {
         pending,
         held,
-        flushes: stats.flushes.load(std::sync::atomic::Ordering::Relaxed),
-        durable_writes: stats.requests.load(std::sync::atomic::Ordering::Relaxed),
-        storage_errors: state.store.errors().snapshot(),
+        flushes: figures.flushes,
+        durable_writes: figures.flushed_writes,
+        storage_errors: figures.errors,
         storage_healthy,
-        free_bytes: state.store.free_bytes(),
+        free_bytes: figures.free_bytes,
         threads,
         unhealthy_threads,
         thread_errors: state.health.thread_errors(),

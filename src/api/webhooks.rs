@@ -13,7 +13,9 @@ use crate::api::request::{
 };
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
-use crate::model::{new_secret as generate_secret, now_millis, rfc3339, IdKind, RetiredSecret, Subscription};
+use crate::model::{
+    new_secret as generate_secret, now_millis, rfc3339, RetiredSecret, Subscription, SubscriptionId,
+};
 
 /// The subscription as the API shows it. The secret is deliberately absent.
 #[derive(Debug, Serialize)]
@@ -42,7 +44,7 @@ pub struct SubscriptionView {
 impl From<&Subscription> for SubscriptionView {
     fn from(s: &Subscription) -> Self {
         SubscriptionView {
-            id: s.id.clone(),
+            id: s.id.to_string(),
             name: s.name.clone(),
             url: s.url.clone(),
             events: s.events.clone(),
@@ -196,7 +198,6 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
         subscription.disable(DISABLED_BY_API, now);
     }
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
-    state.store.durable().await?;
     tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
     let view = CreatedView {
         subscription: SubscriptionView::from(&subscription),
@@ -211,11 +212,14 @@ pub async fn list(state: ApiState, headers: HeaderMap, query: String) -> Result<
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
     let pairs = parse_query(&query, &["limit", "cursor"])?;
     let limit = page_limit(&pairs)?;
-    let cursor = query_value(&pairs, "cursor");
-    if cursor.is_some_and(|cursor| !IdKind::Subscription.is_valid(cursor)) {
-        return Err(ApiError::validation("cursor is not a cursor this API returned (expected a wh_ id)"));
-    }
-    let (page, next) = state.store.list_subscriptions(&principal.tenant.id, limit, cursor)?;
+    let cursor = query_value(&pairs, "cursor")
+        .map(|cursor| {
+            SubscriptionId::parse(cursor).ok_or_else(|| {
+                ApiError::validation("cursor is not a cursor this API returned (expected a wh_ id)")
+            })
+        })
+        .transpose()?;
+    let (page, next) = state.store.list_subscriptions(&principal.tenant.id, limit, cursor.as_ref())?;
     let data: Vec<SubscriptionView> = page.iter().map(SubscriptionView::from).collect();
     Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
 }
@@ -280,11 +284,11 @@ pub async fn update(
         }
         subscription.updated_at = now;
     };
+    let id = SubscriptionId::parse(&id).ok_or_else(|| ApiError::not_found("subscription"))?;
     let updated = state
         .store
-        .update_subscription(&principal.tenant.id, &id, apply)?
+        .update_subscription(&principal.tenant.id, &id, &apply)?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
-    state.store.durable().await?;
     Ok(json_reply(StatusCode::OK, &SubscriptionView::from(&updated)))
 }
 
@@ -292,10 +296,10 @@ pub async fn update(
 pub async fn delete(state: ApiState, headers: HeaderMap, id: String) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
-    if !IdKind::Subscription.is_valid(&id) || !state.store.delete_subscription(&principal.tenant.id, &id)? {
+    let id = SubscriptionId::parse(&id).ok_or_else(|| ApiError::not_found("subscription"))?;
+    if !state.store.delete_subscription(&principal.tenant.id, &id)? {
         return Err(ApiError::not_found("subscription"));
     }
-    state.store.durable().await?;
     tracing::info!(tenant = %principal.tenant.id, %id, "subscription deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -312,12 +316,12 @@ pub async fn rotate_secret(
     let body: Option<RotateBody> = parse_json(&headers, &body)?;
     let grace = body.and_then(|body| body.grace_seconds).unwrap_or(Integer(0));
     let grace = validate_range("graceSeconds", grace, 0, 86_400)?;
-    find(&state, &principal.tenant.id, &id)?;
+    let id = find(&state, &principal.tenant.id, &id)?.id;
     let secret = generate_secret();
     let now = now_millis();
     state
         .store
-        .update_subscription(&principal.tenant.id, &id, |subscription| {
+        .update_subscription(&principal.tenant.id, &id, &|subscription| {
             subscription.retired_secret = (grace > 0).then(|| RetiredSecret {
                 secret: subscription.secret.clone(),
                 valid_until: now + u64::from(grace) * 1000,
@@ -326,17 +330,14 @@ pub async fn rotate_secret(
             subscription.updated_at = now;
         })?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
-    state.store.durable().await?;
     tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");
     Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret.expose() })))
 }
 
 /// A tenant's subscription, or 404 for unknown, malformed and other tenants' ids alike.
 pub fn find(state: &ApiState, tenant_id: &str, id: &str) -> Result<Subscription, ApiError> {
-    if !IdKind::Subscription.is_valid(id) {
-        return Err(ApiError::not_found("subscription"));
-    }
-    state.store.subscription(tenant_id, id)?.ok_or_else(|| ApiError::not_found("subscription"))
+    let id = SubscriptionId::parse(id).ok_or_else(|| ApiError::not_found("subscription"))?;
+    state.store.subscription(tenant_id, &id)?.ok_or_else(|| ApiError::not_found("subscription"))
 }
 
 fn validate_name(name: &str) -> Result<String, ApiError> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::config::SharedConfig;
 use crate::health::BeatGuard;
 use crate::model::now_millis;
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, StoreError};
 
 /// Longest time between two sweeps.
 const MAX_PERIOD: Duration = Duration::from_secs(30);
@@ -22,8 +22,9 @@ fn period(hold_retention: Duration) -> Duration {
     (hold_retention / 10).clamp(Duration::from_secs(1), MAX_PERIOD)
 }
 
-/// Sweeps at start and then every [`period`] until `stop` is closed.
-pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Receiver<()>, beat: BeatGuard) {
+/// Sweeps at start and then every [`period`] until the daemon's shutdown signal (carried by
+/// `beat`).
+pub fn run(store: Arc<dyn Retention>, config: Arc<SharedConfig>, beat: BeatGuard) {
     beat.busy();
     // Refused writes (low space) are retried by the periodic sweeps; only other errors are news.
     if let Err(err) = store.purge_deleted_subscriptions() {
@@ -39,9 +40,8 @@ pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Rec
     }
     loop {
         beat.busy();
-        if let Err(err) = sweep(&store, &config) {
+        if let Err(err) = sweep(&*store, &config) {
             beat.error();
-            let err = store.note(err);
             // A refused write (low space) is expected while it lasts; the next sweep retries.
             if err.is_host_fault() {
                 tracing::debug!(error = %err, "janitor sweep skipped");
@@ -50,14 +50,13 @@ pub fn run(store: Store, config: Arc<SharedConfig>, stop: crossbeam_channel::Rec
             }
         }
         beat.idle();
-        match stop.recv_timeout(period(config.current().delivery.hold_retention)) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            _ => return,
+        if !beat.rest(period(config.current().delivery.hold_retention)) {
+            return;
         }
     }
 }
 
-fn sweep(store: &Store, config: &SharedConfig) -> Result<(), StoreError> {
+fn sweep(store: &dyn Retention, config: &SharedConfig) -> Result<(), StoreError> {
     let delivery = config.current().delivery.clone();
     let now = now_millis();
     let expired = store.expire_held(now, delivery.hold_retention.as_millis() as u64)?;
@@ -87,14 +86,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config =
             SharedConfig::new(crate::config::Config::parse(crate::config::DEVELOPMENT_DEFAULT).unwrap());
-        let store = Store::open(dir.path()).unwrap();
+        let store = crate::store::SledStore::open(dir.path()).unwrap();
         sweep(&store, &config).unwrap();
 
         // A reserve no disk can meet: the sweep is refused, as a host fault (logged quietly,
         // retried at the next sweep), never as a failure of the data.
         let guarded = tempfile::tempdir().unwrap();
         let options = crate::store::StoreOptions { min_free_bytes: u64::MAX, ..Default::default() };
-        let store = Store::open_with(guarded.path(), &options).unwrap();
+        let store = crate::store::SledStore::open_with(guarded.path(), &options).unwrap();
         let err = sweep(&store, &config).unwrap_err();
         assert!(err.is_host_fault(), "{err}");
     }

@@ -11,7 +11,6 @@ pub mod signer;
 pub mod wheel;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -19,17 +18,17 @@ use std::time::{Duration, Instant};
 use crate::config::SharedConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::Millis;
-use crate::store::Store;
+use crate::model::{DeliveryId, Millis, SubscriptionId};
+use crate::store::Storage;
 
 pub use worker::decide;
 
 /// One attempt to make: the queue key of a due delivery.
 #[derive(Debug, Clone)]
 pub struct Job {
-    pub subscription_id: String,
+    pub subscription_id: SubscriptionId,
     pub due: Millis,
-    pub delivery_id: String,
+    pub delivery_id: DeliveryId,
     /// Dispatched from a suspect lane (counted against the suspect budget).
     pub suspect: bool,
 }
@@ -52,10 +51,9 @@ pub enum Progress {
     Requeue { job: Job, slot_free: bool },
 }
 
-/// The running engine. [`Engine::shutdown`] drains it.
+/// The running engine. It stops on the daemon's shutdown signal (`Health::begin_shutdown`,
+/// carried by every thread's `BeatGuard`); [`Engine::shutdown`] raises it and drains.
 pub struct Engine {
-    stop: crossbeam_channel::Sender<()>,
-    stopping: Arc<AtomicBool>,
     scheduler: Option<JoinHandle<()>>,
     janitor: Option<JoinHandle<()>>,
     recorder: Option<JoinHandle<()>>,
@@ -69,7 +67,7 @@ impl Engine {
     /// `notices` receives what the store announces after each queue write (the daemon made the
     /// channel and gave the sending end to the store).
     pub fn start(
-        store: Store,
+        store: Arc<dyn Storage>,
         notices: crossbeam_channel::Receiver<crate::store::QueueNotice>,
         config: Arc<SharedConfig>,
         metrics: Arc<Metrics>,
@@ -85,15 +83,12 @@ impl Engine {
         let (jobs_tx, jobs_rx) = crossbeam_channel::unbounded();
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded();
-        let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let (exited_tx, workers_exited) = crossbeam_channel::unbounded();
-        let stopping = Arc::new(AtomicBool::new(false));
         let context = Arc::new(worker::WorkerContext {
             store: store.clone(),
             config: config.clone(),
             metrics: metrics.clone(),
             agent,
-            stopping: stopping.clone(),
         });
         // An attempt is bounded by the HTTP timeout; preparing and signing take microseconds.
         let attempt_limit = current.delivery.timeout + Duration::from_secs(30);
@@ -115,19 +110,16 @@ impl Engine {
             .spawn(move || recorder::run(recorder_store, metrics, outcomes_rx, done_tx, recorder_beat))?;
         let scheduler =
             scheduler::Scheduler::new(store.clone(), config.clone(), jobs_tx, current.delivery.workers);
-        let scheduler_stop = stop_rx.clone();
         let scheduler_beat = health.register("scheduler", Duration::from_secs(30));
         let scheduler = std::thread::Builder::new()
             .name("scheduler".into())
-            .spawn(move || scheduler.run(notices, done_rx, scheduler_stop, scheduler_beat))?;
+            .spawn(move || scheduler.run(notices, done_rx, scheduler_beat))?;
         let janitor_beat = health.register("janitor", janitor::SWEEP_LIMIT);
         let janitor = std::thread::Builder::new()
             .name("janitor".into())
-            .spawn(move || janitor::run(store, config, stop_rx, janitor_beat))?;
+            .spawn(move || janitor::run(store, config, janitor_beat))?;
         health.set_delivery_running(true);
         Ok(Engine {
-            stop,
-            stopping,
             scheduler: Some(scheduler),
             janitor: Some(janitor),
             recorder: Some(recorder),
@@ -141,10 +133,9 @@ impl Engine {
     /// every worker finished in time. Deliveries not attempted stay queued in storage.
     pub fn shutdown(mut self, grace: Duration) -> bool {
         self.health.set_delivery_running(false);
-        self.stopping.store(true, Ordering::SeqCst);
-        // Closing the stop channel wakes the scheduler and the janitor; the scheduler drops the
-        // job sender, so idle workers wake and exit.
-        drop(std::mem::replace(&mut self.stop, crossbeam_channel::bounded(0).0));
+        // The signal wakes the scheduler and the janitor; the scheduler drops the job sender,
+        // so idle workers wake and exit, and busy ones take no further job.
+        self.health.begin_shutdown();
         let deadline = Instant::now() + grace;
         // The janitor may be in the middle of a long sweep: it is not waited for past the grace
         // (its writes are idempotent and the next start sweeps again).

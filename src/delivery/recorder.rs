@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::health::BeatGuard;
 use crate::metrics::Metrics;
-use crate::store::{AttemptRecord, Store, StoreError};
+use crate::store::{AttemptRecord, Outcomes, StoreError};
 
 /// Most outcomes recorded by one transaction. sled's global write lock is held for its duration
 /// and every worker's reads wait on it: 256 made attempts stall for milliseconds (BENCHMARKS.md).
@@ -27,9 +27,11 @@ pub struct Attempted {
     pub record: AttemptRecord,
 }
 
-/// Records outcomes until every worker has gone (the channel closed) and the queue is empty.
+/// Records outcomes until every worker has gone (the channel closed) and the queue is empty:
+/// the recorder serves the workers, so it outlives the shutdown signal until the last outcome
+/// accepted is stored.
 pub fn run(
-    store: Store,
+    store: Arc<dyn Outcomes>,
     metrics: Arc<Metrics>,
     outcomes: Receiver<Attempted>,
     done: Sender<Progress>,
@@ -41,7 +43,7 @@ pub fn run(
             .chain(outcomes.try_iter().take(MAX_GROUP - 1))
             .map(|outcome| (outcome.job, outcome.record))
             .unzip();
-        let recorded = store.record_attempts(&records).map_err(|err| store.note(err));
+        let recorded = store.record_attempts(&records);
         if let Ok(disabled) = recorded {
             // Counted from what was stored: a subscription two outcomes disable counts once.
             (0..disabled).for_each(|_| metrics.subscription_disabled());
@@ -69,18 +71,18 @@ mod tests {
     use super::*;
     use crate::health::Health;
     use crate::model::{now_millis, Attempt, Subscription};
-    use crate::store::{AttemptDecision, NewEvent};
+    use crate::store::{AttemptDecision, DueWork, NewEvent, SledStore, Subscriptions, Vitals};
     use std::time::Duration;
 
     #[test]
     fn outcomes_are_stored_then_reported_and_a_disable_is_counted_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
         let now = now_millis();
         let subscription = Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], now);
         store.create_subscription(&subscription, 10).unwrap();
         let events: Vec<NewEvent> = (0..2).map(|_| NewEvent::plain("a.b", now)).collect();
-        store.publish("t", true, &events, now).unwrap();
+        store.publish_now("t", true, &events, now).unwrap();
         let queued = store.queued_after(&subscription.id, None, 10).unwrap();
 
         let (outcomes_tx, outcomes) = crossbeam_channel::unbounded();
@@ -129,9 +131,9 @@ mod tests {
             held: 0,
             flushes: 0,
             durable_writes: 0,
-            storage_errors: store.errors().snapshot(),
+            storage_errors: store.figures().errors,
             storage_healthy: true,
-            free_bytes: 0,
+            free_bytes: None,
             threads: 0,
             unhealthy_threads: 0,
             thread_errors: Vec::new(),

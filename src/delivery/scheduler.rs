@@ -23,8 +23,8 @@ use crate::config::SharedConfig;
 use crate::delivery::wheel::TimingWheel;
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
-use crate::model::{now_millis, Millis};
-use crate::store::{QueueNotice, Store};
+use crate::model::{now_millis, DeliveryId, Millis, SubscriptionId};
+use crate::store::{DueWork, QueueNotice};
 
 /// Keys of one subscription kept in memory; refilled from sled when half empty.
 pub const LANE_WINDOW: usize = 256;
@@ -36,7 +36,7 @@ const MAX_SLEEP: Duration = Duration::from_millis(500);
 const PAUSED_RETRY: Duration = Duration::from_secs(1);
 
 /// A queue key: (due, delivery id).
-type Key = (Millis, String);
+type Key = (Millis, DeliveryId);
 
 /// One subscription's slice of the queue.
 #[derive(Default)]
@@ -59,23 +59,28 @@ struct Lane {
 }
 
 pub struct Scheduler {
-    store: Store,
+    store: Arc<dyn DueWork>,
     config: Arc<SharedConfig>,
-    lanes: HashMap<Arc<str>, Lane>,
-    wheel: TimingWheel<Arc<str>>,
+    lanes: HashMap<SubscriptionId, Lane>,
+    wheel: TimingWheel<SubscriptionId>,
     jobs: Sender<Job>,
     /// Subscriptions whose last attempt answered 2xx; every other one is suspect. Kept apart
     /// from lanes, which come and go.
-    trusted: HashSet<Arc<str>>,
+    trusted: HashSet<SubscriptionId>,
     /// Jobs of suspect lanes out now, and the most there may be.
     suspect_in_flight: usize,
     suspect_budget: usize,
     /// Suspect lanes with due work waiting for the budget, first come first served.
-    budget_queue: VecDeque<Arc<str>>,
+    budget_queue: VecDeque<SubscriptionId>,
 }
 
 impl Scheduler {
-    pub fn new(store: Store, config: Arc<SharedConfig>, jobs: Sender<Job>, workers: usize) -> Scheduler {
+    pub fn new(
+        store: Arc<dyn DueWork>,
+        config: Arc<SharedConfig>,
+        jobs: Sender<Job>,
+        workers: usize,
+    ) -> Scheduler {
         Scheduler {
             store,
             config,
@@ -89,20 +94,13 @@ impl Scheduler {
         }
     }
 
-    /// Runs until `stop` is closed or signalled. Starts by recovering every queued delivery,
-    /// including attempts that were in flight when a previous process died.
-    pub fn run(
-        mut self,
-        notices: Receiver<QueueNotice>,
-        completions: Receiver<Progress>,
-        stop: Receiver<()>,
-        beat: BeatGuard,
-    ) {
+    /// Runs until the daemon's shutdown signal (carried by `beat`). Starts by recovering every
+    /// queued delivery, including attempts that were in flight when a previous process died.
+    pub fn run(mut self, notices: Receiver<QueueNotice>, completions: Receiver<Progress>, beat: BeatGuard) {
         match self.store.subscriptions_with_queue() {
             Ok(subscriptions) => {
                 tracing::info!(subscriptions = subscriptions.len(), "recovering queued deliveries");
-                for subscription in subscriptions {
-                    let id: Arc<str> = subscription.into();
+                for id in subscriptions {
                     self.lanes.insert(id.clone(), Lane::default());
                     self.dispatch(&id);
                 }
@@ -128,7 +126,7 @@ impl Scheduler {
                     Ok(progress) => self.on_progress(progress),
                     Err(_) => return,
                 },
-                recv(stop) -> _ => return,
+                recv(beat.stop_signal()) -> _ => return,
                 default(sleep) => {}
             }
             beat.busy();
@@ -151,8 +149,7 @@ impl Scheduler {
 
     fn on_notice(&mut self, notice: QueueNotice) {
         match notice {
-            QueueNotice::Queued { subscription_id, due, delivery_id } => {
-                let id: Arc<str> = subscription_id.into();
+            QueueNotice::Queued { subscription_id: id, due, delivery_id } => {
                 match self.lanes.get_mut(&id) {
                     // A new lane's first refill reads this key from sled.
                     None => {
@@ -171,8 +168,7 @@ impl Scheduler {
                 }
                 self.dispatch(&id);
             }
-            QueueNotice::Rescan { subscription_id } => {
-                let id: Arc<str> = subscription_id.into();
+            QueueNotice::Rescan { subscription_id: id } => {
                 let lane = self.lanes.entry(id.clone()).or_default();
                 lane.window.clear();
                 lane.cursor = None;
@@ -185,25 +181,24 @@ impl Scheduler {
     fn on_progress(&mut self, progress: Progress) {
         let (job, slot_free, key_free) = match progress {
             Progress::Attempted { job, endpoint_ok } => {
-                let id: &str = &job.subscription_id;
                 if endpoint_ok {
-                    self.trusted.insert(id.into());
+                    self.trusted.insert(job.subscription_id.clone());
                 } else {
-                    self.trusted.remove(id);
+                    self.trusted.remove(&job.subscription_id);
                 }
                 (job, true, false)
             }
             Progress::Recorded { job } => (job, false, true),
             Progress::Skipped { job } => (job, true, true),
             Progress::Requeue { job, slot_free } => {
-                if let Some(lane) = self.lanes.get_mut(job.subscription_id.as_str()) {
+                if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
                     // Still queued in sled: back into the window, tried when dispatch resumes.
                     lane.window.insert((job.due, job.delivery_id.clone()));
                 }
                 (job, slot_free, true)
             }
         };
-        let id: Arc<str> = job.subscription_id.into();
+        let id = job.subscription_id;
         if let Some(lane) = self.lanes.get_mut(&id) {
             if key_free {
                 lane.in_flight.remove(&(job.due, job.delivery_id));
@@ -228,7 +223,7 @@ impl Scheduler {
 
     /// Hands due deliveries of one lane to the workers up to its in-flight cap, and arranges the
     /// next wake-up. Removes the lane when it has nothing left.
-    fn dispatch(&mut self, id: &Arc<str>) {
+    fn dispatch(&mut self, id: &SubscriptionId) {
         let suspect = !self.trusted.contains(id);
         let cap =
             if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
@@ -243,7 +238,7 @@ impl Scheduler {
             }
             return;
         }
-        refill(&self.store, id, lane);
+        refill(&*self.store, id, lane);
         while lane.attempting < cap {
             let Some(first) = lane.window.first() else { break };
             if first.0 > now {
@@ -262,12 +257,12 @@ impl Scheduler {
             let key = lane.window.pop_first().expect("window is not empty");
             lane.in_flight.insert(key.clone());
             lane.attempting += 1;
-            let job = Job { subscription_id: id.to_string(), due: key.0, delivery_id: key.1, suspect };
+            let job = Job { subscription_id: id.clone(), due: key.0, delivery_id: key.1, suspect };
             if self.jobs.send(job).is_err() {
                 return;
             }
             if lane.window.len() < LANE_WINDOW / 2 {
-                refill(&self.store, id, lane);
+                refill(&*self.store, id, lane);
             }
         }
         if lane.attempting < cap && !lane.waiting_for_budget {
@@ -285,12 +280,12 @@ impl Scheduler {
 }
 
 /// Loads the lane's next keys from sled when its window runs low.
-fn refill(store: &Store, id: &str, lane: &mut Lane) {
+fn refill(store: &dyn DueWork, id: &SubscriptionId, lane: &mut Lane) {
     if lane.exhausted || lane.window.len() >= LANE_WINDOW / 2 {
         return;
     }
     let wanted = LANE_WINDOW - lane.window.len();
-    let after = lane.cursor.as_ref().map(|(due, delivery)| (*due, delivery.as_str()));
+    let after = lane.cursor.as_ref().map(|(due, delivery)| (*due, delivery));
     match store.queued_after(id, after, wanted) {
         Ok(keys) => {
             lane.exhausted = keys.len() < wanted;
@@ -303,7 +298,7 @@ fn refill(store: &Store, id: &str, lane: &mut Lane) {
                 }
             }
         }
-        Err(err) => tracing::error!(subscription = id, error = %err, "cannot read the delivery queue"),
+        Err(err) => tracing::error!(subscription = %id, error = %err, "cannot read the delivery queue"),
     }
 }
 
@@ -325,12 +320,12 @@ mod tests {
     use super::*;
     use crate::config::{Config, DEVELOPMENT_DEFAULT};
     use crate::model::Subscription;
-    use crate::store::{NewEvent, StoreOptions};
+    use crate::store::{NewEvent, SledStore, StoreOptions, Subscriptions};
 
     struct Fixture {
         _dir: tempfile::TempDir,
         health: Arc<crate::health::Health>,
-        store: Store,
+        store: Arc<SledStore>,
         scheduler: Scheduler,
         jobs: Receiver<Job>,
     }
@@ -341,7 +336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let options = StoreOptions { min_free_bytes, ..StoreOptions::default() };
         let health = options.health.clone();
-        let store = Store::open_with(dir.path(), &options).unwrap();
+        let store = Arc::new(SledStore::open_with(dir.path(), &options).unwrap());
         let config = Arc::new(SharedConfig::new(Config::parse(DEVELOPMENT_DEFAULT).unwrap()));
         let (jobs_tx, jobs) = crossbeam_channel::unbounded();
         let scheduler = Scheduler::new(store.clone(), config, jobs_tx, workers);
@@ -349,13 +344,13 @@ mod tests {
     }
 
     /// A subscription with `queued` deliveries due now; returns its lane id.
-    fn backlog(fixture: &mut Fixture, queued: usize) -> Arc<str> {
+    fn backlog(fixture: &mut Fixture, queued: usize) -> SubscriptionId {
         let now = now_millis();
         let subscription = Subscription::new("demo", "s", "https://a.example/", vec!["a.b".into()], now);
         fixture.store.create_subscription(&subscription, 100).unwrap();
         let events: Vec<NewEvent> = (0..queued).map(|_| NewEvent::plain("a.b", now)).collect();
-        fixture.store.publish("demo", true, &events, now).unwrap();
-        let id: Arc<str> = subscription.id.as_str().into();
+        fixture.store.publish_now("demo", true, &events, now).unwrap();
+        let id = subscription.id;
         fixture.scheduler.lanes.insert(id.clone(), Lane::default());
         id
     }
@@ -386,7 +381,7 @@ mod tests {
     #[test]
     fn suspects_get_one_attempt_each_and_half_the_workers_together() {
         let mut fixture = fixture(4);
-        let lanes: Vec<Arc<str>> = (0..3).map(|_| backlog(&mut fixture, 3)).collect();
+        let lanes: Vec<SubscriptionId> = (0..3).map(|_| backlog(&mut fixture, 3)).collect();
         for id in &lanes {
             fixture.scheduler.dispatch(id);
         }
@@ -399,7 +394,7 @@ mod tests {
         fixture.scheduler.on_progress(Progress::Attempted { job: out[0].clone(), endpoint_ok: false });
         let next = sent(&fixture);
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].subscription_id, lanes[2].to_string());
+        assert_eq!(next[0].subscription_id, lanes[2]);
     }
 
     #[test]

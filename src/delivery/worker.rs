@@ -1,7 +1,6 @@
 //! A delivery worker: one OS thread making blocking HTTP attempts through the shared ureq agent,
 //! then deciding what happens next and handing the outcome to the recorder.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +12,15 @@ use crate::delivery::signer::{atender_signature, standard_webhooks_header};
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::{AttemptLabel, Metrics};
-use crate::model::{now_millis, Attempt, Millis, Subscription};
-use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Store, StoreError};
+use crate::model::{now_millis, Attempt, DeliveryId, Millis, Subscription};
+use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, DueWork, StoreError};
 
 /// What a worker needs, shared by all of them.
 pub struct WorkerContext {
-    pub store: Store,
+    pub store: Arc<dyn DueWork>,
     pub config: Arc<SharedConfig>,
     pub metrics: Arc<Metrics>,
     pub agent: ureq::Agent,
-    /// Set on shutdown: jobs not yet started stay queued for the next start.
-    pub stopping: Arc<AtomicBool>,
 }
 
 /// Takes jobs until the channel closes or the engine stops. After an attempt the worker tells the
@@ -37,7 +34,8 @@ pub fn run(
     beat: BeatGuard,
 ) {
     while let Ok(job) = jobs.recv() {
-        if context.stopping.load(Ordering::SeqCst) {
+        // At shutdown, jobs not yet started stay queued for the next start.
+        if beat.stopping() {
             break;
         }
         beat.busy();
@@ -50,7 +48,6 @@ pub fn run(
             Ok(None) => progress.send(Progress::Skipped { job }).is_ok(),
             Err(err) => {
                 beat.error();
-                let err = context.store.note(err);
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
                 if err.is_host_fault() {
                     // The key is still queued: try it again once storage takes writes.
@@ -184,12 +181,13 @@ pub fn decide(
 /// to use these names) can never override them.
 fn delivery_headers(
     subscription: &Subscription,
-    delivery_id: &str,
+    delivery_id: &DeliveryId,
     event_type: &str,
     body: &[u8],
     now: Millis,
 ) -> Vec<(String, String)> {
     let timestamp = (now / 1000) as i64;
+    let delivery_id = delivery_id.as_str();
     let mut headers = subscription.headers.clone();
     headers.push(("X-Atender-Event".into(), event_type.to_owned()));
     headers.push(("X-Atender-Delivery".into(), delivery_id.to_owned()));

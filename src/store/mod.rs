@@ -1,37 +1,53 @@
-//! The only module that knows sled: the trees, their key encodings (`keys`), the versioned
-//! value codec (`codec`), atomic multi-tree transactions and group commit (`commit`).
+//! Storage: the interface the API and the delivery engine use, and its backends.
 //!
-//! Everything above this module sees domain types (`crate::model`) and [`StoreError`]. Writes
-//! that put work into the delivery queue announce it on the [`QueueNotice`] channel after they
-//! commit, so the delivery engine learns of new work without the API knowing the engine exists.
+//! The interface is a set of traits split by caller, so each caller sees only what it needs:
+//!
+//! | trait | caller | what |
+//! | --- | --- | --- |
+//! | [`Subscriptions`] | `api::webhooks` | create under the tenant's limit, read, list, update, delete |
+//! | [`Publishing`] | `api::events` | store events with their fan-out deliveries (an outbox) |
+//! | [`DeliveryLog`] | `api::deliveries` | a subscription's deliveries, their events, redeliver |
+//! | [`DueWork`] | `delivery::scheduler`, `delivery::worker` | what is due, what an attempt needs, hold |
+//! | [`Outcomes`] | `delivery::recorder` | record attempt outcomes |
+//! | [`Retention`] | `delivery::janitor` | expiry, purges, recovery after a crash |
+//! | [`Vitals`] | `api::ops`, `daemon` | storage status, counters, the last flush |
+//!
+//! [`Storage`] is all of them, the handle [`open`] returns. Its rules, for every backend:
+//! - **Durable on `Ok`.** A client write ([`Subscriptions`] changes, [`Publishing::publish`],
+//!   [`DeliveryLog::redeliver`]) returns `Ok` only once it is durable, so the API may answer 2xx
+//!   (the guide's "acknowledged means stored"). Engine writes need not wait: losing one means an
+//!   attempt is repeated (at least once), never lost.
+//! - **An outbox.** An event, its deliveries and their queue entries are stored together or not
+//!   at all, and every state change of a delivery moves its queue entries in the same write.
+//! - **Announced.** A write that queues work sends a [`QueueNotice`] after it committed, on the
+//!   channel in [`StoreOptions::notices`], so the engine learns of it without the API knowing the
+//!   engine exists. Notices are hints: the engine also rescans.
+//! - **Host faults are errors, never hangs.** A write waits at most [`DURABLE_WAIT`]; faults
+//!   answer the `StoreError` variants for which [`StoreError::is_host_fault`] holds. A backend
+//!   counts its errors and reports a fatal one to [`StoreOptions::health`] itself.
+//! - **Tenant-scoped reads.** Every API read is by tenant (or by a subscription already read by
+//!   tenant): another tenant's id reads as absent.
+//!
+//! Backends: [`embedded`] (sled, the default). A backend is a module of this directory that
+//! implements the traits; nothing outside `store/` names it except through [`open`].
 
-mod cache;
-mod codec;
-mod commit;
-mod deliveries;
-mod events;
-mod index;
-mod keys;
-mod space;
-mod subscriptions;
-mod writer;
+mod embedded;
 
+use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use sled::transaction::TransactionError;
-
-pub use crate::lifecycle::AttemptDecision;
-pub use codec::IdempotencyRecord;
-pub use commit::{CommitStats, GroupCommit};
-pub use deliveries::AttemptContext;
-pub use deliveries::AttemptRecord;
-pub use events::{NewEvent, PublishRequest, Published};
-pub use space::{SpaceState, StorageErrors, WriteClass};
-
 use crate::health::Health;
-use crate::model::Millis;
+pub use crate::lifecycle::AttemptDecision;
+use crate::model::{
+    Attempt, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+};
+
+pub use embedded::{IdempotencyRecord, SledStore};
+
+/// A boxed future, for the interface's asynchronous methods (trait objects cannot have `async fn`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// What can go wrong in storage. Clients only ever learn "internal" or "unavailable".
 #[derive(Debug, Clone, thiserror::Error)]
@@ -71,36 +87,15 @@ impl StoreError {
     }
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(err: sled::Error) -> Self {
-        match err {
-            sled::Error::Corruption { .. } => StoreError::Corrupt(err.to_string()),
-            _ => StoreError::Io(err.to_string()),
-        }
-    }
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(err: TransactionError<StoreError>) -> Self {
-        match err {
-            TransactionError::Abort(err) => err,
-            TransactionError::Storage(err) => err.into(),
-        }
-    }
-}
-
-/// New work in the `queue` tree, announced after the write committed.
+/// New work in the queue, announced after the write committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueNotice {
     /// One delivery became due at `due`.
-    Queued { subscription_id: String, due: Millis, delivery_id: String },
-    /// Many deliveries of one subscription were queued (held ones released): rescan it.
-    Rescan { subscription_id: String },
+    Queued { subscription_id: SubscriptionId, due: Millis, delivery_id: DeliveryId },
+    /// Many deliveries of one subscription were queued (held ones released) or removed (it was
+    /// deleted): rescan it.
+    Rescan { subscription_id: SubscriptionId },
 }
-
-/// Bytes of sled's page cache; sled's own default (1 GiB) is far more than a webhook daemon
-/// needs and would make resident memory grow with the data.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Longest a caller waits for its write to become durable before it is answered
 /// [`StoreError::Stalled`] (a 503): a flush that does not return is a host fault, never a hang.
@@ -111,6 +106,9 @@ pub const PROBE_OVERDUE: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Default free-space reserve of the data dir's file system (`storage.min_free_bytes`).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
+
+/// How long a client idempotency id is remembered (24 h, as Stripe and Svix do).
+pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
 
 /// How the store is opened.
 #[derive(Debug, Clone)]
@@ -135,282 +133,263 @@ impl Default for StoreOptions {
     }
 }
 
-/// The sled trees and every synchronous operation on them (the `impl Trees` blocks of the
-/// submodules). [`Store`] adds the threads that combine writes and derefs to this.
-#[derive(Clone)]
-pub struct Trees {
-    db: sled::Db,
-    subscriptions: sled::Tree,
-    tenant_subscriptions: sled::Tree,
-    tenant_counts: sled::Tree,
-    deleted_subscriptions: sled::Tree,
-    events: sled::Tree,
-    deliveries: sled::Tree,
-    queue: sled::Tree,
-    held: sled::Tree,
-    subscription_deliveries: sled::Tree,
-    finished: sled::Tree,
-    idempotency: sled::Tree,
-    idempotency_expiry: sled::Tree,
-    notices: crossbeam_channel::Sender<QueueNotice>,
-    subscription_cache: Arc<cache::SubscriptionCache>,
-    event_cache: Arc<cache::EventCache>,
-    space: Arc<space::SpaceGuard>,
-    errors: Arc<StorageErrors>,
-    health: Arc<Health>,
+/// Opens the configured backend: today the embedded sled store in `data_dir`.
+pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Arc<dyn Storage>, StoreError> {
+    Ok(Arc::new(SledStore::open_with(data_dir, options)?))
 }
 
-/// Handle to the database. Cheap to clone; every clone shares the same trees and threads. The
-/// threads (group commit, publish writer) stop when the last handle is dropped.
-#[derive(Clone)]
-pub struct Store {
-    trees: Trees,
-    commit: GroupCommit,
-    writer: writer::PublishWriter,
-    monitor: Arc<space::Monitor>,
-    /// When a stalled write was last logged (Unix ms).
-    stall_logged: Arc<std::sync::atomic::AtomicU64>,
+/// An event ready to store: its id and exact delivery body were made by the caller.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub id: EventId,
+    pub event_type: String,
+    /// The JSON body sent to every receiver, byte for byte.
+    pub body: Vec<u8>,
+    /// The client's idempotency id, if it sent one.
+    pub client_id: Option<String>,
+    /// SHA-256 of what makes the request this event (type and canonical data), compared when
+    /// the client id was seen before: a different fingerprint is an idempotency conflict.
+    pub fingerprint: [u8; 32],
 }
 
-impl std::ops::Deref for Store {
-    type Target = Trees;
-
-    fn deref(&self) -> &Trees {
-        &self.trees
+impl NewEvent {
+    /// An event of `event_type` with body `{}` made at `at` (Unix ms), no client id: for tests
+    /// and benchmark seeding.
+    pub fn plain(event_type: &str, at: Millis) -> NewEvent {
+        NewEvent {
+            id: EventId::new(at),
+            event_type: event_type.into(),
+            body: b"{}".to_vec(),
+            client_id: None,
+            fingerprint: [0; 32],
+        }
     }
 }
 
-impl Store {
-    /// Opens (or creates) the database in `dir` with the default options (see
-    /// [`Store::open_with`]).
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Store::open_with(dir, &StoreOptions::default())
-    }
-
-    /// Opens (or creates) the database in `dir` and starts its group-commit, publish-writer and
-    /// storage-monitor threads.
-    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|err| StoreError::Io(format!("cannot create {}: {err}", dir.display())))?;
-        remove_unfinished_snapshots(dir)?;
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
-            .flush_every_ms(Some(500))
-            .open()?;
-        let data_file = std::fs::File::open(dir.join("db"))
-            .map_err(|err| StoreError::Io(format!("cannot open the data file: {err}")))?;
-        let health = options.health.clone();
-        let errors = Arc::new(StorageErrors::default());
-        let space = Arc::new(space::SpaceGuard::new(dir, options.min_free_bytes, errors.clone()));
-        let commit = GroupCommit::start(db.clone(), data_file, health.clone(), errors.clone())
-            .map_err(|err| StoreError::Io(format!("cannot start the group-commit thread: {err}")))?;
-        let tree = |name: &str| db.open_tree(name);
-        let trees = Trees {
-            subscriptions: tree("subscriptions")?,
-            tenant_subscriptions: tree("tenant_subscriptions")?,
-            tenant_counts: tree("tenant_counts")?,
-            deleted_subscriptions: tree("deleted_subscriptions")?,
-            events: tree("events")?,
-            deliveries: tree("deliveries")?,
-            queue: tree("queue")?,
-            held: tree("held")?,
-            subscription_deliveries: tree("subscription_deliveries")?,
-            finished: tree("finished")?,
-            idempotency: tree("idempotency")?,
-            idempotency_expiry: tree("idempotency_expiry")?,
-            db,
-            notices: options.notices.clone(),
-            subscription_cache: Arc::default(),
-            event_cache: Arc::default(),
-            space: space.clone(),
-            errors: errors.clone(),
-            health: health.clone(),
-        };
-        let writer = writer::PublishWriter::start(trees.clone())
-            .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;
-        let monitor = space::Monitor::start(trees.db.clone(), space, health, errors)
-            .map_err(|err| StoreError::Io(format!("cannot start the storage-monitor thread: {err}")))?;
-        Ok(Store { trees, commit, writer, monitor: Arc::new(monitor), stall_logged: Arc::default() })
-    }
-
-    /// How storage stands, for `/readyz` and the `atender_storage_healthy` gauge: `ok`,
-    /// `low_space`, `read_only`, `stalled` (the monitor's probe is more than [`PROBE_OVERDUE`]
-    /// late: sled is stuck) or `failed` (a fatal fault), with the reason in words. Reads no
-    /// sled state, so it answers while storage hangs.
-    pub fn status(&self) -> (&'static str, Option<String>) {
-        if let Some(reason) = self.health.fatal_reason() {
-            return ("failed", Some(reason));
-        }
-        let last_probe = self.monitor.last_probe_ok.load(Ordering::Relaxed);
-        if crate::model::now_millis().saturating_sub(last_probe) > PROBE_OVERDUE.as_millis() as Millis {
-            let reason = format!("a storage write has not returned for over {} s", PROBE_OVERDUE.as_secs());
-            return ("stalled", Some(reason));
-        }
-        match self.space.state() {
-            SpaceState::Ok => ("ok", None),
-            SpaceState::ReadOnly => ("read_only", self.space.refusal()),
-            SpaceState::Low | SpaceState::Critical => ("low_space", self.space.refusal()),
-        }
-    }
-
-    /// Stores a publish request together with whatever other requests are waiting (one
-    /// transaction for the group). Not yet durable: the caller awaits [`Store::durable`].
-    /// Answers [`StoreError::Stalled`] when the writer does not answer within [`DURABLE_WAIT`].
-    pub async fn publish_grouped(&self, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
-        match tokio::time::timeout(DURABLE_WAIT, self.writer.publish(request)).await {
-            Ok(answer) => answer,
-            Err(_) => Err(self.stalled()),
-        }
-    }
-
-    /// [`StoreError::Stalled`], logged at most once per [`DURABLE_WAIT`] however many
-    /// requests are waiting, so a hung disk shows in the log as well as in `/readyz`.
-    fn stalled(&self) -> StoreError {
-        let now = crate::model::now_millis();
-        let last = self.stall_logged.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= DURABLE_WAIT.as_millis() as Millis
-            && self.stall_logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
-        {
-            tracing::warn!(
-                wait_seconds = DURABLE_WAIT.as_secs(),
-                "storage did not confirm writes in time (a hung or overloaded disk?); answering 503"
-            );
-        }
-        StoreError::Stalled
-    }
-
-    /// Resolves once every write made before the call is on disk (shared with other callers).
-    pub async fn durable(&self) -> Result<(), StoreError> {
-        match self.commit.durable().await {
-            Err(StoreError::Stalled) => Err(self.stalled()),
-            other => other,
-        }
-    }
-
-    /// [`Store::durable`] for plain threads.
-    pub fn durable_blocking(&self) -> Result<(), StoreError> {
-        self.commit.durable_blocking()
-    }
-
-    pub fn commit_stats(&self) -> &CommitStats {
-        self.commit.stats()
-    }
+/// One client request to publish: its events are stored all or nothing.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub tenant_id: String,
+    /// False when the tenant's webhooks are switched off: events are answered, nothing fans out.
+    pub webhooks_enabled: bool,
+    pub events: Vec<NewEvent>,
+    /// When the request was accepted (Unix ms): the events' and deliveries' creation time.
+    pub now: Millis,
 }
 
-impl Trees {
-    /// Bytes free on the data dir's file system at the last reading.
-    pub fn free_bytes(&self) -> u64 {
-        self.space.free_bytes()
-    }
-
-    /// Storage errors by kind since start-up.
-    pub fn errors(&self) -> &StorageErrors {
-        &self.errors
-    }
-
-    /// True while delivery should not start attempts whose outcome could not be stored.
-    pub fn dispatch_paused(&self) -> bool {
-        matches!(self.space.state(), SpaceState::Critical | SpaceState::ReadOnly) || self.health.has_failed()
-    }
-
-    /// Admits a write of `class` (see [`WriteClass`]) or refuses it with the reason.
-    pub(crate) fn admit(&self, class: WriteClass) -> Result<(), StoreError> {
-        self.admit_bytes(class, 0)
-    }
-
-    /// [`Trees::admit`] for a write of about `bytes`, taken off the free-space reading at once.
-    pub(crate) fn admit_bytes(&self, class: WriteClass, bytes: u64) -> Result<(), StoreError> {
-        if self.health.has_failed() {
-            return Err(StoreError::Unavailable);
-        }
-        self.space.admit_bytes(class, bytes)
-    }
-
-    /// Counts an error by kind and, for an I/O error of the storage engine, records the fatal
-    /// fault (sled cannot go on after one). Returns the error for `?`.
-    pub(crate) fn note(&self, err: StoreError) -> StoreError {
-        // Refusals were counted when they were made.
-        if !matches!(err, StoreError::NoSpace { .. } | StoreError::ReadOnly) {
-            self.errors.count(&err);
-        }
-        if let StoreError::Io(detail) = &err {
-            self.health.fatal(format!("the storage engine failed and cannot go on: {detail}"));
-        }
-        err
-    }
-
-    /// Deliveries per queue state: (pending, held), counted from the index trees.
-    pub fn queue_depth(&self) -> (usize, usize) {
-        (self.queue.len(), self.held.len())
-    }
-
-    /// Bytes the database occupies on disk.
-    pub fn size_on_disk(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
-    }
-
-    fn announce(&self, notice: QueueNotice) {
-        // Without a receiver (no engine, or the engine stopped) a notice has nobody to wake.
-        let _ = self.notices.send(notice);
-    }
+/// The answer for one published event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub event_id: EventId,
+    /// Deliveries created (0 for a duplicate: those of the first request stand).
+    pub deliveries: u32,
+    /// True when the client id was seen within [`IDEMPOTENCY_WINDOW_MS`] and nothing new was
+    /// created.
+    pub duplicate: bool,
 }
 
-/// Removes snapshot files sled did not finish writing. sled writes a snapshot as
-/// `snap.<lsn>.generating` and renames it when complete, but its start-up also reads a
-/// leftover `.generating` file as a snapshot: one left empty by a full disk (a start-up while
-/// the disk was full) made every later start fail with "stored data is corrupt". Such a file
-/// is incomplete by construction; sled recovers from its log and writes a new one.
-fn remove_unfinished_snapshots(dir: &Path) -> Result<(), StoreError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|err| StoreError::Io(format!("cannot read {}: {err}", dir.display())))?;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name.starts_with("snap.") && name.ends_with(".generating") {
-            tracing::warn!(file = %name, "removing a snapshot file sled did not finish writing");
-            std::fs::remove_file(entry.path())
-                .map_err(|err| StoreError::Io(format!("cannot remove {}: {err}", entry.path().display())))?;
-        }
-    }
-    Ok(())
+/// Everything a worker needs for one attempt, read together.
+#[derive(Debug, Clone)]
+pub struct AttemptContext {
+    pub delivery: Delivery,
+    pub subscription: Arc<Subscription>,
+    pub event: Arc<Event>,
 }
 
-/// Turns a failed decode inside a transaction into an abort carrying the error.
-fn abort_on<T>(
-    result: Result<T, StoreError>,
-) -> Result<T, sled::transaction::ConflictableTransactionError<StoreError>> {
-    result.map_err(sled::transaction::ConflictableTransactionError::Abort)
+/// One attempt's outcome, to record: the queue entry it was made for (subscription, due,
+/// delivery), what happened, and what happens next.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub subscription_id: SubscriptionId,
+    pub due: Millis,
+    pub delivery_id: DeliveryId,
+    pub attempt: Attempt,
+    pub decision: AttemptDecision,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// One page of a listing, newest first, and the cursor of the next page (`None`: the last).
+pub type Page<T, Cursor> = (Vec<T>, Option<Cursor>);
 
-    #[test]
-    fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_next_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
-        let store = Store::open_with(dir.path(), &options).unwrap();
-        let subscription =
-            crate::model::Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], 1);
-        store.create_subscription(&subscription, 10).unwrap();
-        store.durable_blocking().unwrap();
-        drop(store);
-        // What sled leaves when it cannot write a snapshot at start-up: an empty file.
-        std::fs::write(dir.path().join("snap.00000000FFFFFFFF.generating"), b"").unwrap();
-        let mut tries = 0;
-        let store = loop {
-            // sled's file lock goes with the last handle of the first store.
-            match Store::open_with(dir.path(), &options) {
-                Ok(store) => break store,
-                Err(StoreError::Io(err)) if tries < 100 && err.contains("lock") => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(err) => panic!("{err}"),
-            }
-        };
-        assert!(store.subscription_by_id(&subscription.id).unwrap().is_some());
-    }
+/// Subscriptions, for the API (`api::webhooks`). Every change is durable on `Ok`.
+pub trait Subscriptions: Send + Sync {
+    /// Stores a new subscription unless its tenant already has `max_webhooks`
+    /// ([`StoreError::LimitExceeded`]); count and insert are atomic, so concurrent creates never
+    /// exceed the limit.
+    fn create_subscription(&self, subscription: &Subscription, max_webhooks: u32) -> Result<(), StoreError>;
+
+    /// A subscription of `tenant_id`; another tenant's id reads as absent.
+    fn subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError>;
+
+    /// One page of a tenant's subscriptions, newest first, of at most `limit`, starting after
+    /// `cursor` (the last id of the previous page).
+    fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        limit: usize,
+        cursor: Option<&SubscriptionId>,
+    ) -> Result<Page<Subscription, SubscriptionId>, StoreError>;
+
+    /// Applies `change` to a tenant's subscription atomically and returns the result (`None`:
+    /// no such subscription of this tenant). When the change makes the subscription
+    /// deliverable again, its held deliveries are released. `change` may run more than once
+    /// (transactions retry), so it must be a pure edit.
+    fn update_subscription(
+        &self,
+        tenant_id: &str,
+        id: &SubscriptionId,
+        change: &dyn Fn(&mut Subscription),
+    ) -> Result<Option<Subscription>, StoreError>;
+
+    /// Removes a tenant's subscription and every delivery queued or logged for it. False when
+    /// there is no such subscription of this tenant.
+    fn delete_subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<bool, StoreError>;
 }
+
+/// Publishing, for the API (`api::events`).
+pub trait Publishing: Send + Sync {
+    /// Stores a request's events with one delivery per matching deliverable subscription (held
+    /// for a paused or disabled one; none when the tenant's webhooks are off) and its client
+    /// idempotency ids, all or nothing; durable when it resolves `Ok`. A client id seen within
+    /// [`IDEMPOTENCY_WINDOW_MS`] answers the first event (`duplicate`), or
+    /// [`StoreError::IdempotencyConflict`] when the event differs.
+    fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Vec<Published>, StoreError>>;
+}
+
+/// The delivery log, for the API (`api::deliveries`).
+pub trait DeliveryLog: Send + Sync {
+    /// A delivery of `subscription_id`; one of another subscription reads as absent.
+    fn delivery(
+        &self,
+        subscription_id: &SubscriptionId,
+        delivery_id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError>;
+
+    /// An event (its body is the payload of its deliveries). Events live while a delivery
+    /// references them.
+    fn event(&self, event_id: &EventId) -> Result<Option<Event>, StoreError>;
+
+    /// One page of a subscription's deliveries, newest first, optionally only one `state`. A
+    /// page may end early (with a cursor) when a filter skipped many entries.
+    fn list_deliveries(
+        &self,
+        subscription_id: &SubscriptionId,
+        state: Option<DeliveryState>,
+        limit: usize,
+        cursor: Option<&DeliveryId>,
+    ) -> Result<Page<Delivery, DeliveryId>, StoreError>;
+
+    /// Queues a finished delivery of `subscription` again with a fresh round of retries (held
+    /// instead while the subscription is not deliverable); one still pending or held is left
+    /// as it is. Returns the delivery as it now stands, `None` when there is no such delivery
+    /// of this subscription. Durable on `Ok`.
+    fn redeliver(
+        &self,
+        subscription: &Subscription,
+        delivery_id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError>;
+}
+
+/// Due work, for the scheduler and the workers (`delivery`).
+pub trait DueWork: Send + Sync {
+    /// Subscriptions with at least one queued delivery.
+    fn subscriptions_with_queue(&self) -> Result<Vec<SubscriptionId>, StoreError>;
+
+    /// Up to `limit` queued deliveries of one subscription in due order (due, id), after
+    /// `after`.
+    fn queued_after(
+        &self,
+        subscription_id: &SubscriptionId,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, DeliveryId)>, StoreError>;
+
+    /// A queued delivery with its subscription and event, for one attempt. `None` when any of
+    /// them is gone or the entry is stale (the delivery is no longer due at `due`): the stray
+    /// entry is then removed, and nothing is attempted twice for one due time.
+    fn attempt_context(
+        &self,
+        subscription_id: &SubscriptionId,
+        due: Millis,
+        delivery_id: &DeliveryId,
+    ) -> Result<Option<AttemptContext>, StoreError>;
+
+    /// Moves a queued delivery to held (its subscription is paused or disabled); released at
+    /// once if the subscription became deliverable meanwhile.
+    fn hold(
+        &self,
+        subscription_id: &SubscriptionId,
+        due: Millis,
+        delivery_id: &DeliveryId,
+    ) -> Result<(), StoreError>;
+
+    /// True while no attempt should start because its outcome could not be stored (storage
+    /// nearly full, read-only, or failed).
+    fn dispatch_paused(&self) -> bool;
+}
+
+/// Attempt outcomes, for the recorder (`delivery::recorder`).
+pub trait Outcomes: Send + Sync {
+    /// Records outcomes atomically: each delivery's state, log and queue entry, and its
+    /// subscription's last-delivery fields, failure counter and disable state, in order.
+    /// Returns how many subscriptions these outcomes disabled (each counted once, by the write
+    /// that turned it off).
+    fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError>;
+}
+
+/// Time rules and clean-up, for the janitor (`delivery::janitor`). Times are Unix ms.
+pub trait Retention: Send + Sync {
+    /// Held deliveries held since before `now - retention_ms` become expired. Returns how many.
+    fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError>;
+
+    /// Removes deliveries finished before `now - retention_ms`, and events no delivery
+    /// references any more. Returns how many deliveries.
+    fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError>;
+
+    /// Forgets client idempotency ids older than [`IDEMPOTENCY_WINDOW_MS`]. Returns how many.
+    fn purge_idempotency(&self, now: Millis) -> Result<usize, StoreError>;
+
+    /// Finishes the clean-up of subscriptions deleted before a crash. Returns how many.
+    fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError>;
+
+    /// Releases the held deliveries of every deliverable subscription (after a crash between a
+    /// re-enable and its release). Returns how many.
+    fn release_all_deliverable(&self) -> Result<usize, StoreError>;
+}
+
+/// How storage stands, for `/readyz`, `/metrics` and the daemon.
+pub trait Vitals: Send + Sync {
+    /// `ok`, `low_space`, `read_only`, `stalled` or `failed`, with the reason in words. Never
+    /// waits on the storage engine, so it answers while storage hangs.
+    fn status(&self) -> (&'static str, Option<String>);
+
+    /// Deliveries per queue state: (pending, held).
+    fn queue_depth(&self) -> (usize, usize);
+
+    /// Figures for `/metrics`.
+    fn figures(&self) -> StorageFigures;
+
+    /// Makes every write so far durable (the last flush at shutdown), within [`DURABLE_WAIT`].
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Storage counters for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFigures {
+    /// Storage errors by kind (`no_space`, `read_only`, `io`, `corrupt`, `stalled`) since start.
+    pub errors: Vec<(&'static str, u64)>,
+    /// Bytes free on the data's file system (`None`: not on a local file system).
+    pub free_bytes: Option<u64>,
+    /// Bytes the data occupies.
+    pub size_bytes: u64,
+    /// Durability flushes made, and the writes they covered (group commit).
+    pub flushes: u64,
+    pub flushed_writes: u64,
+}
+
+/// Every part of the interface: what [`open`] returns.
+pub trait Storage:
+    Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals
+{
+}
+
+impl<T: Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals> Storage for T {}

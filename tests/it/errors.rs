@@ -70,9 +70,9 @@ fn create_body(changes: Value) -> Value {
 
 /// What a tenant's data looks like from outside: the list and each stored secret.
 fn snapshot(daemon: &TestDaemon) -> Vec<(Value, Vec<String>)> {
-    [ACME_KEY, GLOBEX_KEY, TINY_KEY]
+    [(ACME_KEY, "acme"), (GLOBEX_KEY, "globex"), (TINY_KEY, "tiny")]
         .iter()
-        .map(|key| {
+        .map(|(key, tenant)| {
             let reply = daemon.call("GET", "/v1/webhooks", key, None);
             assert_eq!(reply.status, 200, "{}", reply.text);
             let list = reply.json();
@@ -82,8 +82,11 @@ fn snapshot(daemon: &TestDaemon) -> Vec<(Value, Vec<String>)> {
                 .iter()
                 .map(|s| {
                     let id = s["id"].as_str().unwrap();
-                    let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
-                    format!("{} {:?}", stored.secret, stored.retired_secret)
+                    let stored = daemon.stored(tenant, id).unwrap();
+                    let retired = stored
+                        .retired_secret
+                        .map(|retired| (retired.secret.expose().to_owned(), retired.valid_until));
+                    format!("{} {retired:?}", stored.secret.expose())
                 })
                 .collect();
             (list, secrets)

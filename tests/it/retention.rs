@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use atender_webhooks::model::EventId;
 use serde_json::json;
 
 use crate::support::*;
@@ -62,7 +63,10 @@ fn finished_records_are_purged_after_the_delivery_retention() {
     assert_eq!(store.purge_finished(now + 8 * 24 * HOUR_MS, 7 * 24 * HOUR_MS).unwrap(), 1);
     assert!(log(&daemon, id).is_empty());
     let event_id = delivery["eventId"].as_str().unwrap();
-    assert!(store.event(event_id).unwrap().is_none(), "the event goes with its last delivery");
+    assert!(
+        store.event(&EventId::parse(event_id).unwrap()).unwrap().is_none(),
+        "the event goes with its last delivery"
+    );
 }
 
 #[test]

@@ -279,6 +279,12 @@ impl TestDaemon {
         self.daemon.as_ref().expect("daemon running")
     }
 
+    /// The subscription `id` of `tenant` as stored (secrets included), read behind the API.
+    pub fn stored(&self, tenant: &str, id: &str) -> Option<atender_webhooks::model::Subscription> {
+        let id = atender_webhooks::model::SubscriptionId::parse(id).expect("a subscription id");
+        self.daemon().store().subscription(tenant, &id).expect("storage reads")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -12,7 +12,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
-use atender_webhooks::model::IdKind;
+use atender_webhooks::model::SubscriptionId;
 
 use crate::support::*;
 
@@ -123,7 +123,7 @@ fn create_answers_every_field_with_its_default_and_the_secret() {
     assert_eq!(keys_of(&created), field_set(true), "{created}");
 
     let id = created["id"].as_str().unwrap();
-    assert!(IdKind::Subscription.is_valid(id), "{id}");
+    assert!(SubscriptionId::parse(id).is_some(), "{id}");
     assert_eq!(created["name"], "production-listener");
     assert_eq!(created["url"], "https://your-server.example.com/atender-webhooks");
     assert_eq!(created["events"], json!(["message.received", "message.sent", "conversation.resolved"]));
@@ -144,7 +144,7 @@ fn create_answers_every_field_with_its_default_and_the_secret() {
     let secret = assert_secret(&created["secret"]);
 
     // The stored subscription signs with exactly the secret handed out.
-    let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
+    let stored = daemon.stored("acme", id).unwrap();
     assert_eq!(stored.secret.expose(), secret);
     assert_eq!(stored.tenant_id, "acme");
 
@@ -463,7 +463,7 @@ fn delete_answers_204_and_then_the_subscription_is_gone() {
     let reply = daemon.call("DELETE", &path, ACME_KEY, None);
     assert_eq!(reply.status, 204);
     assert_eq!(reply.text, "", "204 has no body");
-    assert!(daemon.daemon().store().subscription_by_id(id).unwrap().is_none());
+    assert!(daemon.stored("acme", id).is_none());
 
     for (method, path, body) in [
         ("GET", path.clone(), None),
@@ -484,7 +484,6 @@ fn rotate_secret_hands_out_a_new_secret_and_validates_grace() {
     let created = daemon.create_subscription(ACME_KEY, guide_body());
     let id = created["id"].as_str().unwrap();
     let path = format!("/v1/webhooks/{id}/rotate-secret");
-    let store = daemon.daemon().store();
     let mut previous = created["secret"].as_str().unwrap().to_owned();
 
     // Without a body, with an empty object, and with each end of the grace range.
@@ -498,7 +497,7 @@ fn rotate_secret_hands_out_a_new_secret_and_validates_grace() {
         assert_eq!(rotated["id"], id);
         let secret = assert_secret(&rotated["secret"]);
         assert_ne!(secret, previous, "rotation makes a new secret");
-        let stored = store.subscription_by_id(id).unwrap().unwrap();
+        let stored = daemon.stored("acme", id).unwrap();
         assert_eq!(stored.secret.expose(), secret, "the new secret is in force at once");
         let grace = body.as_ref().and_then(|b| b["graceSeconds"].as_u64()).unwrap_or(0);
         match &stored.retired_secret {
@@ -523,7 +522,7 @@ fn rotate_secret_hands_out_a_new_secret_and_validates_grace() {
         assert_eq!(reply.error_code(), "validation_failed");
         assert!(reply.error_message().contains("graceSeconds"), "{bad}: {}", reply.text);
     }
-    assert_eq!(store.subscription_by_id(id).unwrap().unwrap().secret.expose(), previous);
+    assert_eq!(daemon.stored("acme", id).unwrap().secret.expose(), previous);
 
     // Rotation changes nothing else the API shows but updatedAt.
     let mut before = without_secret(&created);
@@ -602,7 +601,7 @@ fn a_tenant_never_sees_or_touches_another_tenants_subscriptions() {
 
     // Acme's subscription and secret are untouched.
     assert_eq!(daemon.subscription(ACME_KEY, id), without_secret(&created));
-    let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
+    let stored = daemon.stored("acme", id).unwrap();
     assert_eq!(stored.secret.expose(), created["secret"].as_str().unwrap());
     assert!(stored.retired_secret.is_none());
 }
@@ -652,7 +651,7 @@ fn subscriptions_their_order_and_secrets_survive_a_restart() {
     let full = daemon.call("POST", "/v1/webhooks", TINY_KEY, Some(guide_body()));
     assert_eq!(full.status, 429, "the limit still counts the stored subscriptions: {}", full.text);
     for (id, secret) in &secrets {
-        let stored = daemon.daemon().store().subscription_by_id(id).unwrap().unwrap();
+        let stored = daemon.stored("acme", id).unwrap();
         assert_eq!(stored.secret.expose(), secret, "{id}");
     }
 

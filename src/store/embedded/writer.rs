@@ -8,8 +8,7 @@
 
 use tokio::sync::oneshot;
 
-use crate::store::events::{PublishRequest, Published};
-use crate::store::{StoreError, Trees};
+use crate::store::embedded::{PublishRequest, Published, StoreError, Trees};
 
 /// Most events gathered into one group transaction. Every sled read (each delivery attempt
 /// reads three records) waits while a transaction holds sled's global write lock, so groups

@@ -5,9 +5,9 @@ use std::sync::Arc;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
-use crate::model::Subscription;
-use crate::store::codec::{decode, encode};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
+use crate::model::{Subscription, SubscriptionId};
+use crate::store::embedded::codec::{decode, encode};
+use crate::store::embedded::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
 
 fn read_count(
     counts: &TransactionalTree,
@@ -23,7 +23,7 @@ fn read_count(
 impl Trees {
     /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
     /// the insert are one transaction, so concurrent creates can never exceed the limit.
-    pub fn create_subscription(
+    pub(crate) fn create_subscription(
         &self,
         subscription: &Subscription,
         max_webhooks: u32,
@@ -47,13 +47,16 @@ impl Trees {
     }
 
     /// A subscription by id, whoever owns it (for the delivery engine).
-    pub fn subscription_by_id(&self, id: &str) -> Result<Option<Subscription>, StoreError> {
+    pub(crate) fn subscription_by_id(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
         self.subscriptions.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
     }
 
     /// [`Trees::subscription_by_id`] through the in-memory cache, for delivery attempts: a hit
     /// never waits on sled.
-    pub fn cached_subscription(&self, id: &str) -> Result<Option<Arc<Subscription>>, StoreError> {
+    pub(crate) fn cached_subscription(
+        &self,
+        id: &SubscriptionId,
+    ) -> Result<Option<Arc<Subscription>>, StoreError> {
         if let Some(hit) = self.subscription_cache.get(id) {
             return Ok(Some(hit));
         }
@@ -68,18 +71,22 @@ impl Trees {
     }
 
     /// A subscription of `tenant_id`; another tenant's id reads as absent.
-    pub fn subscription(&self, tenant_id: &str, id: &str) -> Result<Option<Subscription>, StoreError> {
+    pub(crate) fn subscription(
+        &self,
+        tenant_id: &str,
+        id: &SubscriptionId,
+    ) -> Result<Option<Subscription>, StoreError> {
         Ok(self.subscription_by_id(id)?.filter(|found| found.tenant_id == tenant_id))
     }
 
     /// One page of a tenant's subscriptions, newest first, starting after `cursor` (the last id
     /// of the previous page). Returns the page and the cursor of the next one, if any.
-    pub fn list_subscriptions(
+    pub(crate) fn list_subscriptions(
         &self,
         tenant_id: &str,
         limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<(Vec<Subscription>, Option<String>), StoreError> {
+        cursor: Option<&SubscriptionId>,
+    ) -> Result<(Vec<Subscription>, Option<SubscriptionId>), StoreError> {
         let prefix = keys::tenant_prefix(tenant_id);
         let end = match cursor {
             Some(cursor) => keys::tenant_subscription(tenant_id, cursor),
@@ -93,9 +100,10 @@ impl Trees {
                 more = true;
                 break;
             }
-            let id = std::str::from_utf8(&key[prefix.len()..])
-                .map_err(|_| StoreError::Corrupt("tenant index key is not UTF-8".into()))?;
-            if let Some(subscription) = self.subscription_by_id(id)? {
+            let id = SubscriptionId::from_bytes(&key[prefix.len()..]).ok_or_else(|| {
+                StoreError::Corrupt("tenant index key does not end in a subscription id".into())
+            })?;
+            if let Some(subscription) = self.subscription_by_id(&id)? {
                 page.push(subscription);
             }
         }
@@ -104,13 +112,13 @@ impl Trees {
     }
 
     /// All of a tenant's subscriptions (for fan-out at publish).
-    pub fn tenant_subscriptions(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError> {
+    pub(crate) fn tenant_subscriptions(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError> {
         let prefix = keys::tenant_prefix(tenant_id);
         let mut all = Vec::new();
         for entry in self.tenant_subscriptions.scan_prefix(&prefix) {
             let (key, _) = entry?;
-            if let Ok(id) = std::str::from_utf8(&key[prefix.len()..]) {
-                if let Some(subscription) = self.subscription_by_id(id)? {
+            if let Some(id) = SubscriptionId::from_bytes(&key[prefix.len()..]) {
+                if let Some(subscription) = self.subscription_by_id(&id)? {
                     all.push(subscription);
                 }
             }
@@ -121,10 +129,10 @@ impl Trees {
     /// Applies `change` to a tenant's subscription atomically and returns the result. When the
     /// change makes the subscription deliverable again, its held deliveries are released.
     /// `change` may run more than once (transactions retry), so it must be a pure edit.
-    pub fn update_subscription(
+    pub(crate) fn update_subscription(
         &self,
         tenant_id: &str,
-        id: &str,
+        id: &SubscriptionId,
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
         self.admit(WriteClass::Client)?;
@@ -151,7 +159,11 @@ impl Trees {
 
     /// Removes a tenant's subscription and then every delivery queued or logged for it.
     /// Returns false when there is no such subscription.
-    pub fn delete_subscription(&self, tenant_id: &str, id: &str) -> Result<bool, StoreError> {
+    pub(crate) fn delete_subscription(
+        &self,
+        tenant_id: &str,
+        id: &SubscriptionId,
+    ) -> Result<bool, StoreError> {
         // Deleting frees space: allowed until the last half of the reserve.
         self.admit(WriteClass::Internal)?;
         let writes = self.subscription_cache.lock_writes();
@@ -179,20 +191,25 @@ impl Trees {
         drop(writes);
         if removed {
             self.purge_subscription_data(id)?;
-            self.announce(QueueNotice::Rescan { subscription_id: id.to_owned() });
+            self.announce(QueueNotice::Rescan { subscription_id: id.clone() });
         }
         Ok(removed)
     }
 
     /// Finishes the cleanup of every deleted subscription (after a crash mid-cleanup).
-    pub fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError> {
+    pub(crate) fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let mut purged = 0;
         for entry in self.deleted_subscriptions.iter() {
             let (key, _) = entry?;
-            if let Ok(id) = std::str::from_utf8(&key) {
-                self.purge_subscription_data(id)?;
-                purged += 1;
+            match SubscriptionId::from_bytes(&key) {
+                Some(id) => {
+                    self.purge_subscription_data(&id)?;
+                    purged += 1;
+                }
+                None => {
+                    self.deleted_subscriptions.remove(&key)?;
+                }
             }
         }
         Ok(purged)
@@ -200,26 +217,28 @@ impl Trees {
 
     /// Drops the queue, held and log entries and delivery records of a deleted subscription, in
     /// batches so a subscription with a huge backlog never makes one giant transaction.
-    fn purge_subscription_data(&self, id: &str) -> Result<(), StoreError> {
+    fn purge_subscription_data(&self, id: &SubscriptionId) -> Result<(), StoreError> {
         loop {
-            let batch: Vec<String> = self
+            let batch: Vec<sled::IVec> = self
                 .subscription_deliveries
-                .scan_prefix(id.as_bytes())
+                .scan_prefix(keys::subscription_prefix(id))
+                .keys()
                 .take(500)
-                .map(|entry| entry.map(|(key, _)| keys::delivery_of(&key).unwrap_or_default().to_owned()))
                 .collect::<Result<_, _>>()?;
             if batch.is_empty() {
                 break;
             }
-            for delivery_id in &batch {
-                self.remove_delivery(delivery_id)?;
-                // Index entries whose record was already gone.
-                self.subscription_deliveries.remove(keys::subscription_delivery(id, delivery_id))?;
-                self.held.remove(keys::subscription_delivery(id, delivery_id))?;
+            for key in &batch {
+                if let Some(delivery_id) = keys::delivery_of(key) {
+                    self.remove_delivery(&delivery_id)?;
+                }
+                // Index entries whose record was already gone (or that are not well-formed).
+                self.subscription_deliveries.remove(key)?;
+                self.held.remove(key)?;
             }
         }
         // Queue entries are removed with their delivery; sweep any stray ones too.
-        for entry in self.queue.scan_prefix(id.as_bytes()) {
+        for entry in self.queue.scan_prefix(keys::subscription_prefix(id)) {
             let (key, _) = entry?;
             self.queue.remove(key)?;
         }
@@ -232,12 +251,13 @@ impl Trees {
 mod tests {
     use super::*;
     use crate::model::now_millis;
-    use crate::store::Store;
+    use crate::store::embedded::SledStore;
 
     #[test]
     fn the_attempt_cache_follows_updates_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
         let subscription = Subscription::new(
             "acme",
             "a",

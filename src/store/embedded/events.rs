@@ -8,59 +8,15 @@ use std::sync::Arc;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use crate::model::{Delivery, DeliveryState, Event, IdKind, Millis, Subscription};
-use crate::store::codec::{decode, encode, IdempotencyRecord};
-use crate::store::index::{store_delivery, Indexes};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
-
-/// How long a client idempotency id is remembered.
-pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
-
-/// An event ready to store: its id and exact delivery body were made by the caller.
-#[derive(Debug, Clone)]
-pub struct NewEvent {
-    pub id: String,
-    pub event_type: String,
-    pub body: Vec<u8>,
-    /// The client's idempotency id, if it sent one.
-    pub client_id: Option<String>,
-    /// SHA-256 of what makes the request this event (type and canonical data), compared when
-    /// the client id was seen before: a different fingerprint is an idempotency conflict.
-    pub fingerprint: [u8; 32],
-}
-
-impl NewEvent {
-    /// An event of `event_type` with body `{}` made at `at`, no client id (for tests).
-    #[cfg(test)]
-    pub(crate) fn plain(event_type: &str, at: Millis) -> NewEvent {
-        NewEvent {
-            id: IdKind::Event.new_id(at),
-            event_type: event_type.into(),
-            body: b"{}".to_vec(),
-            client_id: None,
-            fingerprint: [0; 32],
-        }
-    }
-}
-
-/// The answer for one published event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    pub event_id: String,
-    pub deliveries: u32,
-    /// True when the client id was seen within 24 h and nothing new was created.
-    pub duplicate: bool,
-}
-
-/// One client request to publish: its events are stored all or nothing.
-#[derive(Debug, Clone)]
-pub struct PublishRequest {
-    pub tenant_id: String,
-    /// False when the tenant's webhooks are switched off: events are answered, nothing fans out.
-    pub webhooks_enabled: bool,
-    pub events: Vec<NewEvent>,
-    pub now: Millis,
-}
+use crate::model::{
+    Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+};
+use crate::store::embedded::codec::{decode, encode, IdempotencyRecord};
+use crate::store::embedded::index::{store_delivery, Indexes};
+use crate::store::embedded::{
+    abort_on, keys, NewEvent, PublishRequest, Published, QueueNotice, StoreError, Trees, WriteClass,
+};
+use crate::store::IDEMPOTENCY_WINDOW_MS;
 
 /// What the transaction writes for one event, prepared outside it.
 struct Planned {
@@ -171,8 +127,15 @@ impl Trees {
                         let now = plan.event.created_at;
                         if let Some(key) = &plan.client_key {
                             if let Some(previous) = remembered(idempotency, key, now)? {
+                                let event_id =
+                                    abort_on(EventId::parse(&previous.event_id).ok_or_else(|| {
+                                        StoreError::Corrupt(format!(
+                                            "idempotency record names event {:?}, not an event id",
+                                            previous.event_id
+                                        ))
+                                    }))?;
                                 request_answers.push(Published {
-                                    event_id: previous.event_id,
+                                    event_id,
                                     deliveries: previous.deliveries,
                                     duplicate: true,
                                 });
@@ -180,7 +143,7 @@ impl Trees {
                             }
                             let record = IdempotencyRecord {
                                 created_at: now,
-                                event_id: plan.event.id.clone(),
+                                event_id: plan.event.id.to_string(),
                                 deliveries: plan.deliveries.len() as u32,
                                 fingerprint: Some(plan.fingerprint),
                             };
@@ -217,10 +180,10 @@ impl Trees {
         };
 
         // A subscription un-paused while this transaction ran must not keep what it held.
-        let mut held_for: Vec<&str> = created()
+        let mut held_for: Vec<&SubscriptionId> = created()
             .flat_map(|plan| plan.deliveries.iter())
             .filter(|delivery| delivery.state == DeliveryState::Held)
-            .map(|delivery| delivery.subscription_id.as_str())
+            .map(|delivery| &delivery.subscription_id)
             .collect();
         held_for.sort_unstable();
         held_for.dedup();
@@ -310,7 +273,7 @@ fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: 
         .iter()
         .filter(|subscription| subscription.wants(&event.event_type))
         .map(|subscription| {
-            Delivery::new(IdKind::Delivery.new_id(now), subscription, &event.id, &event.event_type, now)
+            Delivery::new(DeliveryId::new(now), subscription, &event.id, &event.event_type, now)
         })
         .collect();
     Planned {
@@ -333,7 +296,7 @@ fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: 
 mod tests {
     use super::*;
     use crate::model::now_millis;
-    use crate::store::Store;
+    use crate::store::embedded::SledStore;
 
     fn event(client_id: Option<&str>) -> NewEvent {
         NewEvent {
@@ -349,7 +312,8 @@ mod tests {
     #[test]
     fn a_group_answers_each_request_and_sees_its_own_idempotency_ids() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
         let now = now_millis();
         let acme = Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
         let globex =
@@ -372,7 +336,7 @@ mod tests {
         assert_eq!(answers[2][0].event_id, answers[0][0].event_id);
         assert_eq!(answers[3][0].deliveries, 0);
         // Three deliveries stored and queued: two for acme, one for globex.
-        assert_eq!(store.queue_depth(), (3, 0));
+        assert_eq!((store.queue.len(), store.held.len()), (3, 0));
         assert_eq!(store.queued_after(&acme.id, None, 10).unwrap().len(), 2);
         for answer in answers.iter().flatten().filter(|answer| answer.deliveries > 0) {
             assert!(store.event(&answer.event_id).unwrap().is_some());

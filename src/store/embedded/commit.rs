@@ -15,13 +15,27 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use crate::health::Health;
-use crate::store::space::StorageErrors;
-use crate::store::{StoreError, DURABLE_WAIT};
+use crate::store::embedded::space::StorageErrors;
+use crate::store::embedded::{StoreError, DURABLE_WAIT};
 
 /// A flush running longer than this marks the group-commit thread stalled (`/healthz` fails).
 const FLUSH_LIMIT: Duration = Duration::from_secs(30);
 
-type Waiter = oneshot::Sender<Result<(), StoreError>>;
+/// Someone waiting for the next flush: a task or a plain thread.
+enum Waiter {
+    Task(oneshot::Sender<Result<(), StoreError>>),
+    Thread(std::sync::mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+impl Waiter {
+    fn answer(self, result: Result<(), StoreError>) {
+        // A waiter that gave up (its request was cancelled or timed out) is fine to ignore.
+        let _ = match self {
+            Waiter::Task(sender) => sender.send(result).map_err(drop),
+            Waiter::Thread(sender) => sender.send(result).map_err(drop),
+        };
+    }
+}
 
 /// Counters of the group-commit thread, for metrics and benchmarks.
 #[derive(Debug, Default)]
@@ -66,8 +80,7 @@ impl GroupCommit {
                 thread_stats.flushes.fetch_add(1, Ordering::Relaxed);
                 thread_stats.requests.fetch_add(group.len() as u64, Ordering::Relaxed);
                 for waiter in group {
-                    // A waiter that gave up (its request was cancelled) is fine to ignore.
-                    let _ = waiter.send(result.clone());
+                    waiter.answer(result.clone());
                 }
                 beat.idle();
             }
@@ -79,18 +92,22 @@ impl GroupCommit {
     /// [`StoreError::Stalled`] after [`DURABLE_WAIT`] (the flush did not return: a host fault).
     pub async fn durable(&self) -> Result<(), StoreError> {
         let (waiter, done) = oneshot::channel();
-        self.requests.send(waiter).map_err(|_| StoreError::Unavailable)?;
+        self.requests.send(Waiter::Task(waiter)).map_err(|_| StoreError::Unavailable)?;
         match tokio::time::timeout(DURABLE_WAIT, done).await {
             Ok(answer) => answer.map_err(|_| StoreError::Unavailable)?,
             Err(_) => Err(StoreError::Stalled),
         }
     }
 
-    /// The same, for callers on a plain thread (benchmarks and tools; no time limit).
+    /// The same, for callers on a plain thread (or tokio's blocking pool).
     pub fn durable_blocking(&self) -> Result<(), StoreError> {
-        let (waiter, done) = oneshot::channel();
-        self.requests.send(waiter).map_err(|_| StoreError::Unavailable)?;
-        done.blocking_recv().map_err(|_| StoreError::Unavailable)?
+        let (waiter, done) = std::sync::mpsc::sync_channel(1);
+        self.requests.send(Waiter::Thread(waiter)).map_err(|_| StoreError::Unavailable)?;
+        match done.recv_timeout(DURABLE_WAIT) {
+            Ok(answer) => answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(StoreError::Stalled),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Unavailable),
+        }
     }
 
     pub fn stats(&self) -> &CommitStats {

@@ -11,7 +11,7 @@
 use sled::transaction::{TransactionalTree, UnabortableTransactionError};
 
 use crate::model::{Delivery, DeliveryState, Millis};
-use crate::store::keys;
+use crate::store::embedded::keys;
 
 /// The index trees of a delivery transaction, as seen inside it.
 pub(super) struct Indexes<'a> {
@@ -32,7 +32,7 @@ struct Entries {
 
 fn entries(delivery: Option<&Delivery>) -> Entries {
     let Some(delivery) = delivery else { return Entries::default() };
-    let (subscription, id) = (delivery.subscription_id.as_str(), delivery.id.as_str());
+    let (subscription, id) = (&delivery.subscription_id, &delivery.id);
     let index_key = keys::subscription_delivery(subscription, id);
     Entries {
         queue: match (delivery.state, delivery.next_attempt_at) {
@@ -57,7 +57,7 @@ pub(super) fn store_delivery(
     after: &Delivery,
     now: Millis,
 ) -> Result<(), UnabortableTransactionError> {
-    deliveries.insert(after.id.as_bytes(), crate::store::codec::encode(after))?;
+    deliveries.insert(after.id.as_bytes(), crate::store::embedded::codec::encode(after))?;
     move_indexes(indexes, before, Some(after), now)
 }
 
@@ -110,20 +110,22 @@ mod tests {
     use super::*;
     use crate::lifecycle::AttemptDecision;
     use crate::model::{Attempt, Subscription};
-    use crate::store::Store;
+    use crate::model::{DeliveryId, EventId};
+    use crate::store::embedded::{SledStore, Trees};
     use sled::Transactional;
 
     /// The index entries a delivery has in storage now: (queue, held, finished, log byte).
-    fn stored(store: &Store, delivery: &Delivery) -> (bool, Option<Millis>, bool, Option<u8>) {
+    fn stored(store: &Trees, delivery: &Delivery) -> (bool, Option<Millis>, bool, Option<u8>) {
         let index_key = keys::subscription_delivery(&delivery.subscription_id, &delivery.id);
-        let queued = store.queue.scan_prefix(delivery.subscription_id.as_bytes()).count() == 1;
+        let queued =
+            store.queue.scan_prefix(keys::subscription_prefix(&delivery.subscription_id)).count() == 1;
         let held = store.held.get(&index_key).unwrap().and_then(|value| keys::parse_held_since(&value));
         let finished = store.finished.iter().count() == 1;
         let log = store.subscription_deliveries.get(&index_key).unwrap().map(|value| value[0]);
         (queued, held, finished, log)
     }
 
-    fn apply(store: &Store, before: Option<&Delivery>, after: Option<&Delivery>, now: Millis) {
+    fn apply(store: &Trees, before: Option<&Delivery>, after: Option<&Delivery>, now: Millis) {
         let trees = (&store.queue, &store.held, &store.subscription_deliveries, &store.finished);
         trees
             .transaction(|(queue, held, log, finished)| {
@@ -136,39 +138,39 @@ mod tests {
     #[test]
     fn every_state_has_exactly_its_entries_through_a_whole_life() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
         let subscription = Subscription::new("t", "s", "https://a.example/", vec!["a.b".into()], 0);
-        let id = crate::model::IdKind::Delivery.new_id(10);
-        let new = Delivery::new(id, &subscription, "evt_1", "a.b", 10);
-        apply(&store, None, Some(&new), 10);
-        assert_eq!(stored(&store, &new), (true, None, false, Some(0)), "pending");
+        let new = Delivery::new(DeliveryId::new(10), &subscription, &EventId::new(10), "a.b", 10);
+        apply(store, None, Some(&new), 10);
+        assert_eq!(stored(store, &new), (true, None, false, Some(0)), "pending");
 
         let mut retried = new.clone();
         let attempt = Attempt { at: 20, duration_ms: 1, response_code: Some(503), error: None };
         retried.record_attempt(attempt.clone(), &AttemptDecision::Retry { due: 99 }, 21);
-        apply(&store, Some(&new), Some(&retried), 21);
+        apply(store, Some(&new), Some(&retried), 21);
         let due: Vec<_> =
             store.queue.iter().keys().map(|key| keys::parse_queue(&key.unwrap()).unwrap().1).collect();
         assert_eq!(due, [99], "the queue key moved to the new due time");
 
         let mut held = retried.clone();
         assert!(held.hold());
-        apply(&store, Some(&retried), Some(&held), 30);
-        assert_eq!(stored(&store, &held), (false, Some(30), false, Some(1)), "held since 30");
-        apply(&store, Some(&held), Some(&held), 40);
-        assert_eq!(stored(&store, &held).1, Some(30), "staying held keeps the stamp");
+        apply(store, Some(&retried), Some(&held), 30);
+        assert_eq!(stored(store, &held), (false, Some(30), false, Some(1)), "held since 30");
+        apply(store, Some(&held), Some(&held), 40);
+        assert_eq!(stored(store, &held).1, Some(30), "staying held keeps the stamp");
 
         let mut expired = held.clone();
         assert!(expired.expire(50));
-        apply(&store, Some(&held), Some(&expired), 50);
-        assert_eq!(stored(&store, &expired), (false, None, true, Some(4)), "expired");
+        apply(store, Some(&held), Some(&expired), 50);
+        assert_eq!(stored(store, &expired), (false, None, true, Some(4)), "expired");
 
         let mut again = expired.clone();
         assert!(again.redeliver(false, 60));
-        apply(&store, Some(&expired), Some(&again), 60);
-        assert_eq!(stored(&store, &again), (false, Some(60), false, Some(1)), "redelivered while paused");
+        apply(store, Some(&expired), Some(&again), 60);
+        assert_eq!(stored(store, &again), (false, Some(60), false, Some(1)), "redelivered while paused");
 
-        apply(&store, Some(&again), None, 70);
-        assert_eq!(stored(&store, &again), (false, None, false, None), "removed: no entry left");
+        apply(store, Some(&again), None, 70);
+        assert_eq!(stored(store, &again), (false, None, false, None), "removed: no entry left");
     }
 }

@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::model::{Event, Subscription};
+use crate::model::{Event, EventId, Subscription, SubscriptionId};
 
 /// Subscriptions cached at most; the cache is emptied when full (it refills with the busy ones).
 const MAX_SUBSCRIPTIONS: usize = 10_000;
@@ -20,7 +20,7 @@ const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
 
 #[derive(Default)]
 pub struct SubscriptionCache {
-    entries: RwLock<HashMap<String, Arc<Subscription>>>,
+    entries: RwLock<HashMap<SubscriptionId, Arc<Subscription>>>,
     writes: Mutex<()>,
 }
 
@@ -30,7 +30,7 @@ impl SubscriptionCache {
         self.writes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn get(&self, id: &str) -> Option<Arc<Subscription>> {
+    pub fn get(&self, id: &SubscriptionId) -> Option<Arc<Subscription>> {
         self.entries.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(id).cloned()
     }
 
@@ -52,7 +52,7 @@ impl SubscriptionCache {
     }
 
     /// Drops a cached copy; call with the write lock held.
-    pub fn forget(&self, id: &str) {
+    pub fn forget(&self, id: &SubscriptionId) {
         self.entries.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(id);
     }
 }
@@ -64,13 +64,13 @@ pub struct EventCache {
 
 #[derive(Default)]
 struct EventEntries {
-    by_id: HashMap<String, Arc<Event>>,
-    order: VecDeque<String>,
+    by_id: HashMap<EventId, Arc<Event>>,
+    order: VecDeque<EventId>,
     bytes: usize,
 }
 
 impl EventCache {
-    pub fn get(&self, id: &str) -> Option<Arc<Event>> {
+    pub fn get(&self, id: &EventId) -> Option<Arc<Event>> {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).by_id.get(id).cloned()
     }
 

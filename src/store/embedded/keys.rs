@@ -1,15 +1,15 @@
-//! Key encodings of the sled trees. Ids are fixed-length ASCII (prefix + ULID), times are
-//! big-endian u64 milliseconds, so byte order is the order we scan in.
+//! Key encodings of the sled trees. Ids are their typed-id text, fixed-length ASCII
+//! ([`SubscriptionId::LEN`], [`DeliveryId::LEN`]: prefix + ULID), times are big-endian u64
+//! milliseconds, so byte order is the order we scan in. Splitting a key back into its parts
+//! uses those lengths and validates each id.
 
-use crate::model::{DeliveryState, Millis};
+use crate::model::{DeliveryId, DeliveryState, Millis, SubscriptionId};
 
-/// Length of a subscription id: `wh_` + 26.
-pub const SUBSCRIPTION_ID_LEN: usize = 29;
-/// Length of a delivery id: `dlv_` + 26.
-pub const DELIVERY_ID_LEN: usize = 30;
+const SUBSCRIPTION_ID_LEN: usize = SubscriptionId::LEN;
+const DELIVERY_ID_LEN: usize = DeliveryId::LEN;
 
 /// `tenant_subscriptions`: tenant id, 0x00, subscription id.
-pub fn tenant_subscription(tenant_id: &str, subscription_id: &str) -> Vec<u8> {
+pub fn tenant_subscription(tenant_id: &str, subscription_id: &SubscriptionId) -> Vec<u8> {
     let mut key = tenant_prefix(tenant_id);
     key.extend_from_slice(subscription_id.as_bytes());
     key
@@ -25,7 +25,7 @@ pub fn tenant_prefix(tenant_id: &str) -> Vec<u8> {
 
 /// `queue`: subscription id, due time, delivery id. One subscription's pending deliveries are
 /// contiguous and in due order.
-pub fn queue(subscription_id: &str, due: Millis, delivery_id: &str) -> Vec<u8> {
+pub fn queue(subscription_id: &SubscriptionId, due: Millis, delivery_id: &DeliveryId) -> Vec<u8> {
     let mut key = Vec::with_capacity(SUBSCRIPTION_ID_LEN + 8 + DELIVERY_ID_LEN);
     key.extend_from_slice(subscription_id.as_bytes());
     key.extend_from_slice(&due.to_be_bytes());
@@ -33,22 +33,34 @@ pub fn queue(subscription_id: &str, due: Millis, delivery_id: &str) -> Vec<u8> {
     key
 }
 
-/// Splits a `queue` key into (subscription id, due, delivery id).
-pub fn parse_queue(key: &[u8]) -> Option<(&str, Millis, &str)> {
+/// The first bytes of every key of one subscription in `queue`, `held` and
+/// `subscription_deliveries`.
+pub fn subscription_prefix(subscription_id: &SubscriptionId) -> &[u8] {
+    subscription_id.as_bytes()
+}
+
+/// The subscription id a `queue`, `held` or `subscription_deliveries` key starts with.
+pub fn subscription_of(key: &[u8]) -> Option<SubscriptionId> {
+    SubscriptionId::from_bytes(key.get(..SUBSCRIPTION_ID_LEN)?)
+}
+
+/// Splits a `queue` key into (subscription id, due, delivery id); `None` for a key that is
+/// not one.
+pub fn parse_queue(key: &[u8]) -> Option<(SubscriptionId, Millis, DeliveryId)> {
     if key.len() != SUBSCRIPTION_ID_LEN + 8 + DELIVERY_ID_LEN {
         return None;
     }
     let (subscription, rest) = key.split_at(SUBSCRIPTION_ID_LEN);
     let (due, delivery) = rest.split_at(8);
     Some((
-        std::str::from_utf8(subscription).ok()?,
+        SubscriptionId::from_bytes(subscription)?,
         Millis::from_be_bytes(due.try_into().ok()?),
-        std::str::from_utf8(delivery).ok()?,
+        DeliveryId::from_bytes(delivery)?,
     ))
 }
 
 /// `held` and `subscription_deliveries`: subscription id, delivery id.
-pub fn subscription_delivery(subscription_id: &str, delivery_id: &str) -> Vec<u8> {
+pub fn subscription_delivery(subscription_id: &SubscriptionId, delivery_id: &DeliveryId) -> Vec<u8> {
     let mut key = Vec::with_capacity(SUBSCRIPTION_ID_LEN + DELIVERY_ID_LEN);
     key.extend_from_slice(subscription_id.as_bytes());
     key.extend_from_slice(delivery_id.as_bytes());
@@ -79,8 +91,13 @@ pub fn parse_held_since(value: &[u8]) -> Option<Millis> {
 }
 
 /// The delivery id at the end of a `held` / `subscription_deliveries` key.
-pub fn delivery_of(key: &[u8]) -> Option<&str> {
-    key.get(SUBSCRIPTION_ID_LEN..).and_then(|rest| std::str::from_utf8(rest).ok())
+pub fn delivery_of(key: &[u8]) -> Option<DeliveryId> {
+    DeliveryId::from_bytes(key.get(SUBSCRIPTION_ID_LEN..)?)
+}
+
+/// The delivery id of a `finished` key (a timed key).
+pub fn finished_delivery(key: &[u8]) -> Option<DeliveryId> {
+    parse_timed(key).and_then(|(_, id)| DeliveryId::from_bytes(id))
 }
 
 /// `finished` and `idempotency_expiry`: a time, then an identifying suffix.
@@ -117,13 +134,17 @@ mod tests {
 
     #[test]
     fn queue_keys_round_trip_and_sort_by_due() {
-        let subscription = "wh_01ARZ3NDEKTSV4RRFFQ69G5FAV";
-        let delivery = "dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV";
-        let early = queue(subscription, 5, delivery);
-        let late = queue(subscription, 256, delivery);
+        let subscription = SubscriptionId::parse("wh_01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        let delivery = DeliveryId::parse("dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        let early = queue(&subscription, 5, &delivery);
+        let late = queue(&subscription, 256, &delivery);
         assert!(early < late);
-        assert_eq!(parse_queue(&late), Some((subscription, 256, delivery)));
+        assert_eq!(parse_queue(&late), Some((subscription.clone(), 256, delivery.clone())));
         assert_eq!(parse_queue(b"short"), None);
+        let index = subscription_delivery(&subscription, &delivery);
+        assert_eq!((subscription_of(&index), delivery_of(&index)), (Some(subscription), Some(delivery)));
+        // A key of the right length whose parts are not ids is not a queue key.
+        assert_eq!(parse_queue(&[b'x'; SUBSCRIPTION_ID_LEN + 8 + DELIVERY_ID_LEN]), None);
     }
 
     #[test]

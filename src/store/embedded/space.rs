@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::health::Health;
 use crate::model::now_millis;
-use crate::store::StoreError;
+use crate::store::embedded::StoreError;
 
 /// How long a free-space reading is reused before `statvfs` is called again.
 pub const READING_TTL: Duration = Duration::from_millis(100);
@@ -301,11 +301,11 @@ impl Monitor {
                     thread_last.store(now_millis(), Ordering::Relaxed);
                 }
                 beat.idle();
-                if !matches!(
-                    stopped.recv_timeout(PROBE_PERIOD),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout)
-                ) {
-                    return;
+                // Stops with the store (its last handle dropped) or at the daemon's shutdown.
+                crossbeam_channel::select! {
+                    recv(stopped) -> _ => return,
+                    recv(beat.stop_signal()) -> _ => return,
+                    default(PROBE_PERIOD) => {}
                 }
             }
         })?;

@@ -9,29 +9,14 @@ use std::sync::Arc;
 use sled::Transactional;
 
 use crate::lifecycle::AttemptDecision;
-use crate::model::{Attempt, Delivery, DeliveryState, Event, Millis, Subscription};
-use crate::store::codec::{decode, encode};
-use crate::store::index::{move_indexes, store_delivery, Indexes};
-use crate::store::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
-
-/// Everything a worker needs for one attempt, read together.
-#[derive(Debug, Clone)]
-pub struct AttemptContext {
-    pub delivery: Delivery,
-    pub subscription: Arc<Subscription>,
-    pub event: Arc<Event>,
-}
-
-/// One attempt's outcome, to record: the queue key it was made for, what happened, and what
-/// happens next.
-#[derive(Debug, Clone)]
-pub struct AttemptRecord {
-    pub subscription_id: String,
-    pub due: Millis,
-    pub delivery_id: String,
-    pub attempt: Attempt,
-    pub decision: AttemptDecision,
-}
+use crate::model::{
+    Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+};
+use crate::store::embedded::codec::{decode, encode};
+use crate::store::embedded::index::{move_indexes, store_delivery, Indexes};
+use crate::store::embedded::{
+    abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, StoreError, Trees, WriteClass,
+};
 
 /// Most log index entries examined for one page of a filtered listing, so a rare status on a
 /// busy subscription costs a bounded scan; the page then ends early with a cursor.
@@ -39,7 +24,7 @@ const MAX_SCANNED_PER_PAGE: usize = 10_000;
 
 impl Trees {
     /// Subscriptions that have at least one queued delivery (one seek per subscription).
-    pub fn subscriptions_with_queue(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn subscriptions_with_queue(&self) -> Result<Vec<SubscriptionId>, StoreError> {
         let mut found = Vec::new();
         let mut from = Vec::new();
         while let Some(entry) = self.queue.range(from.clone()..).next() {
@@ -48,29 +33,30 @@ impl Trees {
                 self.queue.remove(&key)?;
                 continue;
             };
-            from = keys::prefix_end(subscription_id.as_bytes());
-            found.push(subscription_id.to_owned());
+            from = keys::prefix_end(keys::subscription_prefix(&subscription_id));
+            found.push(subscription_id);
         }
         Ok(found)
     }
 
     /// Up to `limit` queued deliveries of one subscription in due order, after `after`.
-    pub fn queued_after(
+    pub(crate) fn queued_after(
         &self,
-        subscription_id: &str,
-        after: Option<(Millis, &str)>,
+        subscription_id: &SubscriptionId,
+        after: Option<(Millis, &DeliveryId)>,
         limit: usize,
-    ) -> Result<Vec<(Millis, String)>, StoreError> {
+    ) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
+        let prefix = keys::subscription_prefix(subscription_id);
         let start = match after {
             Some((due, delivery_id)) => Bound::Excluded(keys::queue(subscription_id, due, delivery_id)),
-            None => Bound::Included(subscription_id.as_bytes().to_vec()),
+            None => Bound::Included(prefix.to_vec()),
         };
-        let end = Bound::Excluded(keys::prefix_end(subscription_id.as_bytes()));
+        let end = Bound::Excluded(keys::prefix_end(prefix));
         let mut found = Vec::new();
         for entry in self.queue.range::<Vec<u8>, _>((start, end)).take(limit) {
             let (key, _) = entry?;
             if let Some((_, due, delivery_id)) = keys::parse_queue(&key) {
-                found.push((due, delivery_id.to_owned()));
+                found.push((due, delivery_id));
             }
         }
         Ok(found)
@@ -79,11 +65,11 @@ impl Trees {
     /// Reads a queued delivery with its subscription and event. `None` when any of them is
     /// gone (the subscription was deleted) or the key is stale; the stray queue entry is then
     /// removed.
-    pub fn attempt_context(
+    pub(crate) fn attempt_context(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
         due: Millis,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
     ) -> Result<Option<AttemptContext>, StoreError> {
         let delivery: Option<Delivery> =
             self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()?;
@@ -108,31 +94,13 @@ impl Trees {
         Ok(context)
     }
 
-    /// Records one attempt's outcome (see [`Trees::record_attempts`]).
-    pub fn record_attempt(
-        &self,
-        subscription_id: &str,
-        due: Millis,
-        delivery_id: &str,
-        attempt: Attempt,
-        decision: &AttemptDecision,
-    ) -> Result<usize, StoreError> {
-        self.record_attempts(&[AttemptRecord {
-            subscription_id: subscription_id.to_owned(),
-            due,
-            delivery_id: delivery_id.to_owned(),
-            attempt,
-            decision: decision.clone(),
-        }])
-    }
-
     /// Records attempt outcomes in one transaction: each delivery's state, log and queue entry,
     /// and its subscription's last-delivery fields, failure counter and disable state. A
     /// subscription with several outcomes in the group is read and written once, the outcomes
     /// applied in order, so the workers of one busy subscription do not contend on its record.
     /// Returns how many subscriptions these outcomes disabled (each counted once, by the
     /// transaction that turned it off: two 410s racing for one subscription disable it once).
-    pub fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError> {
+    pub(crate) fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let writes = self.subscription_cache.lock_writes();
         let updated = (
@@ -145,7 +113,7 @@ impl Trees {
         )
             .transaction(|(deliveries, queue, held, log, finished, subscriptions)| {
                 let indexes = Indexes { queue, held, log, finished };
-                let mut touched: HashMap<&str, Option<Subscription>> = HashMap::new();
+                let mut touched: HashMap<&SubscriptionId, Option<Subscription>> = HashMap::new();
                 let mut disabled = 0;
                 for record in records {
                     let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
@@ -165,7 +133,7 @@ impl Trees {
                         queue.remove(job_key)?;
                     }
 
-                    let subscription = match touched.entry(subscription_id.as_str()) {
+                    let subscription = match touched.entry(subscription_id) {
                         Entry::Occupied(entry) => entry.into_mut(),
                         Entry::Vacant(entry) => {
                             let stored = subscriptions.get(subscription_id.as_bytes())?;
@@ -204,7 +172,12 @@ impl Trees {
     }
 
     /// Moves a queued delivery to `held` (its subscription is paused or disabled).
-    pub fn hold(&self, subscription_id: &str, due: Millis, delivery_id: &str) -> Result<(), StoreError> {
+    pub(crate) fn hold(
+        &self,
+        subscription_id: &SubscriptionId,
+        due: Millis,
+        delivery_id: &DeliveryId,
+    ) -> Result<(), StoreError> {
         self.admit(WriteClass::Internal)?;
         let now = crate::model::now_millis();
         let queue_key = keys::queue(subscription_id, due, delivery_id);
@@ -227,7 +200,7 @@ impl Trees {
     /// commits a `held` key re-reads the subscription afterwards and releases if it became
     /// deliverable. An un-pause either commits before this read (seen here) or its own release
     /// scan starts after the held key committed (found there).
-    pub(super) fn release_if_deliverable(&self, subscription_id: &str) -> Result<(), StoreError> {
+    pub(super) fn release_if_deliverable(&self, subscription_id: &SubscriptionId) -> Result<(), StoreError> {
         if self.subscription_by_id(subscription_id)?.is_some_and(|subscription| subscription.is_deliverable())
         {
             self.release_held(subscription_id)?;
@@ -237,14 +210,17 @@ impl Trees {
 
     /// Releases held deliveries of every subscription that is deliverable: after a crash
     /// between a re-enable and its release, they would otherwise wait for `hold_retention`.
-    pub fn release_all_deliverable(&self) -> Result<usize, StoreError> {
+    pub(crate) fn release_all_deliverable(&self) -> Result<usize, StoreError> {
         let mut released = 0;
         let mut from = Vec::new();
         while let Some(entry) = self.held.range(from.clone()..).next() {
             let (key, _) = entry?;
-            let subscription_id =
-                String::from_utf8_lossy(&key[..keys::SUBSCRIPTION_ID_LEN.min(key.len())]).into_owned();
-            from = keys::prefix_end(subscription_id.as_bytes());
+            let Some(subscription_id) = keys::subscription_of(&key) else {
+                // Not a key this store writes: drop it rather than stop recovery on it.
+                self.held.remove(&key)?;
+                continue;
+            };
+            from = keys::prefix_end(keys::subscription_prefix(&subscription_id));
             if self
                 .subscription_by_id(&subscription_id)?
                 .is_some_and(|subscription| subscription.is_deliverable())
@@ -257,14 +233,14 @@ impl Trees {
 
     /// Queues every held delivery of a subscription for now, in batches, with a fresh round of
     /// retries. Returns how many were released.
-    pub fn release_held(&self, subscription_id: &str) -> Result<usize, StoreError> {
+    pub(crate) fn release_held(&self, subscription_id: &SubscriptionId) -> Result<usize, StoreError> {
         let mut released = 0;
         loop {
-            let batch: Vec<String> = self
+            let batch: Vec<sled::IVec> = self
                 .held
-                .scan_prefix(subscription_id.as_bytes())
+                .scan_prefix(keys::subscription_prefix(subscription_id))
+                .keys()
                 .take(500)
-                .map(|entry| entry.map(|(key, _)| keys::delivery_of(&key).unwrap_or_default().to_owned()))
                 .collect::<Result<_, _>>()?;
             if batch.is_empty() {
                 break;
@@ -273,9 +249,10 @@ impl Trees {
             (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
                 .transaction(|(deliveries, queue, held, log, finished)| {
                     let indexes = Indexes { queue, held, log, finished };
-                    for delivery_id in &batch {
+                    for key in &batch {
                         // A stray entry (its record gone or no longer held) goes too.
-                        held.remove(keys::subscription_delivery(subscription_id, delivery_id))?;
+                        held.remove(key)?;
+                        let Some(delivery_id) = keys::delivery_of(key) else { continue };
                         let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
                         let before: Delivery = abort_on(decode(&bytes))?;
                         let mut after = before.clone();
@@ -288,7 +265,7 @@ impl Trees {
             released += batch.len();
         }
         if released > 0 {
-            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.to_owned() });
+            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.clone() });
         }
         Ok(released)
     }
@@ -299,7 +276,7 @@ impl Trees {
     /// again after a release counts anew. An entry without that instant (stored before it
     /// was kept) is stamped `now` and waits a whole retention from here. Returns how many
     /// expired.
-    pub fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+    pub(crate) fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let cutoff = now.saturating_sub(retention_ms);
         let mut expired = 0;
@@ -342,20 +319,18 @@ impl Trees {
 
     /// Removes finished deliveries (and events nobody references any more) that finished
     /// before `now - retention`. Returns how many deliveries were purged.
-    pub fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+    pub(crate) fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let cutoff = now.saturating_sub(retention_ms);
         let mut purged = 0;
         for entry in self.finished.range(..keys::timed(cutoff, b"")) {
             let (key, _) = entry?;
             self.finished.remove(&key)?;
-            if let Some(delivery_id) =
-                keys::parse_timed(&key).and_then(|(_, id)| std::str::from_utf8(id).ok())
-            {
+            if let Some(delivery_id) = keys::finished_delivery(&key) {
                 // A delivery redelivered since it finished is no longer finished: keep it.
-                let finished_still = self.delivery(delivery_id)?.is_some_and(|d| d.state.is_finished());
+                let finished_still = self.delivery(&delivery_id)?.is_some_and(|d| d.state.is_finished());
                 if finished_still {
-                    self.remove_delivery(delivery_id)?;
+                    self.remove_delivery(&delivery_id)?;
                     purged += 1;
                 }
             }
@@ -365,7 +340,7 @@ impl Trees {
 
     /// Removes a delivery record with every index entry pointing at it, and its event when it
     /// was the last delivery referencing it.
-    pub(super) fn remove_delivery(&self, delivery_id: &str) -> Result<(), StoreError> {
+    pub(super) fn remove_delivery(&self, delivery_id: &DeliveryId) -> Result<(), StoreError> {
         (
             &self.deliveries,
             &self.events,
@@ -395,21 +370,21 @@ impl Trees {
 
     /// Queues a delivery again with a fresh round of retries (held instead while the
     /// subscription is paused or disabled). A delivery still pending or held is left as it is.
-    pub fn redeliver(
+    pub(crate) fn redeliver(
         &self,
         subscription: &Subscription,
-        delivery_id: &str,
+        delivery_id: &DeliveryId,
     ) -> Result<Option<Delivery>, StoreError> {
         self.admit(WriteClass::Client)?;
         let now = crate::model::now_millis();
-        let subscription_id = subscription.id.as_str();
+        let subscription_id = &subscription.id;
         let result =
             (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
                 .transaction(|(deliveries, queue, held, log, finished)| {
                     let indexes = Indexes { queue, held, log, finished };
                     let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(None) };
                     let before: Delivery = abort_on(decode(&bytes))?;
-                    if before.subscription_id != subscription_id {
+                    if before.subscription_id != *subscription_id {
                         return Ok(None);
                     }
                     let mut after = before.clone();
@@ -421,35 +396,35 @@ impl Trees {
         if let Some(delivery) = &result {
             if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
                 self.announce(QueueNotice::Queued {
-                    subscription_id: subscription_id.to_owned(),
+                    subscription_id: subscription_id.clone(),
                     due: now,
-                    delivery_id: delivery_id.to_owned(),
+                    delivery_id: delivery_id.clone(),
                 });
             }
         }
         Ok(result)
     }
 
-    pub fn delivery(&self, delivery_id: &str) -> Result<Option<Delivery>, StoreError> {
+    pub(crate) fn delivery(&self, delivery_id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {
         self.deliveries.get(delivery_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
     }
 
-    pub fn event(&self, event_id: &str) -> Result<Option<Event>, StoreError> {
+    pub(crate) fn event(&self, event_id: &EventId) -> Result<Option<Event>, StoreError> {
         self.events.get(event_id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
     }
 
     /// One page of a subscription's delivery log, newest first, optionally only one state.
-    pub fn list_deliveries(
+    pub(crate) fn list_deliveries(
         &self,
-        subscription_id: &str,
+        subscription_id: &SubscriptionId,
         state: Option<DeliveryState>,
         limit: usize,
-        cursor: Option<&str>,
-    ) -> Result<(Vec<Delivery>, Option<String>), StoreError> {
-        let start = subscription_id.as_bytes().to_vec();
+        cursor: Option<&DeliveryId>,
+    ) -> Result<(Vec<Delivery>, Option<DeliveryId>), StoreError> {
+        let start = keys::subscription_prefix(subscription_id).to_vec();
         let end = match cursor {
             Some(cursor) => keys::subscription_delivery(subscription_id, cursor),
-            None => keys::prefix_end(subscription_id.as_bytes()),
+            None => keys::prefix_end(keys::subscription_prefix(subscription_id)),
         };
         let wanted = state.map(keys::state_byte);
         let mut page = Vec::new();
@@ -461,12 +436,12 @@ impl Trees {
                 more = true;
                 break;
             }
-            let delivery_id = keys::delivery_of(&key).unwrap_or_default();
-            last_scanned = Some(delivery_id.to_owned());
+            let Some(delivery_id) = keys::delivery_of(&key) else { continue };
+            last_scanned = Some(delivery_id.clone());
             if wanted.is_some_and(|wanted| value.first() != Some(&wanted)) {
                 continue;
             }
-            if let Some(delivery) = self.delivery(delivery_id)? {
+            if let Some(delivery) = self.delivery(&delivery_id)? {
                 page.push(delivery);
             }
         }
@@ -478,7 +453,8 @@ impl Trees {
 mod tests {
     use super::*;
     use crate::model::now_millis;
-    use crate::store::{NewEvent, Store};
+    use crate::model::Attempt;
+    use crate::store::embedded::{NewEvent, SledStore};
 
     fn failed(at: Millis, status: u16) -> Attempt {
         Attempt { at, duration_ms: 1, response_code: Some(status), error: Some(format!("HTTP {status}")) }
@@ -487,7 +463,8 @@ mod tests {
     #[test]
     fn a_group_of_outcomes_applies_each_in_order_and_writes_the_subscription_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
         let now = now_millis();
         let subscription =
             Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
@@ -497,7 +474,7 @@ mod tests {
         let queued = store.queued_after(&subscription.id, None, 10).unwrap();
         assert_eq!(queued.len(), 3);
 
-        let record = |(due, delivery_id): &(Millis, String), attempt, decision| AttemptRecord {
+        let record = |(due, delivery_id): &(Millis, DeliveryId), attempt, decision| AttemptRecord {
             subscription_id: subscription.id.clone(),
             due: *due,
             delivery_id: delivery_id.clone(),
@@ -547,7 +524,8 @@ mod tests {
     #[test]
     fn hold_retention_counts_from_the_hold_and_unstamped_entries_wait_a_whole_retention() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
         let created = now_millis() - 10 * 60_000;
         let mut subscription =
             Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], created);
@@ -567,6 +545,6 @@ mod tests {
         assert_eq!(store.expire_held(now, retention).unwrap(), 0, "stamped now, not expired");
         assert_eq!(store.expire_held(now + retention - 1, retention).unwrap(), 0);
         assert_eq!(store.expire_held(now + retention + 1, retention).unwrap(), 1);
-        assert_eq!(store.queue_depth(), (0, 0));
+        assert_eq!((store.queue.len(), store.held.len()), (0, 0));
     }
 }
