@@ -88,6 +88,11 @@ impl From<StoreError> for ApiError {
                 "unavailable",
                 "storage is on a read-only file system; nothing was stored; retry shortly",
             ),
+            StoreError::Unreachable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the database is unreachable (a restart or failover?); nothing was stored; retry shortly",
+            ),
             StoreError::Stalled => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

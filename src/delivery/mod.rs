@@ -23,6 +23,9 @@ use crate::store::Storage;
 
 pub use worker::decide;
 
+/// How long a lane waits after a refused claim (`Progress::Busy`) before it dispatches again.
+pub const BUSY_RETRY: Duration = Duration::from_millis(200);
+
 /// One attempt to make: the queue key of a due delivery.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -49,6 +52,10 @@ pub enum Progress {
     /// in storage and goes back into its lane, attempted again once dispatch resumes. The
     /// slot is freed too when `slot_free` (no [`Progress::Attempted`] was sent for it).
     Requeue { job: Job, slot_free: bool },
+    /// The claim was refused for now (the subscription's cap is reached across nodes, or
+    /// another node holds the delivery): slot and key are free, the key goes back into its lane
+    /// and the lane waits [`BUSY_RETRY`] before it dispatches again.
+    Busy { job: Job },
 }
 
 /// The running engine. It stops on the daemon's shutdown signal (`Health::begin_shutdown`,

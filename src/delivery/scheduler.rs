@@ -56,6 +56,8 @@ struct Lane {
     wake_at: Option<Millis>,
     /// The lane is queued for a free slot of the suspect budget.
     waiting_for_budget: bool,
+    /// A claim was refused (`Progress::Busy`): nothing is dispatched before this instant.
+    not_before: Millis,
 }
 
 pub struct Scheduler {
@@ -107,9 +109,17 @@ impl Scheduler {
             }
             Err(err) => tracing::error!(error = %err, "cannot scan the delivery queue at start-up"),
         }
+        let poll_every = self.store.poll_interval().map(|every| every.as_millis() as Millis);
+        let mut polled_at = now_millis();
         let mut fired = Vec::new();
         loop {
             let now = now_millis();
+            if let Some(every) = poll_every {
+                if now.saturating_sub(polled_at) >= every {
+                    polled_at = now;
+                    self.poll();
+                }
+            }
             let sleep = self
                 .wheel
                 .next_deadline()
@@ -144,6 +154,20 @@ impl Scheduler {
                 }
                 self.dispatch(&subscription);
             }
+        }
+    }
+
+    /// Looks for queued work by itself (backends shared by several nodes, which see other
+    /// nodes' writes only as hints): every subscription with queued work is rescanned, so work
+    /// another node queued, or left when it died, is found within one poll interval.
+    fn poll(&mut self) {
+        match self.store.subscriptions_with_queue() {
+            Ok(subscriptions) => {
+                for subscription_id in subscriptions {
+                    self.on_notice(QueueNotice::Rescan { subscription_id });
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot poll the delivery queue"),
         }
     }
 
@@ -192,10 +216,17 @@ impl Scheduler {
             Progress::Skipped { job } => (job, true, true),
             Progress::Requeue { job, slot_free } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
-                    // Still queued in sled: back into the window, tried when dispatch resumes.
+                    // Still queued in storage: back into the window, tried when dispatch resumes.
                     lane.window.insert((job.due, job.delivery_id.clone()));
                 }
                 (job, slot_free, true)
+            }
+            Progress::Busy { job } => {
+                if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
+                    lane.window.insert((job.due, job.delivery_id.clone()));
+                    lane.not_before = now_millis() + super::BUSY_RETRY.as_millis() as Millis;
+                }
+                (job, true, true)
             }
         };
         let id = job.subscription_id;
@@ -235,6 +266,14 @@ impl Scheduler {
             if lane.wake_at.is_none_or(|at| at > wake) {
                 lane.wake_at = Some(wake);
                 self.wheel.insert(wake, id.clone());
+            }
+            return;
+        }
+        if now < lane.not_before {
+            // A claim was refused: look again when the wait is over.
+            if lane.wake_at.is_none_or(|at| at > lane.not_before) {
+                lane.wake_at = Some(lane.not_before);
+                self.wheel.insert(lane.not_before, id.clone());
             }
             return;
         }
@@ -411,6 +450,23 @@ mod tests {
         fixture.scheduler.on_progress(Progress::Attempted { job: again[0].clone(), endpoint_ok: true });
         fixture.scheduler.on_progress(Progress::Recorded { job: again[0].clone() });
         assert!(sent(&fixture).is_empty());
+    }
+
+    #[test]
+    fn a_refused_claim_waits_before_the_key_goes_out_again() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 1);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        let job = sent(&fixture).pop().unwrap();
+        fixture.scheduler.on_progress(Progress::Busy { job: job.clone() });
+        assert!(sent(&fixture).is_empty(), "not before BUSY_RETRY");
+        let lane = &fixture.scheduler.lanes[&id];
+        assert_eq!((lane.attempting, lane.in_flight.len()), (0, 0), "slot and key are free");
+        assert!(lane.wake_at.is_some_and(|at| at >= lane.not_before), "the wheel wakes it then");
+        fixture.scheduler.lanes.get_mut(&id).unwrap().not_before = 0;
+        fixture.scheduler.dispatch(&id);
+        assert_eq!(sent(&fixture).pop().unwrap().delivery_id, job.delivery_id);
     }
 
     #[test]

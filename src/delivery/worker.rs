@@ -13,7 +13,7 @@ use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::{AttemptLabel, Metrics};
 use crate::model::{now_millis, Attempt, DeliveryId, Millis, Subscription};
-use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, DueWork, StoreError};
+use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Claim, DueWork, StoreError};
 
 /// What a worker needs, shared by all of them.
 pub struct WorkerContext {
@@ -40,12 +40,13 @@ pub fn run(
         }
         beat.busy();
         let sent = match attempt(&context, &job) {
-            Ok(Some((record, endpoint_ok))) => {
+            Ok(Made::Attempt(record, endpoint_ok)) => {
                 // The slot is free now; the key stays in flight until the recorder stored it.
                 let _ = progress.send(Progress::Attempted { job: job.clone(), endpoint_ok });
                 outcomes.send(Attempted { job, record }).is_ok()
             }
-            Ok(None) => progress.send(Progress::Skipped { job }).is_ok(),
+            Ok(Made::Nothing) => progress.send(Progress::Skipped { job }).is_ok(),
+            Ok(Made::Busy) => progress.send(Progress::Busy { job }).is_ok(),
             Err(err) => {
                 beat.error();
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
@@ -64,18 +65,30 @@ pub fn run(
     }
 }
 
-/// Makes one attempt; returns what to record and whether the endpoint answered 2xx (`None`: no
-/// attempt was made — the delivery is stale, gone, or now held).
-fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, bool)>, StoreError> {
+/// What one job came to.
+enum Made {
+    /// An attempt: what to record, and whether the endpoint answered 2xx.
+    Attempt(AttemptRecord, bool),
+    /// No attempt: the delivery is stale, gone, or now held.
+    Nothing,
+    /// No attempt yet: the claim was refused for now.
+    Busy,
+}
+
+/// Makes one attempt of `job`, if its claim is granted.
+fn attempt(context: &WorkerContext, job: &Job) -> Result<Made, StoreError> {
     let store = &context.store;
-    let Some(AttemptContext { delivery, subscription, event }) =
-        store.attempt_context(&job.subscription_id, job.due, &job.delivery_id)?
-    else {
-        return Ok(None);
-    };
+    let config = context.config.current();
+    let cap = if job.suspect { 1 } else { config.delivery.max_in_flight_per_subscription as usize };
+    let AttemptContext { delivery, subscription, event } =
+        match store.claim(&job.subscription_id, job.due, &job.delivery_id, cap)? {
+            Claim::Ready(context) => *context,
+            Claim::Busy => return Ok(Made::Busy),
+            Claim::Stale => return Ok(Made::Nothing),
+        };
     if !subscription.is_deliverable() {
         store.hold(&job.subscription_id, job.due, &job.delivery_id)?;
-        return Ok(None);
+        return Ok(Made::Nothing);
     }
     let started_at = now_millis();
     let headers = delivery_headers(&subscription, &delivery.id, &event.event_type, &event.body, started_at);
@@ -86,7 +99,6 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, 
 
     let finished_at = now_millis();
     let attempt_number = delivery.attempts_in_round + 1;
-    let config = context.config.current();
     let decision = decide(
         &subscription,
         attempt_number,
@@ -131,7 +143,7 @@ fn attempt(context: &WorkerContext, job: &Job) -> Result<Option<(AttemptRecord, 
         attempt,
         decision,
     };
-    Ok(Some((record, succeeded)))
+    Ok(Made::Attempt(record, succeeded))
 }
 
 /// The retry policy: success, retry, or give up and disable the subscription (retries

@@ -70,6 +70,10 @@ pub enum StoreError {
     /// A flush did not return within [`DURABLE_WAIT`]: the write may or may not become durable.
     #[error("storage did not confirm the write in time")]
     Stalled,
+    /// The database server cannot be reached (connection refused or lost, a failover under
+    /// way). Clears by itself when the server is back; the daemon reconnects.
+    #[error("the database is unreachable: {0}")]
+    Unreachable(String),
     /// A client idempotency id (`events[index].id`, or `id` when `index` is `None`) was used
     /// within the window for a different event.
     #[error("idempotency id {client_id:?} was already used for a different event")]
@@ -82,7 +86,11 @@ impl StoreError {
     pub fn is_host_fault(&self) -> bool {
         matches!(
             self,
-            StoreError::NoSpace { .. } | StoreError::ReadOnly | StoreError::Io(_) | StoreError::Stalled
+            StoreError::NoSpace { .. }
+                | StoreError::ReadOnly
+                | StoreError::Io(_)
+                | StoreError::Stalled
+                | StoreError::Unreachable(_)
         )
     }
 }
@@ -188,6 +196,19 @@ pub struct Published {
     pub duplicate: bool,
 }
 
+/// The answer to [`DueWork::claim`].
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// The delivery is this node's to attempt now, with what the attempt needs.
+    Ready(Box<AttemptContext>),
+    /// Not now: the subscription has its in-flight cap of attempts under way (across every
+    /// node), or another node holds the delivery. The queue entry stays; ask again shortly.
+    Busy,
+    /// Nothing to attempt: the delivery, its subscription or its event is gone, or the entry is
+    /// stale (the delivery is no longer due at that time). The stray entry was removed.
+    Stale,
+}
+
 /// Everything a worker needs for one attempt, read together.
 #[derive(Debug, Clone)]
 pub struct AttemptContext {
@@ -205,6 +226,64 @@ pub struct AttemptRecord {
     pub delivery_id: DeliveryId,
     pub attempt: Attempt,
     pub decision: AttemptDecision,
+}
+
+/// The fan-out of one event, the rule every backend stores: the event as stored and one delivery
+/// per subscription of the tenant that lists its type — `pending` and due at `now` when the
+/// subscription is deliverable, `held` otherwise (`Delivery::new`). An event nobody wants has no
+/// deliveries (backends then keep only its answer).
+pub(crate) fn fan_out(
+    tenant_id: &str,
+    event: &NewEvent,
+    subscriptions: &[Subscription],
+    now: Millis,
+) -> (Event, Vec<Delivery>) {
+    let deliveries: Vec<Delivery> = subscriptions
+        .iter()
+        .filter(|subscription| subscription.wants(&event.event_type))
+        .map(|subscription| {
+            Delivery::new(DeliveryId::new(now), subscription, &event.id, &event.event_type, now)
+        })
+        .collect();
+    let stored = Event {
+        id: event.id.clone(),
+        tenant_id: tenant_id.to_owned(),
+        event_type: event.event_type.clone(),
+        created_at: now,
+        body: event.body.clone(),
+        live_deliveries: deliveries.len() as u32,
+    };
+    (stored, deliveries)
+}
+
+/// The idempotency rule every backend applies before storing a request (after the IETF
+/// "Idempotency-Key" draft: the same key with a different payload is a 422): the first event of
+/// request's events — given as (client id, fingerprint) — whose client id was used within
+/// [`IDEMPOTENCY_WINDOW_MS`] (before, or by an earlier event of the same request) for a
+/// different event type or data. `remembered(client_id)` answers the fingerprint stored for a
+/// live id (`Ok(None)` when there is none, or the record predates fingerprints). A batch names
+/// the event's index; a single publish does not.
+pub(crate) fn first_conflict<E>(
+    events: &[(Option<&str>, [u8; 32])],
+    mut remembered: impl FnMut(&str) -> Result<Option<[u8; 32]>, E>,
+) -> Result<Option<StoreError>, E> {
+    let batch = events.len() > 1;
+    let mut seen: std::collections::HashMap<&str, [u8; 32]> = std::collections::HashMap::new();
+    for (index, &(client_id, fingerprint)) in events.iter().enumerate() {
+        let Some(client_id) = client_id else { continue };
+        let earlier = match seen.get(client_id) {
+            Some(fingerprint) => Some(*fingerprint),
+            None => remembered(client_id)?,
+        };
+        if earlier.is_some_and(|earlier| earlier != fingerprint) {
+            return Ok(Some(StoreError::IdempotencyConflict {
+                index: batch.then_some(index),
+                client_id: client_id.to_owned(),
+            }));
+        }
+        seen.entry(client_id).or_insert(fingerprint);
+    }
+    Ok(None)
 }
 
 /// One page of a listing, newest first, and the cursor of the next page (`None`: the last).
@@ -303,15 +382,20 @@ pub trait DueWork: Send + Sync {
         limit: usize,
     ) -> Result<Vec<(Millis, DeliveryId)>, StoreError>;
 
-    /// A queued delivery with its subscription and event, for one attempt. `None` when any of
-    /// them is gone or the entry is stale (the delivery is no longer due at `due`): the stray
-    /// entry is then removed, and nothing is attempted twice for one due time.
-    fn attempt_context(
+    /// Claims a queued delivery for one attempt and reads what the attempt needs. `cap` is the
+    /// most attempts of this subscription that may be under way at once (`1` for a suspect
+    /// one); a backend shared by several nodes counts the claims of all of them and answers
+    /// [`Claim::Busy`] at the cap or while another node holds the delivery; a single-node
+    /// backend leaves the cap to the scheduler. A claim lasts until the outcome is recorded
+    /// ([`Outcomes::record_attempts`]) or its lease runs out. Nothing is attempted twice for one
+    /// due time: a stale entry answers [`Claim::Stale`].
+    fn claim(
         &self,
         subscription_id: &SubscriptionId,
         due: Millis,
         delivery_id: &DeliveryId,
-    ) -> Result<Option<AttemptContext>, StoreError>;
+        cap: usize,
+    ) -> Result<Claim, StoreError>;
 
     /// Moves a queued delivery to held (its subscription is paused or disabled); released at
     /// once if the subscription became deliverable meanwhile.
@@ -323,8 +407,13 @@ pub trait DueWork: Send + Sync {
     ) -> Result<(), StoreError>;
 
     /// True while no attempt should start because its outcome could not be stored (storage
-    /// nearly full, read-only, or failed).
+    /// nearly full, read-only, unreachable, or failed).
     fn dispatch_paused(&self) -> bool;
+
+    /// How often the scheduler must look for queued work by itself (`None`: every change is
+    /// announced as a [`QueueNotice`], as in a single-node backend). A backend shared by several
+    /// nodes sees other nodes' writes only as hints, so it asks to be polled.
+    fn poll_interval(&self) -> Option<std::time::Duration>;
 }
 
 /// Attempt outcomes, for the recorder (`delivery::recorder`).

@@ -8,15 +8,13 @@ use std::sync::Arc;
 use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
-use crate::model::{
-    Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
-};
+use crate::model::{Delivery, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId};
 use crate::store::embedded::codec::{decode, encode, IdempotencyRecord};
 use crate::store::embedded::index::{store_delivery, Indexes};
 use crate::store::embedded::{
     abort_on, keys, NewEvent, PublishRequest, Published, QueueNotice, StoreError, Trees, WriteClass,
 };
-use crate::store::IDEMPOTENCY_WINDOW_MS;
+use crate::store::{fan_out, first_conflict, IDEMPOTENCY_WINDOW_MS};
 
 /// What the transaction writes for one event, prepared outside it.
 struct Planned {
@@ -231,31 +229,19 @@ impl Trees {
     }
 }
 
-/// The first event of `request` whose client id was used within the window (earlier, or by an
-/// earlier event of the same request) for a different event type or data.
+/// The idempotency conflict of a planned request, if any (the rule: `store::first_conflict`).
 fn conflict_in(
     idempotency: &TransactionalTree,
     request: &[Planned],
 ) -> Result<Option<StoreError>, sled::transaction::ConflictableTransactionError<StoreError>> {
-    let batch = request.len() > 1;
-    let mut seen: HashMap<&[u8], [u8; 32]> = HashMap::new();
-    for (index, plan) in request.iter().enumerate() {
-        let Some(key) = &plan.client_key else { continue };
-        let earlier = match seen.get(key.as_slice()) {
-            Some(fingerprint) => Some(*fingerprint),
-            None => {
-                remembered(idempotency, key, plan.event.created_at)?.and_then(|record| record.fingerprint)
-            }
-        };
-        if earlier.is_some_and(|earlier| earlier != plan.fingerprint) {
-            return Ok(Some(StoreError::IdempotencyConflict {
-                index: batch.then_some(index),
-                client_id: plan.client_id.clone().unwrap_or_default(),
-            }));
-        }
-        seen.entry(key.as_slice()).or_insert(plan.fingerprint);
-    }
-    Ok(None)
+    let Some(first) = request.first() else { return Ok(None) };
+    let (tenant_id, now) = (first.event.tenant_id.as_str(), first.event.created_at);
+    let events: Vec<(Option<&str>, [u8; 32])> =
+        request.iter().map(|plan| (plan.client_id.as_deref(), plan.fingerprint)).collect();
+    first_conflict(&events, |client_id| {
+        let key = keys::idempotency(tenant_id, client_id);
+        Ok(remembered(idempotency, &key, now)?.and_then(|record| record.fingerprint))
+    })
 }
 
 fn remembered(
@@ -269,22 +255,9 @@ fn remembered(
 }
 
 fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: Millis) -> Planned {
-    let deliveries: Vec<Delivery> = subscriptions
-        .iter()
-        .filter(|subscription| subscription.wants(&event.event_type))
-        .map(|subscription| {
-            Delivery::new(DeliveryId::new(now), subscription, &event.id, &event.event_type, now)
-        })
-        .collect();
+    let (event_record, deliveries) = fan_out(tenant_id, event, subscriptions, now);
     Planned {
-        event: Event {
-            id: event.id.clone(),
-            tenant_id: tenant_id.to_owned(),
-            event_type: event.event_type.clone(),
-            created_at: now,
-            body: event.body.clone(),
-            live_deliveries: deliveries.len() as u32,
-        },
+        event: event_record,
         client_key: event.client_id.as_deref().map(|client_id| keys::idempotency(tenant_id, client_id)),
         client_id: event.client_id.clone(),
         fingerprint: event.fingerprint,

@@ -39,8 +39,8 @@ pub(crate) use crate::store::{
     StoreOptions, DURABLE_WAIT, PROBE_OVERDUE,
 };
 use crate::store::{
-    BoxFuture, DeliveryLog, DueWork, Outcomes, Page, Publishing, Retention, StorageFigures, Subscriptions,
-    Vitals,
+    BoxFuture, Claim, DeliveryLog, DueWork, Outcomes, Page, Publishing, Retention, StorageFigures,
+    Subscriptions, Vitals,
 };
 
 impl From<sled::Error> for StoreError {
@@ -341,13 +341,16 @@ impl DueWork for SledStore {
         self.run(|trees| trees.queued_after(subscription_id, after, limit))
     }
 
-    fn attempt_context(
+    /// One node: the scheduler keeps the cap, so a claim is only a read.
+    fn claim(
         &self,
         subscription_id: &SubscriptionId,
         due: Millis,
         delivery_id: &DeliveryId,
-    ) -> Result<Option<AttemptContext>, StoreError> {
-        self.run(|trees| trees.attempt_context(subscription_id, due, delivery_id))
+        _cap: usize,
+    ) -> Result<Claim, StoreError> {
+        let context = self.run(|trees| trees.attempt_context(subscription_id, due, delivery_id))?;
+        Ok(context.map_or(Claim::Stale, |context| Claim::Ready(Box::new(context))))
     }
 
     fn hold(
@@ -361,6 +364,10 @@ impl DueWork for SledStore {
 
     fn dispatch_paused(&self) -> bool {
         self.trees.dispatch_paused()
+    }
+
+    fn poll_interval(&self) -> Option<std::time::Duration> {
+        None
     }
 }
 
