@@ -130,7 +130,11 @@ pub async fn redeliver(
     Ok(json_reply(StatusCode::ACCEPTED, &DeliveryView::new(&delivery, None)))
 }
 
-fn find_delivery(state: &ApiState, subscription_id: &str, delivery_id: &str) -> Result<Delivery, ApiError> {
+pub(crate) fn find_delivery(
+    state: &ApiState,
+    subscription_id: &str,
+    delivery_id: &str,
+) -> Result<Delivery, ApiError> {
     if !IdKind::Delivery.is_valid(delivery_id) {
         return Err(ApiError::not_found("delivery"));
     }
