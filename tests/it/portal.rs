@@ -632,7 +632,8 @@ fn a_tenant_uses_the_portal_in_a_real_browser() {
         wait_until("the subscription to be disabled", Duration::from_secs(15), || {
             daemon.subscription(ACME_KEY, &id)["isActive"] == false
         });
-        client.refresh().await.unwrap();
+        // Opened afresh (not refreshed), so the last action's notice is gone.
+        client.goto(&daemon.url(&format!("/portal/webhooks/{id}"))).await.unwrap();
         wait_text(&client, "h1 .badge", |badge| badge == "disabled").await;
         assert!(text(&client, ".disabled-box").await.contains("HTTP 503"));
         screenshot(&client, "portal-subscription").await;
