@@ -547,3 +547,68 @@ pub fn enter() -> Markup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Attempt, Delivery};
+
+    const XSS: &str = "<img src=x onerror=alert(1)>";
+
+    /// Error texts and reasons cannot be set by a tenant through the API, so the HTTP tests
+    /// cannot reach them: every tenant-visible string is checked here instead.
+    #[test]
+    fn every_tenant_string_is_escaped_on_the_subscription_and_delivery_pages() {
+        let config = Config::parse("").unwrap();
+        let mut subscription =
+            Subscription::new("acme", XSS, format!("https://x.example/{XSS}"), vec![XSS.into()], 0);
+        subscription.headers = vec![(XSS.into(), XSS.into())];
+        subscription.is_active = false;
+        subscription.disable_reason = Some(XSS.into());
+        subscription.last_delivery_at = Some(1);
+        subscription.last_delivery_error = Some(XSS.into());
+        let context = Context { tenant_id: "acme", read_only: false, csrf: XSS };
+        let fields = fields_of(&subscription);
+        let pages = [
+            subscription_page(&context, &config, &subscription, &fields),
+            list(&context, std::slice::from_ref(&subscription), None).into_string(),
+            message(Some(&context), XSS, XSS).into_string(),
+        ];
+        for page in &pages {
+            assert!(!page.contains("<img"), "{page}");
+            assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;"), "{page}");
+        }
+        let delivery = Delivery {
+            id: "dlv_x".into(),
+            tenant_id: "acme".into(),
+            subscription_id: subscription.id.clone(),
+            event_id: "evt_x".into(),
+            event_type: XSS.into(),
+            state: DeliveryState::Failed,
+            attempts: vec![Attempt {
+                at: 1,
+                duration_ms: 3,
+                response_code: Some(500),
+                error: Some(XSS.into()),
+            }],
+            attempts_in_round: 1,
+            next_attempt_at: None,
+            created_at: 1,
+            finished_at: Some(2),
+        };
+        let page = super::delivery(&context, &subscription, &delivery, Some(XSS), None).into_string();
+        assert!(!page.contains("<img"), "{page}");
+        let log = deliveries(&context, &subscription, None, &[delivery], Some(XSS), None).into_string();
+        assert!(!log.contains("<img"), "{log}");
+    }
+
+    fn subscription_page(
+        context: &Context,
+        config: &Config,
+        subscription: &Subscription,
+        fields: &SubscriptionFields,
+    ) -> String {
+        super::subscription(context, config, subscription, fields, (html! {}, html! {}), Some(XSS), Some(XSS))
+            .into_string()
+    }
+}
