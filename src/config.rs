@@ -89,6 +89,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub events: RawEvents,
     #[serde(default)]
+    pub portal: RawPortal,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
 
@@ -175,6 +177,21 @@ impl Default for RawEvents {
     }
 }
 
+/// `[portal]`: the tenant portal served under `/portal/`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPortal {
+    /// Who may embed the portal in a frame: CSP `frame-ancestors` sources such as `'self'` or
+    /// `https://app.example.com`. Empty (the default) means `'none'`: no one.
+    pub frame_ancestors: Vec<String>,
+    /// Origin the links of `POST /v1/portal-sessions` point at, e.g. `https://hooks.example.com`
+    /// (behind a TLS proxy). Default: `http://` plus the `Host` the request was sent to.
+    pub public_url: Option<String>,
+    /// `SameSite` attribute of the session cookie: `strict` (default), `lax`, or `none` (needed
+    /// only to embed the portal in a frame of another site; requires an `https` `public_url`).
+    pub cookie_same_site: Option<String>,
+}
+
 /// `[[tenants]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +262,36 @@ pub struct Config {
     pub tenants: HashMap<String, Arc<Tenant>>,
     /// API keys by the SHA-256 digest of the plain key.
     pub api_keys: HashMap<[u8; 32], ApiKey>,
+    pub portal: PortalConfig,
+}
+
+/// `[portal]`, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortalConfig {
+    /// The CSP `frame-ancestors` value, ready to send: `'none'` by default.
+    pub frame_ancestors: String,
+    /// Origin (no trailing slash) of portal links; `None`: taken from the request's `Host`.
+    pub public_url: Option<String>,
+    pub cookie_same_site: SameSite,
+}
+
+/// The session cookie's `SameSite` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Strict,
+    Lax,
+    /// Sent in cross-site frames too; the cookie is then always `Secure`.
+    None,
+}
+
+impl SameSite {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SameSite::Strict => "Strict",
+            SameSite::Lax => "Lax",
+            SameSite::None => "None",
+        }
+    }
 }
 
 /// `[delivery]`, typed.
@@ -311,6 +358,7 @@ impl Config {
         }
         let event_types = validate_event_types(&raw.events.types)?;
         let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
+        let portal = validate_portal(&raw.portal)?;
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
@@ -322,6 +370,7 @@ impl Config {
             event_types,
             tenants,
             api_keys,
+            portal,
         })
     }
 
@@ -385,6 +434,81 @@ fn validate_delivery(raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
             SECOND,
             365 * DAY,
         )?,
+    })
+}
+
+fn validate_portal(raw: &RawPortal) -> Result<PortalConfig, ConfigError> {
+    let mut sources = Vec::new();
+    for source in &raw.frame_ancestors {
+        let keyword = matches!(source.as_str(), "'self'" | "'none'");
+        // A host source: scheme://host[:port] (host may start with "*."), nothing else, so a
+        // value can never smuggle another directive (";") or a second source (" ") into the CSP.
+        let origin = url::Url::parse(source).ok().filter(|url| {
+            matches!(url.scheme(), "https" | "http")
+                && url.host_str().is_some()
+                && url.path() == "/"
+                && !source.ends_with('/')
+                && url.query().is_none()
+                && url.fragment().is_none()
+                && url.username().is_empty()
+        });
+        let wildcard = source.strip_prefix("https://*.").is_some_and(|rest| {
+            !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:".contains(&b))
+        });
+        if !keyword && origin.is_none() && !wildcard {
+            return Err(invalid(
+                "portal.frame_ancestors",
+                format!("{source:?} is not 'self', 'none' or an origin like \"https://app.example.com\""),
+            ));
+        }
+        sources.push(source.clone());
+    }
+    if sources.len() > 1 && sources.iter().any(|source| source == "'none'") {
+        return Err(invalid("portal.frame_ancestors", "'none' cannot be combined with other sources"));
+    }
+    let public_url = raw
+        .public_url
+        .as_ref()
+        .map(|text| {
+            let trimmed = text.trim_end_matches('/');
+            let parsed = url::Url::parse(trimmed).ok().filter(|url| {
+                matches!(url.scheme(), "https" | "http")
+                    && url.host_str().is_some()
+                    && url.path() == "/"
+                    && url.query().is_none()
+                    && url.fragment().is_none()
+            });
+            parsed.map(|_| trimmed.to_owned()).ok_or_else(|| {
+                invalid(
+                    "portal.public_url",
+                    format!("{text:?} is not an origin like \"https://hooks.example.com\" (no path)"),
+                )
+            })
+        })
+        .transpose()?;
+    let cookie_same_site = match raw.cookie_same_site.as_deref() {
+        None | Some("strict") => SameSite::Strict,
+        Some("lax") => SameSite::Lax,
+        Some("none") => SameSite::None,
+        Some(other) => {
+            return Err(invalid(
+                "portal.cookie_same_site",
+                format!("{other:?} is not one of \"strict\", \"lax\", \"none\""),
+            ))
+        }
+    };
+    if cookie_same_site == SameSite::None
+        && !public_url.as_deref().is_some_and(|url| url.starts_with("https://"))
+    {
+        return Err(invalid(
+            "portal.cookie_same_site",
+            "\"none\" needs an https portal.public_url (browsers drop SameSite=None cookies that are not Secure)",
+        ));
+    }
+    Ok(PortalConfig {
+        frame_ancestors: if sources.is_empty() { "'none'".to_owned() } else { sources.join(" ") },
+        public_url,
+        cookie_same_site,
     })
 }
 
@@ -539,6 +663,13 @@ mod tests {
             ("[events]\ntypes = [\"Message Received\"]", "events.types:"),
             ("[events]\ntypes = [\"a.b\", \"a.b\"]", "listed twice"),
             ("[api]\nmax_event_body_bytes = 1", "api.max_event_body_bytes:"),
+            ("[portal]\ncolour = 1", "unknown field `colour`"),
+            ("[portal]\nframe_ancestors = [\"https://a.example; script-src *\"]", "portal.frame_ancestors:"),
+            ("[portal]\nframe_ancestors = [\"'none'\", \"'self'\"]", "portal.frame_ancestors:"),
+            ("[portal]\nframe_ancestors = [\"https://a.example/path\"]", "portal.frame_ancestors:"),
+            ("[portal]\npublic_url = \"ftp://x\"", "portal.public_url:"),
+            ("[portal]\ncookie_same_site = \"sometimes\"", "portal.cookie_same_site:"),
+            ("[portal]\ncookie_same_site = \"none\"", "portal.cookie_same_site:"),
             ("[[tenants]]\nid = \"Bad Id\"", "tenants[0].id:"),
             ("[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"", "tenants[1].id: tenant \"a\" is defined twice"),
             (
@@ -554,6 +685,19 @@ mod tests {
             let error = error_of(text);
             assert!(error.contains(expected), "config {text:?} gave {error:?}, expected {expected:?}");
         }
+    }
+
+    #[test]
+    fn portal_defaults_and_sources() {
+        let defaults = Config::parse("").unwrap().portal;
+        assert_eq!(defaults.frame_ancestors, "'none'");
+        assert_eq!(defaults.cookie_same_site, SameSite::Strict);
+        assert_eq!(defaults.public_url, None);
+        let text = "[portal]\nframe_ancestors = [\"'self'\", \"https://app.example.com\", \"https://*.example.org\"]\npublic_url = \"https://hooks.example.com/\"\ncookie_same_site = \"none\"";
+        let portal = Config::parse(text).unwrap().portal;
+        assert_eq!(portal.frame_ancestors, "'self' https://app.example.com https://*.example.org");
+        assert_eq!(portal.public_url.as_deref(), Some("https://hooks.example.com"));
+        assert_eq!(portal.cookie_same_site, SameSite::None);
     }
 
     #[test]

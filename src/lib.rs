@@ -6,6 +6,7 @@
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`store`]: the only module that knows sled.
 //! - [`api`]: the only module that knows warp and JSON shapes.
+//! - [`portal`]: the tenant portal, web pages served under `/portal/` (uses `api`'s validation).
 //! - [`delivery`]: the only module that makes outbound HTTP.
 //! - [`metrics`], [`health`]: shared observability state.
 //! - [`daemon`]: wires them together; [`cli`]: the command line.
@@ -22,6 +23,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod model;
 pub mod net_policy;
+pub mod portal;
 pub mod store;
 
 pub use config::Config;

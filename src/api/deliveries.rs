@@ -133,7 +133,7 @@ pub async fn redeliver(
 }
 
 /// A delivery of the subscription, or 404 for unknown, malformed and other subscriptions' ids.
-fn find_delivery(
+pub(crate) fn find_delivery(
     state: &ApiState,
     subscription_id: &SubscriptionId,
     delivery_id: &str,

@@ -14,7 +14,8 @@ use crate::api::request::{
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
 use crate::model::{
-    new_secret as generate_secret, now_millis, rfc3339, RetiredSecret, Subscription, SubscriptionId,
+    new_secret as generate_secret, now_millis, rfc3339, Millis, RetiredSecret, SigningSecret, Subscription,
+    SubscriptionId,
 };
 
 /// The subscription as the API shows it. The secret is deliberately absent.
@@ -87,7 +88,7 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> R
 /// A JSON integer field: `15`, or `15.0` (JSON has one number type, and JSON Schema counts a
 /// number with a zero fraction as an integer); `2.5` or a number beyond i64 is refused.
 #[derive(Debug, Clone, Copy)]
-struct Integer(i64);
+pub(crate) struct Integer(pub(crate) i64);
 
 impl<'de> Deserialize<'de> for Integer {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Integer, D::Error> {
@@ -124,41 +125,41 @@ impl<'de> Deserialize<'de> for Integer {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct CreateBody {
-    name: String,
-    url: String,
-    events: Vec<String>,
+pub(crate) struct CreateBody {
+    pub(crate) name: String,
+    pub(crate) url: String,
+    pub(crate) events: Vec<String>,
     #[serde(default, deserialize_with = "present")]
-    headers: Option<Map<String, Value>>,
+    pub(crate) headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
-    max_retries: Option<Integer>,
+    pub(crate) max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    retry_delay_seconds: Option<Integer>,
+    pub(crate) retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    is_active: Option<bool>,
+    pub(crate) is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    is_paused: Option<bool>,
+    pub(crate) is_paused: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PatchBody {
+pub(crate) struct PatchBody {
     #[serde(default, deserialize_with = "present")]
-    name: Option<String>,
+    pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    url: Option<String>,
+    pub(crate) url: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    events: Option<Vec<String>>,
+    pub(crate) events: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
-    headers: Option<Map<String, Value>>,
+    pub(crate) headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
-    max_retries: Option<Integer>,
+    pub(crate) max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    retry_delay_seconds: Option<Integer>,
+    pub(crate) retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
-    is_active: Option<bool>,
+    pub(crate) is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
-    is_paused: Option<bool>,
+    pub(crate) is_paused: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -176,27 +177,7 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let body: CreateBody = require_json(&headers, &body)?;
-    let now = now_millis();
-    let is_active = body.is_active.unwrap_or(true);
-    // Validated in this order, so the first bad field named is the first one in the body.
-    let name = validate_name(&body.name)?;
-    let url = validate_url(&config, &body.url)?;
-    let events = validate_events(&config, &body.events)?;
-    let mut subscription = Subscription {
-        headers: validate_headers(body.headers.as_ref())?,
-        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(Integer(5)), 0, 20)?,
-        retry_delay_seconds: validate_range(
-            "retryDelaySeconds",
-            body.retry_delay_seconds.unwrap_or(Integer(30)),
-            1,
-            86_400,
-        )?,
-        is_paused: body.is_paused.unwrap_or(false),
-        ..Subscription::new(&principal.tenant.id, name, url, events, now)
-    };
-    if !is_active {
-        subscription.disable(DISABLED_BY_API, now);
-    }
+    let subscription = validate_create(&config, &principal.tenant.id, body, now_millis())?;
     state.store.create_subscription(&subscription, principal.tenant.max_webhooks)?;
     tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, "subscription created");
     let view = CreatedView {
@@ -243,47 +224,9 @@ pub async fn update(
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let patch: PatchBody = require_json(&headers, &body)?;
     // Validate everything before touching storage, so a bad field changes nothing.
-    let name = patch.name.as_deref().map(validate_name).transpose()?;
-    let url = patch.url.as_deref().map(|url| validate_url(&config, url)).transpose()?;
-    let events = patch.events.as_deref().map(|events| validate_events(&config, events)).transpose()?;
-    let custom_headers = patch.headers.as_ref().map(|headers| validate_headers(Some(headers))).transpose()?;
-    let max_retries =
-        patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?;
-    let retry_delay = patch
-        .retry_delay_seconds
-        .map(|value| validate_range("retryDelaySeconds", value, 1, 86_400))
-        .transpose()?;
+    let patch = validate_patch(&config, patch)?;
     let now = now_millis();
-    let apply = |subscription: &mut Subscription| {
-        if let Some(name) = &name {
-            subscription.name = name.clone();
-        }
-        if let Some(url) = &url {
-            subscription.url = url.clone();
-        }
-        if let Some(events) = &events {
-            subscription.events = events.clone();
-        }
-        if let Some(headers) = &custom_headers {
-            subscription.headers = headers.clone();
-        }
-        if let Some(max_retries) = max_retries {
-            subscription.max_retries = max_retries;
-        }
-        if let Some(retry_delay) = retry_delay {
-            subscription.retry_delay_seconds = retry_delay;
-        }
-        if let Some(is_paused) = patch.is_paused {
-            subscription.is_paused = is_paused;
-        }
-        // Re-enabling clears the reason and gives the endpoint a clean slate (crate::lifecycle).
-        match patch.is_active {
-            Some(true) => _ = subscription.enable(),
-            Some(false) => _ = subscription.disable(DISABLED_BY_API, now),
-            None => {}
-        }
-        subscription.updated_at = now;
-    };
+    let apply = |subscription: &mut Subscription| patch.apply(subscription, now);
     let id = SubscriptionId::parse(&id).ok_or_else(|| ApiError::not_found("subscription"))?;
     let updated = state
         .store
@@ -322,16 +265,120 @@ pub async fn rotate_secret(
     state
         .store
         .update_subscription(&principal.tenant.id, &id, &|subscription| {
-            subscription.retired_secret = (grace > 0).then(|| RetiredSecret {
-                secret: subscription.secret.clone(),
-                valid_until: now + u64::from(grace) * 1000,
-            });
-            subscription.secret = secret.clone();
-            subscription.updated_at = now;
+            rotate(subscription, &secret, grace, now)
         })?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");
     Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret.expose() })))
+}
+
+/// Validates a create request, in body order (the first bad field named is the first one in the
+/// body), and builds the subscription to store for `tenant_id`, created at `now`.
+pub(crate) fn validate_create(
+    config: &Config,
+    tenant_id: &str,
+    body: CreateBody,
+    now: Millis,
+) -> Result<Subscription, ApiError> {
+    let is_active = body.is_active.unwrap_or(true);
+    let name = validate_name(&body.name)?;
+    let url = validate_url(config, &body.url)?;
+    let events = validate_events(config, &body.events)?;
+    let mut subscription = Subscription {
+        headers: validate_headers(body.headers.as_ref())?,
+        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(Integer(5)), 0, 20)?,
+        retry_delay_seconds: validate_range(
+            "retryDelaySeconds",
+            body.retry_delay_seconds.unwrap_or(Integer(30)),
+            1,
+            86_400,
+        )?,
+        is_paused: body.is_paused.unwrap_or(false),
+        ..Subscription::new(tenant_id, name, url, events, now)
+    };
+    if !is_active {
+        subscription.disable(DISABLED_BY_API, now);
+    }
+    Ok(subscription)
+}
+
+/// A PATCH whose every field was validated: applying it cannot fail.
+pub(crate) struct ValidPatch {
+    name: Option<String>,
+    url: Option<String>,
+    events: Option<Vec<String>>,
+    headers: Option<Vec<(String, String)>>,
+    max_retries: Option<u32>,
+    retry_delay_seconds: Option<u32>,
+    is_active: Option<bool>,
+    is_paused: Option<bool>,
+}
+
+/// Validates every field of a PATCH before anything is stored, so a bad field changes nothing.
+pub(crate) fn validate_patch(config: &Config, patch: PatchBody) -> Result<ValidPatch, ApiError> {
+    Ok(ValidPatch {
+        name: patch.name.as_deref().map(validate_name).transpose()?,
+        url: patch.url.as_deref().map(|url| validate_url(config, url)).transpose()?,
+        events: patch.events.as_deref().map(|events| validate_events(config, events)).transpose()?,
+        headers: patch.headers.as_ref().map(|headers| validate_headers(Some(headers))).transpose()?,
+        max_retries: patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?,
+        retry_delay_seconds: patch
+            .retry_delay_seconds
+            .map(|value| validate_range("retryDelaySeconds", value, 1, 86_400))
+            .transpose()?,
+        is_active: patch.is_active,
+        is_paused: patch.is_paused,
+    })
+}
+
+impl ValidPatch {
+    /// Applies the patch to a subscription at `now` (run inside the storage transaction).
+    pub(crate) fn apply(&self, subscription: &mut Subscription, now: Millis) {
+        if let Some(name) = &self.name {
+            subscription.name = name.clone();
+        }
+        if let Some(url) = &self.url {
+            subscription.url = url.clone();
+        }
+        if let Some(events) = &self.events {
+            subscription.events = events.clone();
+        }
+        if let Some(headers) = &self.headers {
+            subscription.headers = headers.clone();
+        }
+        if let Some(max_retries) = self.max_retries {
+            subscription.max_retries = max_retries;
+        }
+        if let Some(retry_delay) = self.retry_delay_seconds {
+            subscription.retry_delay_seconds = retry_delay;
+        }
+        if let Some(is_paused) = self.is_paused {
+            subscription.is_paused = is_paused;
+        }
+        // Re-enabling clears the reason and gives the endpoint a clean slate (crate::lifecycle).
+        match self.is_active {
+            Some(true) => _ = subscription.enable(),
+            Some(false) => _ = subscription.disable(DISABLED_BY_API, now),
+            None => {}
+        }
+        subscription.updated_at = now;
+    }
+}
+
+/// Replaces the signing secret at `now`; with `grace_seconds` > 0 the old one stays valid that
+/// long (Standard Webhooks rotation), otherwise it stops working at once.
+pub(crate) fn rotate(
+    subscription: &mut Subscription,
+    secret: &SigningSecret,
+    grace_seconds: u32,
+    now: Millis,
+) {
+    subscription.retired_secret = (grace_seconds > 0).then(|| RetiredSecret {
+        secret: subscription.secret.clone(),
+        valid_until: now + u64::from(grace_seconds) * 1000,
+    });
+    subscription.secret = secret.clone();
+    subscription.updated_at = now;
 }
 
 /// A tenant's subscription, or 404 for unknown, malformed and other tenants' ids alike.
@@ -483,7 +530,12 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
     Ok(valid)
 }
 
-fn validate_range(field: &str, Integer(value): Integer, min: u32, max: u32) -> Result<u32, ApiError> {
+pub(crate) fn validate_range(
+    field: &str,
+    Integer(value): Integer,
+    min: u32,
+    max: u32,
+) -> Result<u32, ApiError> {
     if value < i64::from(min) || value > i64::from(max) {
         return Err(ApiError::validation(format!("{field} must be between {min} and {max}")));
     }

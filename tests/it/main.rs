@@ -12,6 +12,7 @@ mod errors;
 mod faults;
 mod openapi;
 mod packaging;
+mod portal;
 mod retention;
 mod smoke;
 mod webhooks;

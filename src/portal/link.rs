@@ -1,0 +1,75 @@
+//! `POST /v1/portal-sessions`: the Atender application asks for a portal link for the tenant of
+//! its API key and sends its user there. The JSON shape of this one endpoint lives here, beside
+//! the session it mints, rather than in `api/` (the portal is one module to review).
+
+use serde::Deserialize;
+use warp::http::{header, HeaderMap, StatusCode};
+use warp::reply::Response;
+
+use crate::api::error::ApiError;
+use crate::api::request::{authorize, json_reply, parse_json, Gate};
+use crate::api::webhooks::{validate_range, Integer};
+use crate::config::{Config, Scope};
+use crate::model::{now_millis, rfc3339};
+use crate::portal::session::{Session, SigningKey, DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct SessionBody {
+    #[serde(default)]
+    read_only: Option<bool>,
+    #[serde(default)]
+    ttl_seconds: Option<Integer>,
+}
+
+/// `POST /v1/portal-sessions` with an optional `{"readOnly": bool, "ttlSeconds": 1..=86400}`
+/// (default read-write, 3600 s) → 201 `{"url": "<origin>/portal/enter/<token>", "expiresAt":
+/// RFC 3339}`. Scope `webhooks:write` (a link can change subscriptions), tenant gate as
+/// `/v1/webhooks`. Errors: the API's 400/401/403/415.
+pub fn create(
+    key: Option<&SigningKey>,
+    config: &Config,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let principal = authorize(config, headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    let body: Option<SessionBody> = parse_json(headers, body)?;
+    let (read_only, ttl) = match body {
+        Some(body) => (body.read_only.unwrap_or(false), body.ttl_seconds),
+        None => (false, None),
+    };
+    let ttl =
+        validate_range("ttlSeconds", ttl.unwrap_or(Integer(DEFAULT_TTL_SECONDS.into())), 1, MAX_TTL_SECONDS)?;
+    let key = key.ok_or_else(super::key_unavailable)?;
+    let origin = match &config.portal.public_url {
+        Some(url) => url.clone(),
+        None => format!("http://{}", request_host(headers)?),
+    };
+    let expires_at = now_millis() / 1000 + u64::from(ttl);
+    let session =
+        Session::issue(key, &principal.tenant.id, read_only, expires_at, crate::model::random_bytes());
+    tracing::info!(tenant = %principal.tenant.id, read_only, ttl_seconds = ttl, "portal link issued");
+    Ok(json_reply(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "url": format!("{origin}/portal/enter/{}", session.token),
+            "expiresAt": rfc3339(expires_at * 1000),
+        }),
+    ))
+}
+
+/// The `Host` the request was sent to, when it is a plain host[:port] (nothing that could turn
+/// the link into another URL).
+fn request_host(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .filter(|host| {
+            !host.is_empty() && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        })
+        .ok_or_else(|| {
+            ApiError::validation(
+                "the request has no usable Host header to build the portal link from; set portal.public_url in the config",
+            )
+        })
+}
