@@ -27,14 +27,15 @@ fn every_documented_route_is_served() {
         atender_webhooks::Config::parse(atender_webhooks::config::DEVELOPMENT_DEFAULT).unwrap().event_types;
     assert_eq!(document, atender_webhooks::api::openapi::document_for(&catalogue));
 
-    for (method, template) in ROUTES {
-        let operation = &document["paths"][template][method.to_ascii_lowercase()];
+    for route in ROUTES {
+        let (method, template) = (route.method(), route.path());
+        let operation = &document["paths"][&template][method.as_str().to_ascii_lowercase()];
         assert!(operation.is_object(), "{method} {template} is not in the served document");
         let path = template.replace("{id}", UNKNOWN_SUBSCRIPTION).replace("{deliveryId}", UNKNOWN_DELIVERY);
         // A JSON object where the operation takes a body; its fields are missing, so the
         // request ends in a documented 400 or 404 rather than creating anything.
         let body = operation.get("requestBody").map(|_| Value::Object(Default::default()));
-        let reply = daemon.call(method, &path, ACME_KEY, body);
+        let reply = daemon.call(method.as_str(), &path, ACME_KEY, body);
         assert!(
             !is_unrouted(&reply),
             "{method} {path} is documented but not served: {} {}",
