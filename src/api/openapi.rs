@@ -174,16 +174,27 @@ fn absent_not_null(operation: &mut utoipa::openapi::path::Operation) {
 /// An error answer the document names as a reusable response (`#/components/responses/…`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorAnswer {
+    /// 400 `validation_failed`.
     ValidationFailed,
+    /// 401 `unauthorized`, with `WWW-Authenticate: Bearer`.
     Unauthorized,
+    /// 403 `insufficient_scope` or `webhooks_disabled` (`/v1/webhooks…`).
     Forbidden,
+    /// 403 `insufficient_scope` (`/v1/events…`, which has no tenant gate).
     InsufficientScope,
+    /// 404 `not_found`.
     NotFound,
+    /// 405 `method_not_allowed`.
     MethodNotAllowed,
+    /// 413 `payload_too_large`.
     PayloadTooLarge,
+    /// 415 `unsupported_media_type`.
     UnsupportedMediaType,
+    /// 429 `limit_exceeded`.
     LimitExceeded,
+    /// 422 `idempotency_conflict`.
     IdempotencyConflict,
+    /// 503 `unavailable`.
     Unavailable,
 }
 
