@@ -3,22 +3,33 @@
 
 use serde::Serialize;
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
 use crate::api::error::ApiError;
+use crate::api::openapi::{
+    fields, DeliveryListQuery, DeliveryPath, NotFound, SubscriptionPath, ValidationFailed,
+};
 use crate::api::request::{authorize, json_reply, page_limit, parse_query, query_value, Gate};
 use crate::api::webhooks::find;
 use crate::api::ApiState;
 use crate::config::Scope;
 use crate::model::{rfc3339, Attempt, Delivery, DeliveryId, DeliveryState, SubscriptionId};
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Attempt, description = "One HTTP attempt")]
 struct AttemptView {
+    /// When the attempt started
+    #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     at: String,
     duration_ms: u32,
+    /// The receiver's status; null when no answer came.
+    #[schema(required = true)]
     response_code: Option<u16>,
+    /// Why the attempt failed; null on success.
+    #[schema(required = true)]
     error: Option<String>,
 }
 
@@ -33,19 +44,40 @@ impl From<&Attempt> for AttemptView {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Delivery, description = "One event on its way to one subscription")]
 struct DeliveryView {
+    #[schema(schema_with = fields::delivery_id)]
     id: String,
+    #[schema(schema_with = fields::subscription_id)]
     subscription_id: String,
+    #[schema(schema_with = fields::event_id)]
     event_id: String,
+    #[schema(value_type = crate::api::openapi::EventType)]
     event: String,
+    #[schema(value_type = crate::api::openapi::DeliveryStateSchema)]
     status: &'static str,
+    /// Oldest first; at most the last 50 are kept
     attempts: Vec<AttemptView>,
+    /// When the next attempt is due, while pending
+    #[schema(required = true, format = DateTime, examples("2026-05-11T09:00:00Z"))]
     next_attempt_at: Option<String>,
+    #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     created_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(schema_with = fields::payload)]
     payload: Option<Box<RawValue>>,
+}
+
+/// One page of the delivery log.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = DeliveryList, description = "One page of deliveries, newest first")]
+struct DeliveryPage {
+    data: Vec<DeliveryView>,
+    #[schema(required = true, schema_with = fields::next_cursor)]
+    next_cursor: Option<String>,
 }
 
 impl DeliveryView {
@@ -65,6 +97,20 @@ impl DeliveryView {
 }
 
 /// `GET /v1/webhooks/:id/deliveries?status=failed&limit=50&cursor=dlv_…`
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries",
+    operation_id = "listDeliveries",
+    tag = "deliveries",
+    summary = "List a subscription's deliveries, newest first",
+    description = "Finished records are purged after the configured `delivery_retention` (default 7 days).",
+    params(SubscriptionPath, DeliveryListQuery),
+    responses(
+        (status = 200, description = "One page of deliveries", body = DeliveryPage),
+        (status = 400, response = ValidationFailed),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn list(
     state: ApiState,
     headers: HeaderMap,
@@ -94,10 +140,22 @@ pub async fn list(
         .transpose()?;
     let (page, next) = state.store.list_deliveries(&subscription.id, status, limit, cursor.as_ref())?;
     let data: Vec<DeliveryView> = page.iter().map(|delivery| DeliveryView::new(delivery, None)).collect();
-    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
+    Ok(json_reply(StatusCode::OK, &DeliveryPage { data, next_cursor: next.map(|next| next.to_string()) }))
 }
 
 /// `GET /v1/webhooks/:id/deliveries/:deliveryId`, with the payload as delivered.
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}/deliveries/{deliveryId}",
+    operation_id = "getDelivery",
+    tag = "deliveries",
+    summary = "Get one delivery with its payload",
+    params(DeliveryPath),
+    responses(
+        (status = 200, description = "The delivery, with `payload`", body = DeliveryView),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn get(
     state: ApiState,
     headers: HeaderMap,
@@ -117,6 +175,20 @@ pub async fn get(
 }
 
 /// `POST /v1/webhooks/:id/deliveries/:deliveryId/redeliver`: queue it again (202).
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver",
+    operation_id = "redeliverDelivery",
+    tag = "deliveries",
+    summary = "Queue a delivery again",
+    description = "Starts a fresh round of attempts with the same delivery id and body; held again if the \
+        subscription is paused or disabled. Takes no body.",
+    params(DeliveryPath),
+    responses(
+        (status = 202, description = "Queued again", body = DeliveryView),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn redeliver(
     state: ApiState,
     headers: HeaderMap,

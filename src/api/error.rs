@@ -3,11 +3,45 @@
 
 use std::convert::Infallible;
 
+use serde::Serialize;
+use utoipa::ToSchema;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
 use crate::store::StoreError;
+
+/// Every code the API answers with.
+pub const ERROR_CODES: [&str; 11] = [
+    "validation_failed",
+    "unauthorized",
+    "insufficient_scope",
+    "webhooks_disabled",
+    "not_found",
+    "method_not_allowed",
+    "payload_too_large",
+    "unsupported_media_type",
+    "limit_exceeded",
+    "idempotency_conflict",
+    "unavailable",
+];
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Error, description = "Every error the API answers")]
+pub struct ErrorBody<'a> {
+    #[schema(inline)]
+    pub error: ErrorDetail<'a>,
+}
+
+/// What went wrong: a code to act on and a sentence to read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail<'a> {
+    #[schema(schema_with = crate::api::openapi::error_code)]
+    pub code: &'a str,
+    /// A human sentence naming the field or scope concerned; never internal detail
+    pub message: &'a str,
+}
 
 /// An error answered to the client. `message` is a human sentence; never internal detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +85,7 @@ impl ApiError {
     }
 
     pub fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody { error: ErrorDetail { code: self.code, message: &self.message } };
         let mut response = warp::reply::with_status(warp::reply::json(&body), self.status).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             response

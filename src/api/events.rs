@@ -3,10 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::ToSchema;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 
 use crate::api::error::ApiError;
+use crate::api::openapi::{
+    self, fields, IdempotencyConflict, PayloadTooLarge, UnsupportedMediaType, ValidationFailed,
+};
 use crate::api::request::{authorize, json_reply, require_json, Gate};
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
@@ -16,15 +20,22 @@ use crate::store::{NewEvent, PublishRequest, Published};
 /// Most events in one batch.
 pub const MAX_BATCH: usize = 1000;
 
-#[derive(Debug, Deserialize)]
+/// The length in bytes of a client's event `id` (its idempotency key).
+pub const CLIENT_ID_BYTES: std::ops::RangeInclusive<usize> = 1..=255;
+
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PublishEvent)]
 struct EventBody {
+    #[schema(value_type = openapi::EventType)]
     event: String,
-    /// Absent means `{}`; an explicit `null` is kept (as JSON `null`) so it can be refused.
+    // Absent means `{}`; an explicit `null` is kept (as JSON `null`) so it can be refused.
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::event_data)]
     data: Option<Box<RawValue>>,
-    /// Absent means none; `null` is refused (as every optional field of the API).
+    // Absent means none; `null` is refused (as every optional field of the API).
     #[serde(default, deserialize_with = "non_null")]
+    #[schema(schema_with = fields::client_id)]
     id: Option<String>,
 }
 
@@ -38,30 +49,68 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<B
     Box::<RawValue>::deserialize(deserializer).map(Some)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = PublishBatch)]
 struct BatchBody {
+    #[schema(schema_with = fields::batch_events)]
     events: Vec<EventBody>,
 }
 
 /// The body every receiver gets, byte for byte the same on every attempt.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct DeliveryPayload<'a> {
+#[schema(description = "The body POSTed to the receiver, the same bytes on every attempt")]
+pub(crate) struct DeliveryPayload<'a> {
+    #[schema(schema_with = fields::event_id)]
     id: &'a str,
+    #[schema(value_type = openapi::EventType)]
     event: &'a str,
     tenant_id: &'a str,
+    /// When the event was published
+    #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     timestamp: String,
+    #[schema(schema_with = fields::any_object)]
     data: &'a RawValue,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = PublishResult, description = "An accepted event")]
 struct PublishedView<'a> {
+    #[schema(schema_with = fields::published_event_id)]
     id: &'a str,
+    /// Deliveries created: one per subscription whose events include the type.
     deliveries: u32,
 }
 
+/// The answer of a batch publish.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BatchResult, description = "One result per event, in the order given")]
+struct BatchView<'a> {
+    data: Vec<PublishedView<'a>>,
+}
+
 /// `POST /v1/events`
+#[utoipa::path(
+    post,
+    path = "/v1/events",
+    operation_id = "publishEvent",
+    tag = "events",
+    summary = "Publish an event",
+    description = "Answered once the event and one delivery per matching subscription of the tenant are \
+        on disk; a paused or disabled subscription gets its delivery as `held`. Repeating an `id` within 24 \
+        hours with the same event type and data answers the first result and creates nothing; with another \
+        type or data it is refused with 422 `idempotency_conflict`. A tenant with webhooks turned off gets \
+        `deliveries: 0`.",
+    request_body = EventBody,
+    responses(
+        (status = 202, description = "Accepted and stored", body = PublishedView),
+        (status = 400, response = ValidationFailed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = IdempotencyConflict),
+    ),
+)]
 pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::EventsWrite, Gate::Events)?;
@@ -80,6 +129,23 @@ pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resu
 
 /// `POST /v1/events/batch` with `{"events": [...]}`; answers `{"data": [{"id", "deliveries"}]}`
 /// in the order given. The batch is stored atomically: all or nothing.
+#[utoipa::path(
+    post,
+    path = "/v1/events/batch",
+    operation_id = "publishEventBatch",
+    tag = "events",
+    summary = "Publish several events at once",
+    description = "All or nothing: one invalid event refuses the whole batch (the message names it, as in \
+        `events[3].event`). Answers one result per event, in the order given.",
+    request_body = BatchBody,
+    responses(
+        (status = 202, description = "Accepted and stored", body = BatchView),
+        (status = 400, response = ValidationFailed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = IdempotencyConflict),
+    ),
+)]
 pub async fn publish_batch(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::EventsWrite, Gate::Events)?;
@@ -102,7 +168,7 @@ pub async fn publish_batch(state: ApiState, headers: HeaderMap, body: Vec<u8>) -
         .iter()
         .map(|answer| PublishedView { id: answer.event_id.as_str(), deliveries: answer.deliveries })
         .collect();
-    Ok(json_reply(StatusCode::ACCEPTED, &serde_json::json!({ "data": data })))
+    Ok(json_reply(StatusCode::ACCEPTED, &BatchView { data }))
 }
 
 async fn store_events(
@@ -136,9 +202,11 @@ fn prepare(
     }
     if let Some(client_id) = &body.id {
         let printable = client_id.bytes().all(|b| b.is_ascii_graphic());
-        if client_id.is_empty() || client_id.len() > 255 || !printable {
+        if !CLIENT_ID_BYTES.contains(&client_id.len()) || !printable {
             return Err(ApiError::validation(format!(
-                "{at}id must be 1-255 printable ASCII characters (it is your idempotency key)"
+                "{at}id must be {}-{} printable ASCII characters (it is your idempotency key)",
+                CLIENT_ID_BYTES.start(),
+                CLIENT_ID_BYTES.end()
             )));
         }
     }

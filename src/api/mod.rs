@@ -1,6 +1,7 @@
 //! The HTTP API: the only module that knows warp and the JSON shapes. One file per resource
 //! (`webhooks`, `deliveries`, `events`, `ops`), shared request plumbing in `request`, the error
-//! shape in `error`, the OpenAPI document in `openapi`.
+//! shape in `error`, the OpenAPI document in `openapi`, and the one list of routes, which the
+//! router, the document and the 405 `Allow` header all read, in `routes`.
 //!
 //! Every route matches its path before its method, so an unknown path is a 404 and a known path
 //! with the wrong method a 405. Once a route matches, its handler always produces a response
@@ -12,6 +13,7 @@ pub mod events;
 pub mod openapi;
 pub mod ops;
 pub mod request;
+pub mod routes;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::store::Storage;
 
 use request::{read_body, respond};
+pub use routes::{allowed_methods, Route, ROUTES};
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -38,31 +41,6 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
 }
-
-/// Every (method, path) the router serves, in OpenAPI path syntax. The OpenAPI document and
-/// the tests are checked against this list.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("POST", "/v1/webhooks"),
-    ("GET", "/v1/webhooks"),
-    ("GET", "/v1/webhooks/{id}"),
-    ("PATCH", "/v1/webhooks/{id}"),
-    ("DELETE", "/v1/webhooks/{id}"),
-    ("POST", "/v1/webhooks/{id}/rotate-secret"),
-    ("GET", "/v1/webhooks/{id}/deliveries"),
-    ("GET", "/v1/webhooks/{id}/deliveries/{deliveryId}"),
-    ("POST", "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver"),
-    ("POST", "/v1/events"),
-    ("POST", "/v1/events/batch"),
-    ("GET", "/v1/openapi.json"),
-    ("GET", "/healthz"),
-    ("GET", "/readyz"),
-    ("GET", "/metrics"),
-];
-
-/// Routes served but not yet in the OpenAPI document (`openapi.rs` is being replaced by a
-/// generated one; they move into [`ROUTES`] with their documentation). `allowed_methods` reads
-/// both lists, so their 405s are right already.
-pub const ROUTES_PENDING_DOCUMENTATION: &[(&str, &str)] = &[("POST", "/v1/portal-sessions")];
 
 /// Which configured body limit an endpoint uses.
 #[derive(Clone, Copy)]
@@ -136,34 +114,13 @@ fn query() -> BoxedFilter<(String,)> {
     warp::query::raw().or(warp::any().map(String::new)).unify().boxed()
 }
 
-/// The methods `ROUTES` serves at `path` (a request path; `{…}` segments of a route match any
-/// one non-empty segment), in `ROUTES` order; empty for a path that is not ours.
-pub fn allowed_methods(path: &str) -> Vec<&'static str> {
-    let segments: Vec<&str> = path.split('/').collect();
-    let mut methods = Vec::new();
-    for (method, template) in ROUTES.iter().chain(ROUTES_PENDING_DOCUMENTATION) {
-        let pattern: Vec<&str> = template.split('/').collect();
-        let matches = pattern.len() == segments.len()
-            && pattern.iter().zip(&segments).all(|(want, got)| {
-                if want.starts_with('{') {
-                    !got.is_empty()
-                } else {
-                    want == got
-                }
-            });
-        if matches && !methods.contains(method) {
-            methods.push(*method);
-        }
-    }
-    methods
-}
-
 /// Every request no route took: 405 with the `Allow` header RFC 9110 §15.5.6 requires when the
 /// path is one of ours (another method is served there), 404 otherwise; both in our JSON shape.
 fn unrouted() -> BoxedFilter<(Response,)> {
     warp::path::full()
         .map(|path: warp::path::FullPath| {
-            let allowed = allowed_methods(path.as_str());
+            let allowed: Vec<String> =
+                allowed_methods(path.as_str()).iter().map(ToString::to_string).collect();
             if allowed.is_empty() {
                 return error::ApiError::new(
                     warp::http::StatusCode::NOT_FOUND,
@@ -186,143 +143,13 @@ fn unrouted() -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// The whole API with its JSON rejection handler.
+/// The whole API, every route of [`ROUTES`] and the unrouted fallback, with its JSON rejection
+/// handler.
 pub fn routes(state: ApiState) -> BoxedFilter<(Response,)> {
-    let with_state = {
-        let state = state.clone();
-        warp::any().map(move || state.clone())
-    };
-    let headers = warp::header::headers_cloned;
-    let sub_body = || body(state.clone(), BodyKind::Subscription);
-    let event_body = || body(state.clone(), BodyKind::Event);
-
-    let webhooks_root = warp::path!("v1" / "webhooks");
-    let webhook = warp::path!("v1" / "webhooks" / String);
-
-    let create = webhooks_root
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .and(sub_body())
-        .then(|state, headers, body| with_body_off(body, move |body| webhooks::create(state, headers, body)))
-        .boxed();
-    let list = webhooks_root
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(headers())
-        .and(query())
-        .then(|state, headers, query| off_workers(webhooks::list(state, headers, query)))
-        .boxed();
-    let get = webhook
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(headers())
-        .then(|id, state, headers| off_workers(webhooks::get(state, headers, id)))
-        .boxed();
-    let update = webhook
-        .and(warp::patch())
-        .and(with_state.clone())
-        .and(headers())
-        .and(sub_body())
-        .then(|id, state, headers, body| {
-            with_body_off(body, move |body| webhooks::update(state, headers, id, body))
-        })
-        .boxed();
-    let delete = webhook
-        .and(warp::delete())
-        .and(with_state.clone())
-        .and(headers())
-        .then(|id, state, headers| off_workers(webhooks::delete(state, headers, id)))
-        .boxed();
-    let rotate = warp::path!("v1" / "webhooks" / String / "rotate-secret")
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .and(sub_body())
-        .then(|id, state, headers, body| {
-            with_body_off(body, move |body| webhooks::rotate_secret(state, headers, id, body))
-        })
-        .boxed();
-    let delivery_list = warp::path!("v1" / "webhooks" / String / "deliveries")
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(headers())
-        .and(query())
-        .then(|id, state, headers, query| off_workers(deliveries::list(state, headers, id, query)))
-        .boxed();
-    let delivery_get = warp::path!("v1" / "webhooks" / String / "deliveries" / String)
-        .and(warp::get())
-        .and(with_state.clone())
-        .and(headers())
-        .then(|id, delivery_id, state, headers| off_workers(deliveries::get(state, headers, id, delivery_id)))
-        .boxed();
-    let redeliver = warp::path!("v1" / "webhooks" / String / "deliveries" / String / "redeliver")
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .then(|id, delivery_id, state, headers| {
-            off_workers(deliveries::redeliver(state, headers, id, delivery_id))
-        })
-        .boxed();
-    let publish = warp::path!("v1" / "events")
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .and(event_body())
-        .then(|state, headers, body| with_body(body, move |body| events::publish(state, headers, body)))
-        .boxed();
-    let publish_batch = warp::path!("v1" / "events" / "batch")
-        .and(warp::post())
-        .and(with_state.clone())
-        .and(headers())
-        .and(event_body())
-        .then(|state, headers, body| with_body(body, move |body| events::publish_batch(state, headers, body)))
-        .boxed();
-    let openapi =
-        warp::path!("v1" / "openapi.json").and(warp::get()).and(with_state.clone()).map(ops::openapi).boxed();
-    let healthz = warp::path!("healthz").and(warp::get()).and(with_state.clone()).map(ops::healthz).boxed();
-    let readyz = warp::path!("readyz").and(warp::get()).and(with_state.clone()).map(ops::readyz).boxed();
-    // The tenant portal: its link endpoint and its pages (crate::portal).
-    let portal = crate::portal::Portal::new(state.clone());
-    let portal_sessions = portal.session_route();
-    let portal_pages = portal.routes();
-    let metrics = warp::path!("metrics")
-        .and(warp::get())
-        .and(with_state)
-        .then(|state| off_workers(async move { Ok(ops::metrics(state)) }))
-        .boxed();
-
-    create
-        .or(list)
-        .unify()
-        .or(get)
-        .unify()
-        .or(update)
-        .unify()
-        .or(delete)
-        .unify()
-        .or(rotate)
-        .unify()
-        .or(delivery_list)
-        .unify()
-        .or(delivery_get)
-        .unify()
-        .or(redeliver)
-        .unify()
-        .or(publish)
-        .unify()
-        .or(publish_batch)
-        .unify()
-        .or(openapi)
-        .unify()
-        .or(healthz)
-        .unify()
-        .or(readyz)
-        .unify()
-        .or(metrics)
-        .unify()
-        .or(portal_sessions)
-        .unify()
+    let served = routes::router(&state).expect("ROUTES is not empty");
+    // The tenant portal's pages (crate::portal): HTML under /portal/, outside the API document.
+    let portal_pages = crate::portal::Portal::new(state).routes();
+    served
         .or(portal_pages)
         .unify()
         .or(unrouted())

@@ -1,92 +1,98 @@
-//! The OpenAPI 3.1 document served at `GET /v1/openapi.json`: every route of [`ROUTES`] with
-//! its parameters, request and response shapes (mirroring the serde structs of `webhooks`,
-//! `events` and `deliveries`), the error answers of `error`, and the bearer-key scheme with its
-//! scopes. The tests at the bottom hold the document to the router: no route missing, none
-//! invented, every `$ref` resolvable.
+//! The OpenAPI 3.1 document served at `GET /v1/openapi.json`, generated, never written by hand:
+//! the paths from the `#[utoipa::path]` of every handler in [`ROUTES`], the schemas from
+//! `#[derive(ToSchema)]` on the serde types the handlers read and answer. This file adds what a
+//! generator cannot know: the limits the validation code enforces (from its own constants),
+//! the event-type catalogue of the running config ([`document_for`]), the bearer-key scheme
+//! with each operation's scope, and the error answers with their codes.
 //!
 //! [`ROUTES`]: crate::api::ROUTES
 
-use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
-use crate::api::events::MAX_BATCH;
-use crate::config::Scope;
+use serde_json::{json, Value};
+use utoipa::openapi::extensions::ExtensionsBuilder;
+use utoipa::openapi::path::{Parameter, ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{
+    AdditionalProperties, AllOfBuilder, Array, ArrayBuilder, ComponentsBuilder, Object, ObjectBuilder,
+    Schema, SchemaFormat, SchemaType, Type,
+};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::tag::TagBuilder;
+use utoipa::openapi::{
+    ContentBuilder, InfoBuilder, LicenseBuilder, OpenApi, OpenApiBuilder, PathsBuilder, Ref, RefOr, Required,
+    ResponseBuilder, ServerBuilder,
+};
+use utoipa::{IntoParams, PartialSchema, ToResponse, ToSchema};
 
-/// The document served by a daemon whose catalogue is `event_types`: every event-type field
-/// lists them as its `enum`, so a generated request (schemathesis) or a client generator knows
-/// which values are accepted.
+use crate::api::error::{ErrorBody, ERROR_CODES};
+use crate::api::events::{DeliveryPayload, CLIENT_ID_BYTES, MAX_BATCH};
+use crate::api::request::Gate;
+use crate::api::request::{DEFAULT_PAGE_LIMIT, PAGE_LIMIT};
+use crate::api::routes::{Access, ROUTES};
+use crate::api::webhooks::{
+    DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_SECONDS, EVENTS_PER_SUBSCRIPTION, GRACE_SECONDS,
+    HEADER_NAME_BYTES, HEADER_NAME_SYMBOLS, HEADER_VALUE_BYTES, MAX_HEADERS, MAX_RETRIES, NAME_CHARS,
+    RETRY_DELAY_SECONDS,
+};
+use crate::model::{DeliveryId, DeliveryState, EventId, LastDeliveryStatus, SubscriptionId};
+
+/// The document served by a daemon whose catalogue is `event_types`: the `EventType` schema,
+/// which every event-type field refers to, lists them as its `enum`, so a generated request
+/// (schemathesis) or a client generator knows which values are accepted.
 pub fn document_for(event_types: &[String]) -> Value {
-    let mut document = document();
-    add_event_type_enum(&mut document, event_types);
+    let mut document = serde_json::to_value(document()).expect("an OpenAPI document serializes");
+    document["components"]["schemas"][EventType::name().as_ref()]["enum"] = json!(event_types);
     document
-}
-
-fn add_event_type_enum(value: &mut Value, event_types: &[String]) {
-    match value {
-        Value::Object(object) => {
-            if object.get("description").and_then(Value::as_str) == Some(EVENT_TYPE_DESCRIPTION) {
-                object.insert("enum".into(), json!(event_types));
-            }
-            object.values_mut().for_each(|value| add_event_type_enum(value, event_types));
-        }
-        Value::Array(items) => items.iter_mut().for_each(|value| add_event_type_enum(value, event_types)),
-        _ => {}
-    }
 }
 
 /// The whole document, without the catalogue's `enum` (see [`document_for`]).
-///
-/// OpenAPI 3.1 (its schemas are JSON Schema 2020-12, so `propertyNames` can say what a header
-/// name is); the schemas below are written with 3.0's `nullable`, turned into 3.1's
-/// `"type": [T, "null"]` by [`to_openapi_3_1`].
-pub fn document() -> Value {
-    let mut document = document_3_0();
-    to_openapi_3_1(&mut document);
-    document
-}
-
-/// Rewrites every `{"type": T, "nullable": true}` as `{"type": [T, "null"]}` (and an `enum`
-/// beside it gains `null`).
-fn to_openapi_3_1(value: &mut Value) {
-    match value {
-        Value::Object(object) => {
-            if object.remove("nullable") == Some(Value::Bool(true)) {
-                if let Some(Value::String(kind)) = object.get("type").cloned() {
-                    object.insert("type".into(), json!([kind, "null"]));
-                }
-                if let Some(Value::Array(values)) = object.get_mut("enum") {
-                    values.push(Value::Null);
-                }
-            }
-            object.values_mut().for_each(to_openapi_3_1);
-        }
-        Value::Array(items) => items.iter_mut().for_each(to_openapi_3_1),
-        _ => {}
+pub fn document() -> OpenApi {
+    let mut paths = PathsBuilder::new();
+    let mut components = ComponentsBuilder::new()
+        .security_scheme(BEARER_AUTH, bearer_auth())
+        .schema_from::<EventType>()
+        .schema_from::<DeliveryStateSchema>()
+        .schema_from::<Secret>()
+        .schema_from::<DeliveryPayload>()
+        .schema_from::<ErrorBody>();
+    let mut schemas = Vec::new();
+    DeliveryPayload::schemas(&mut schemas);
+    ErrorBody::schemas(&mut schemas);
+    for (name, response) in ErrorAnswer::ALL.map(ErrorAnswer::component) {
+        components = components.response(name, response);
     }
-}
+    for route in ROUTES {
+        let mut spec = route.spec();
+        apply_access(&mut spec.operation, route.access);
+        absent_not_null(&mut spec.operation);
+        schemas.extend(spec.schemas);
+        let item = utoipa::openapi::path::PathItem::new(spec.method, spec.operation);
+        paths = paths.path(spec.path, item);
+    }
+    let components = components.schemas_from_iter(schemas).build();
 
-fn document_3_0() -> Value {
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "atender-webhooks",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": INFO_DESCRIPTION,
-            "license": { "name": "Apache-2.0" },
-        },
-        "servers": [{ "url": "/" }],
-        "security": [{ "bearerAuth": [] }],
-        "tags": [
-            { "name": "webhooks", "description": "Subscriptions of the calling key's tenant" },
-            { "name": "deliveries", "description": "The delivery log of a subscription, and redelivery" },
-            { "name": "events", "description": "Publishing events (called by the Atender application)" },
-            {
-                "name": "operations",
-                "description": "Health, readiness, metrics and this document; no key needed",
-            },
-        ],
-        "paths": paths(),
-        "components": components(),
-    })
+    let mut document = OpenApiBuilder::new()
+        .info(
+            InfoBuilder::new()
+                .title("atender-webhooks")
+                .version(env!("CARGO_PKG_VERSION"))
+                .description(Some(INFO_DESCRIPTION))
+                .license(Some(LicenseBuilder::new().name("Apache-2.0").build())),
+        )
+        .servers(Some([ServerBuilder::new().url("/").build()]))
+        .security(Some([SecurityRequirement::new(BEARER_AUTH, Vec::<String>::new())]))
+        .tags(Some([
+            tag("webhooks", "Subscriptions of the calling key's tenant"),
+            tag("deliveries", "The delivery log of a subscription, and redelivery"),
+            tag("events", "Publishing events (called by the Atender application)"),
+            tag("portal", "Links to the tenant portal, the web page served under /portal/"),
+            tag("operations", "Health, readiness, metrics and this document; no key needed"),
+        ]))
+        .paths(paths)
+        .components(Some(components))
+        .build();
+    document.openapi = utoipa::openapi::OpenApiVersion::Version31;
+    document
 }
 
 const INFO_DESCRIPTION: &str = "Single-host webhook delivery daemon: tenants manage webhook \
@@ -97,715 +103,566 @@ Every error is `{\"error\": {\"code\", \"message\"}}`. A path no route serves is
 `not_found` (\"no such endpoint\"); a served path with another method is answered 405 \
 `method_not_allowed`. The list endpoints refuse query parameters they do not know with 400.";
 
+fn tag(name: &str, description: &str) -> utoipa::openapi::tag::Tag {
+    TagBuilder::new().name(name).description(Some(description)).build()
+}
+
 // ---------------------------------------------------------------------------------------------
-// Small builders for the pieces every operation repeats.
+// Security: the bearer key, and what each route's `Access` adds to its operation.
 
-/// `{"$ref": "#/components/<kind>/<name>"}`.
-fn component_ref(kind: &str, name: &str) -> Value {
-    json!({ "$ref": format!("#/components/{kind}/{name}") })
+const BEARER_AUTH: &str = "bearerAuth";
+
+fn bearer_auth() -> SecurityScheme {
+    SecurityScheme::Http(
+        HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .bearer_format("sa_live_ followed by at least 32 base62 characters")
+            .description(Some(
+                "A tenant API key from the config file (`atender-webhooks keygen` prints one). Each \
+                 key carries scopes: `webhooks:read` for the GET endpoints under /v1/webhooks, \
+                 `webhooks:write` for every other /v1/webhooks endpoint, `events:write` for \
+                 /v1/events. Each operation names its scope in `x-required-scopes`. A key only \
+                 ever sees its own tenant's data.",
+            ))
+            .build(),
+    )
 }
 
-fn schema_ref(name: &str) -> Value {
-    component_ref("schemas", name)
-}
-
-fn parameter_ref(name: &str) -> Value {
-    component_ref("parameters", name)
-}
-
-fn response_ref(name: &str) -> Value {
-    component_ref("responses", name)
-}
-
-/// A JSON response with a schema.
-fn json_response(description: &str, schema: Value) -> Value {
-    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
-}
-
-/// A required JSON request body.
-fn json_body(schema: Value) -> Value {
-    json!({ "required": true, "content": { "application/json": { "schema": schema } } })
-}
-
-/// An error response: the `Error` schema with an example of the code and message sent.
-fn error_response(description: &str, code: &str, message: &str) -> Value {
-    json!({
-        "description": description,
-        "content": { "application/json": {
-            "schema": schema_ref("Error"),
-            "example": { "error": { "code": code, "message": message } },
-        } },
-    })
-}
-
-/// Adds `description` to a schema unless it is empty.
-fn described(mut schema: Value, description: &str) -> Value {
-    if !description.is_empty() {
-        schema["description"] = Value::String(description.to_owned());
+/// An operation behind a bearer key gets the security requirement, its scope (in the
+/// description and as `x-required-scopes`) and the answers every authenticated call can give
+/// (401, 403, 503); an open one an empty security requirement.
+fn apply_access(operation: &mut utoipa::openapi::path::Operation, access: Access) {
+    let Access::Key(scope, gate) = access else {
+        operation.security = Some(Vec::new());
+        return;
+    };
+    let scope = scope.as_str();
+    operation.security = Some(vec![SecurityRequirement::new(BEARER_AUTH, Vec::<String>::new())]);
+    operation.extensions = Some(ExtensionsBuilder::new().add("x-required-scopes", json!([scope])).build());
+    let description = operation.description.take().unwrap_or_default();
+    let description = format!("{description}\n\nRequires an API key with the `{scope}` scope.");
+    operation.description = Some(description.trim_start().to_owned());
+    let forbidden =
+        if gate == Gate::Webhooks { ErrorAnswer::Forbidden } else { ErrorAnswer::InsufficientScope };
+    for answer in [ErrorAnswer::Unauthorized, forbidden, ErrorAnswer::Unavailable] {
+        let (status, reference) = answer.reference();
+        operation.responses.responses.insert(status.to_owned(), reference);
     }
-    schema
 }
 
-/// An RFC 3339 UTC timestamp (seconds precision), null where `nullable`.
-fn timestamp(description: &str, nullable: bool) -> Value {
-    let mut schema = json!({ "type": "string", "format": "date-time", "example": "2026-05-11T09:00:00Z" });
-    if nullable {
-        schema["nullable"] = Value::Bool(true);
+/// utoipa writes an optional request body (`request_body = Option<T>`) as `oneOf: [null, T]`,
+/// not required. Ours is optional by being absent: an empty body. A JSON `null` is refused like
+/// any other non-object, so the document states `T`, not required.
+fn absent_not_null(operation: &mut utoipa::openapi::path::Operation) {
+    let Some(body) = operation.request_body.as_mut() else { return };
+    if body.required == Some(Required::True) {
+        return;
     }
-    described(schema, description)
-}
-
-/// An identifier of one kind: prefix + ULID.
-fn id_schema(prefix: &str, description: &str) -> Value {
-    json!({
-        "type": "string",
-        "pattern": format!("^{prefix}[0-9A-HJKMNP-TV-Z]{{26}}$"),
-        "description": description,
-        "example": format!("{prefix}01JTZ4W8K9RZ3M5Q2X7V6B1N0C"),
-    })
-}
-
-/// An object schema from `(name, schema)` pairs, all of them required.
-fn object(description: &str, properties: &[(&str, Value)]) -> Value {
-    let required: Vec<&str> = properties.iter().map(|(name, _)| *name).collect();
-    let properties: Map<String, Value> =
-        properties.iter().map(|(name, schema)| ((*name).to_owned(), schema.clone())).collect();
-    described(json!({ "type": "object", "required": required, "properties": properties }), description)
-}
-
-/// The error answers an operation can give beyond the ones every authenticated call has.
-#[derive(Clone, Copy)]
-enum Fails {
-    /// 400: a body, query or field is invalid.
-    Validation,
-    /// 404: an unknown id (or another tenant's).
-    NotFound,
-    /// 413 and 415: the operation reads a JSON body.
-    Body,
-    /// 429: the tenant's `maxWebhooks` limit.
-    Limit,
-    /// 422: a client idempotency id reused for a different event.
-    Conflict,
-}
-
-impl Fails {
-    /// The (status, component response) pairs this failure adds.
-    fn responses(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Fails::Validation => &[("400", "ValidationFailed")],
-            Fails::NotFound => &[("404", "NotFound")],
-            Fails::Body => &[("413", "PayloadTooLarge"), ("415", "UnsupportedMediaType")],
-            Fails::Limit => &[("429", "LimitExceeded")],
-            Fails::Conflict => &[("422", "IdempotencyConflict")],
+    body.required = Some(Required::False);
+    for content in body.content.values_mut() {
+        if let RefOr::T(Schema::OneOf(one_of)) = &content.schema.clone().unwrap_or_default() {
+            let is_null = |item: &RefOr<Schema>| matches!(item, RefOr::T(Schema::Object(object)) if object.schema_type == SchemaType::Type(Type::Null));
+            if let [only] = &one_of.items.iter().filter(|item| !is_null(item)).collect::<Vec<_>>()[..] {
+                content.schema = Some((*only).clone());
+            }
         }
     }
 }
 
-/// Which tenant gate an operation sits behind, as in `request::Gate`.
-#[derive(Clone, Copy, PartialEq)]
-enum Gated {
-    /// `/v1/webhooks…`: 403 for a missing scope or a tenant with webhooks off.
-    Webhooks,
-    /// `/v1/events…`: 403 only for a missing scope.
-    Events,
+// ---------------------------------------------------------------------------------------------
+// Error answers: every one is the `Error` schema with an example of the code and message sent.
+
+/// An error answer the document names as a reusable response (`#/components/responses/…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorAnswer {
+    /// 400 `validation_failed`.
+    ValidationFailed,
+    /// 401 `unauthorized`, with `WWW-Authenticate: Bearer`.
+    Unauthorized,
+    /// 403 `insufficient_scope` or `webhooks_disabled` (`/v1/webhooks…`).
+    Forbidden,
+    /// 403 `insufficient_scope` (`/v1/events…`, which has no tenant gate).
+    InsufficientScope,
+    /// 404 `not_found`.
+    NotFound,
+    /// 405 `method_not_allowed`.
+    MethodNotAllowed,
+    /// 413 `payload_too_large`.
+    PayloadTooLarge,
+    /// 415 `unsupported_media_type`.
+    UnsupportedMediaType,
+    /// 429 `limit_exceeded`.
+    LimitExceeded,
+    /// 422 `idempotency_conflict`.
+    IdempotencyConflict,
+    /// 503 `unavailable`.
+    Unavailable,
 }
 
-/// An operation behind a bearer key: adds the security requirement, the scope (in the
-/// description and as `x-required-scopes`) and every error response it can give.
-fn authenticated(scope: Scope, gate: Gated, fails: &[Fails], mut operation: Value) -> Value {
-    let scope = scope.as_str();
-    let object = operation.as_object_mut().expect("an operation is an object");
-    object.insert("security".into(), json!([{ "bearerAuth": [] }]));
-    object.insert("x-required-scopes".into(), json!([scope]));
-    let description = object.get("description").and_then(Value::as_str).unwrap_or_default();
-    let description = format!("{description}\n\nRequires an API key with the `{scope}` scope.");
-    object.insert("description".into(), Value::String(description.trim_start().to_owned()));
+impl ErrorAnswer {
+    const ALL: [ErrorAnswer; 11] = [
+        ErrorAnswer::ValidationFailed,
+        ErrorAnswer::Unauthorized,
+        ErrorAnswer::Forbidden,
+        ErrorAnswer::InsufficientScope,
+        ErrorAnswer::NotFound,
+        ErrorAnswer::MethodNotAllowed,
+        ErrorAnswer::PayloadTooLarge,
+        ErrorAnswer::UnsupportedMediaType,
+        ErrorAnswer::LimitExceeded,
+        ErrorAnswer::IdempotencyConflict,
+        ErrorAnswer::Unavailable,
+    ];
 
-    let forbidden = if gate == Gated::Webhooks { "Forbidden" } else { "InsufficientScope" };
-    let always = [("401", "Unauthorized"), ("403", forbidden), ("503", "Unavailable")];
-    let responses = object["responses"].as_object_mut().expect("an operation has responses");
-    for (status, name) in fails.iter().flat_map(|fail| fail.responses()).chain(&always) {
-        responses.insert((*status).to_owned(), response_ref(name));
+    /// (component name, status, description, example code, example message).
+    fn facts(self) -> (&'static str, &'static str, &'static str, &'static str, &'static str) {
+        match self {
+            ErrorAnswer::ValidationFailed => (
+                "ValidationFailed",
+                "400",
+                "Bad JSON, a wrong type, an unknown field or query parameter, or an invalid value; the \
+                 message names the field (`validation_failed`)",
+                "validation_failed",
+                "maxRetries must be between 0 and 20",
+            ),
+            ErrorAnswer::Unauthorized => (
+                "Unauthorized",
+                "401",
+                "Missing, malformed or unknown bearer key (`unauthorized`)",
+                "unauthorized",
+                "unknown API key",
+            ),
+            ErrorAnswer::Forbidden => (
+                "Forbidden",
+                "403",
+                "The key lacks the scope (`insufficient_scope`), or the tenant has webhooks turned \
+                 off (`webhooks_disabled`); the code and message say which",
+                "insufficient_scope",
+                "this API key lacks the webhooks:write scope",
+            ),
+            ErrorAnswer::InsufficientScope => (
+                "InsufficientScope",
+                "403",
+                "The key lacks the scope (`insufficient_scope`)",
+                "insufficient_scope",
+                "this API key lacks the events:write scope",
+            ),
+            ErrorAnswer::NotFound => (
+                "NotFound",
+                "404",
+                "No such id for this tenant; another tenant's id is answered the same (`not_found`)",
+                "not_found",
+                "subscription not found",
+            ),
+            ErrorAnswer::MethodNotAllowed => (
+                "MethodNotAllowed",
+                "405",
+                "The path exists but not with this method (`method_not_allowed`); any method not \
+                 listed for a path is answered this way",
+                "method_not_allowed",
+                "this endpoint does not accept that method",
+            ),
+            ErrorAnswer::PayloadTooLarge => (
+                "PayloadTooLarge",
+                "413",
+                "The body is larger than the configured limit: `api.max_subscription_body_bytes` \
+                 (default 64 KiB) for /v1/webhooks, `api.max_event_body_bytes` (default 1 MiB) for \
+                 /v1/events (`payload_too_large`)",
+                "payload_too_large",
+                "request body is larger than the limit of 65536 bytes",
+            ),
+            ErrorAnswer::UnsupportedMediaType => (
+                "UnsupportedMediaType",
+                "415",
+                "A body not sent as `Content-Type: application/json` (`unsupported_media_type`)",
+                "unsupported_media_type",
+                "request body must be JSON sent with Content-Type: application/json",
+            ),
+            ErrorAnswer::LimitExceeded => (
+                "LimitExceeded",
+                "429",
+                "The tenant has reached its `maxWebhooks` limit (`limit_exceeded`)",
+                "limit_exceeded",
+                "the tenant has reached its maxWebhooks limit; delete a subscription or ask for a higher limit",
+            ),
+            ErrorAnswer::IdempotencyConflict => (
+                "IdempotencyConflict",
+                "422",
+                "The `id` was used within 24 h for another event type or data (`idempotency_conflict`); \
+                 nothing was stored",
+                "idempotency_conflict",
+                "id \"order-42\" was already used within the last 24 h for a different event (another event type or data); nothing was stored; send a new id for a new event",
+            ),
+            ErrorAnswer::Unavailable => (
+                "Unavailable",
+                "503",
+                "Storage is low on space, read-only, failing, or the daemon is shutting down; nothing \
+                 was stored; retry shortly (`unavailable`)",
+                "unavailable",
+                "storage is unavailable; retry shortly",
+            ),
+        }
     }
-    sort_responses(responses);
-    operation
+
+    /// The response component: `Error` with an example (and `WWW-Authenticate` for 401).
+    fn component(self) -> (&'static str, utoipa::openapi::Response) {
+        let (name, _, description, code, message) = self.facts();
+        let content = ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(ErrorBody::name())))
+            .example(Some(json!({ "error": { "code": code, "message": message } })))
+            .build();
+        let mut response =
+            ResponseBuilder::new().description(description).content("application/json", content);
+        if self == ErrorAnswer::Unauthorized {
+            let header = utoipa::openapi::HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::String).enum_values(Some(["Bearer"])))
+                .description(Some("Always `Bearer`"))
+                .build();
+            response = response.header("WWW-Authenticate", header);
+        }
+        (name, response.build())
+    }
+
+    /// (status, `$ref` to the component) for an operation's `responses`.
+    fn reference(self) -> (&'static str, RefOr<utoipa::openapi::Response>) {
+        let (name, status, ..) = self.facts();
+        (status, RefOr::Ref(Ref::from_response_name(name)))
+    }
 }
 
-/// Orders responses by status code so the document reads top to bottom.
-fn sort_responses(responses: &mut Map<String, Value>) {
-    let mut entries: Vec<(String, Value)> = std::mem::take(responses).into_iter().collect();
-    entries.sort_by(|(a, _), (b, _)| a.cmp(b));
-    responses.extend(entries);
+/// One unit type per error answer, so `#[utoipa::path(responses((status = 404, response =
+/// NotFound)))]` can name it.
+macro_rules! error_answers {
+    ($($name:ident),* $(,)?) => {$(
+        #[doc = concat!("The `", stringify!($name), "` error answer, for `#[utoipa::path]` responses.")]
+        pub struct $name;
+
+        impl<'r> ToResponse<'r> for $name {
+            fn response() -> (&'r str, RefOr<utoipa::openapi::Response>) {
+                let (name, response) = ErrorAnswer::$name.component();
+                (name, RefOr::T(response))
+            }
+        }
+    )*};
 }
 
-/// An operational endpoint: no key needed.
-fn open(mut operation: Value) -> Value {
-    operation["security"] = json!([]);
-    operation
-}
+error_answers!(
+    ValidationFailed,
+    NotFound,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    LimitExceeded,
+    IdempotencyConflict
+);
 
-// ---------------------------------------------------------------------------------------------
-// Paths, one entry per route of `ROUTES`.
-
-fn paths() -> Value {
-    use Fails::*;
-    let read =
-        |fails: &[Fails], operation| authenticated(Scope::WebhooksRead, Gated::Webhooks, fails, operation);
-    let write =
-        |fails: &[Fails], operation| authenticated(Scope::WebhooksWrite, Gated::Webhooks, fails, operation);
-    let publish =
-        |fails: &[Fails], operation| authenticated(Scope::EventsWrite, Gated::Events, fails, operation);
-    let id = || parameter_ref("SubscriptionId");
-    let delivery_id = || parameter_ref("DeliveryId");
-    json!({
-        "/v1/webhooks": {
-            "post": write(&[Validation, Body, Limit], json!({
-                "operationId": "createWebhook",
-                "tags": ["webhooks"],
-                "summary": "Create a subscription",
-                "description": "Answers the full subscription plus its signing `secret`. The secret \
-                    is never shown again; rotate it if it is lost.",
-                "requestBody": json_body(schema_ref("CreateSubscription")),
-                "responses": { "201": json_response("Created; the only answer that carries the secret",
-                    schema_ref("SubscriptionWithSecret")) },
-            })),
-            "get": read(&[Validation], json!({
-                "operationId": "listWebhooks",
-                "tags": ["webhooks"],
-                "summary": "List subscriptions, newest first",
-                "parameters": [parameter_ref("Limit"), parameter_ref("WebhookCursor")],
-                "responses": {
-                    "200": json_response("One page of subscriptions", schema_ref("SubscriptionList")),
-                },
-            })),
-        },
-        "/v1/webhooks/{id}": {
-            "parameters": [id()],
-            "get": read(&[NotFound], json!({
-                "operationId": "getWebhook",
-                "tags": ["webhooks"],
-                "summary": "Get one subscription",
-                "description": "Full details, custom headers and retry settings included; never the secret.",
-                "responses": { "200": json_response("The subscription", schema_ref("Subscription")) },
-            })),
-            "patch": write(&[Validation, NotFound, Body], json!({
-                "operationId": "updateWebhook",
-                "tags": ["webhooks"],
-                "summary": "Update a subscription",
-                "description": "Changes only the fields given; every field is validated before \
-                    anything changes. `isActive: true` re-enables a disabled subscription (clears \
-                    `disableReason` and `disabledAt`, resets `consecutiveFailures`, releases held \
-                    deliveries); `isActive: false` disables it by hand.",
-                "requestBody": json_body(schema_ref("UpdateSubscription")),
-                "responses": { "200": json_response("The updated subscription", schema_ref("Subscription")) },
-            })),
-            "delete": write(&[NotFound], json!({
-                "operationId": "deleteWebhook",
-                "tags": ["webhooks"],
-                "summary": "Delete a subscription",
-                "description": "Permanent; its queued deliveries are dropped.",
-                "responses": { "204": { "description": "Deleted" } },
-            })),
-        },
-        "/v1/webhooks/{id}/rotate-secret": {
-            "parameters": [id()],
-            "post": write(&[Validation, NotFound, Body], json!({
-                "operationId": "rotateWebhookSecret",
-                "tags": ["webhooks"],
-                "summary": "Rotate the signing secret",
-                "description": "From now on every attempt, retries of older events included, is \
-                    signed with the new secret. With `graceSeconds` the old secret stays valid that \
-                    long: `webhook-signature` then carries both signatures, while \
-                    `X-Atender-Signature` uses the new secret. The body is optional.",
-                "requestBody": {
-                    "required": false,
-                    "content": { "application/json": { "schema": schema_ref("RotateSecret") } },
-                },
-                "responses": { "200": json_response("The new secret", schema_ref("RotateResult")) },
-            })),
-        },
-        "/v1/webhooks/{id}/deliveries": {
-            "parameters": [id()],
-            "get": read(&[Validation, NotFound], json!({
-                "operationId": "listDeliveries",
-                "tags": ["deliveries"],
-                "summary": "List a subscription's deliveries, newest first",
-                "description": "Finished records are purged after the configured \
-                    `delivery_retention` (default 7 days).",
-                "parameters": [
-                    parameter_ref("DeliveryStatus"),
-                    parameter_ref("Limit"),
-                    parameter_ref("DeliveryCursor"),
-                ],
-                "responses": { "200": json_response("One page of deliveries", schema_ref("DeliveryList")) },
-            })),
-        },
-        "/v1/webhooks/{id}/deliveries/{deliveryId}": {
-            "parameters": [id(), delivery_id()],
-            "get": read(&[NotFound], json!({
-                "operationId": "getDelivery",
-                "tags": ["deliveries"],
-                "summary": "Get one delivery with its payload",
-                "responses": { "200": json_response("The delivery, with `payload`", schema_ref("Delivery")) },
-            })),
-        },
-        "/v1/webhooks/{id}/deliveries/{deliveryId}/redeliver": {
-            "parameters": [id(), delivery_id()],
-            "post": write(&[NotFound], json!({
-                "operationId": "redeliverDelivery",
-                "tags": ["deliveries"],
-                "summary": "Queue a delivery again",
-                "description": "Starts a fresh round of attempts with the same delivery id and \
-                    body; held again if the subscription is paused or disabled. Takes no body.",
-                "responses": { "202": json_response("Queued again", schema_ref("Delivery")) },
-            })),
-        },
-        "/v1/events": {
-            "post": publish(&[Validation, Body, Conflict], json!({
-                "operationId": "publishEvent",
-                "tags": ["events"],
-                "summary": "Publish an event",
-                "description": "Answered once the event and one delivery per matching subscription \
-                    of the tenant are on disk; a paused or disabled subscription gets its delivery \
-                    as `held`. Repeating an `id` within 24 hours with the same event type and data \
-                    answers the first result and creates nothing; with another type or data it is \
-                    refused with 422 `idempotency_conflict`. A tenant with webhooks turned off gets `deliveries: 0`.",
-                "requestBody": json_body(schema_ref("PublishEvent")),
-                "responses": { "202": json_response("Accepted and stored", schema_ref("PublishResult")) },
-            })),
-        },
-        "/v1/events/batch": {
-            "post": publish(&[Validation, Body, Conflict], json!({
-                "operationId": "publishEventBatch",
-                "tags": ["events"],
-                "summary": "Publish several events at once",
-                "description": "All or nothing: one invalid event refuses the whole batch (the \
-                    message names it, as in `events[3].event`). Answers one result per event, in \
-                    the order given.",
-                "requestBody": json_body(schema_ref("PublishBatch")),
-                "responses": { "202": json_response("Accepted and stored", schema_ref("BatchResult")) },
-            })),
-        },
-        "/v1/openapi.json": {
-            "get": open(json!({
-                "operationId": "getOpenApi",
-                "tags": ["operations"],
-                "summary": "This OpenAPI document",
-                "responses": { "200": json_response("The OpenAPI 3.1 document",
-                    json!({ "type": "object", "additionalProperties": true })) },
-            })),
-        },
-        "/healthz": {
-            "get": open(json!({
-                "operationId": "getHealth",
-                "tags": ["operations"],
-                "summary": "Liveness: every internal thread alive and making progress",
-                "responses": {
-                    "200": json_response("Alive", schema_ref("Health")),
-                    "503": json_response("A thread exited or is stuck, or storage failed for good; \
-                        `problems` says which", schema_ref("Health")),
-                },
-            })),
-        },
-        "/readyz": {
-            "get": open(json!({
-                "operationId": "getReadiness",
-                "tags": ["operations"],
-                "summary": "Readiness: storage answers, delivery workers run, not shutting down",
-                "responses": {
-                    "200": json_response("Ready", schema_ref("Readiness")),
-                    "503": json_response("Not ready; the body says which part is not",
-                        schema_ref("Readiness")),
-                },
-            })),
-        },
-        "/metrics": {
-            "get": open(json!({
-                "operationId": "getMetrics",
-                "tags": ["operations"],
-                "summary": "Prometheus metrics",
-                "description": "Events published, attempts by result and in flight, attempt latency, \
-                    queued deliveries by state, disabled subscriptions, storage flushes and \
-                    durable writes.",
-                "responses": { "200": {
-                    "description": "OpenMetrics text format 1.0.0 (Prometheus scrapes it as is)",
-                    "content": { "application/openmetrics-text; version=1.0.0; charset=utf-8": {
-                        "schema": { "type": "string" } } },
-                } },
-            })),
-        },
-    })
+/// The `enum` of the `Error` schema's `code`.
+pub(crate) fn error_code() -> Object {
+    ObjectBuilder::new().schema_type(Type::String).enum_values(Some(ERROR_CODES)).build()
 }
 
 // ---------------------------------------------------------------------------------------------
-// Components: parameters, schemas, error responses and the security scheme.
+// Schemas of values the serde types hold as plain strings.
 
-fn components() -> Value {
-    json!({
-        "securitySchemes": { "bearerAuth": {
-            "type": "http",
-            "scheme": "bearer",
-            "bearerFormat": "sa_live_ followed by at least 32 base62 characters",
-            "description": "A tenant API key from the config file (`atender-webhooks keygen` \
-                prints one). Each key carries scopes: `webhooks:read` for the GET endpoints under \
-                /v1/webhooks, `webhooks:write` for every other /v1/webhooks endpoint, \
-                `events:write` for /v1/events. Each operation names its scope in \
-                `x-required-scopes`. A key only ever sees its own tenant's data.",
-        } },
-        "parameters": parameters(),
-        "schemas": schemas(),
-        "responses": error_responses(),
-    })
-}
+/// Implements `ToSchema` for a unit type naming a schema component.
+macro_rules! component {
+    ($(#[$doc:meta])* $type:ident as $name:literal => $schema:expr) => {
+        $(#[$doc])*
+        pub struct $type;
 
-fn parameters() -> Value {
-    let path_id = |name: &str, prefix: &str, what: &str| {
-        json!({
-            "name": name,
-            "in": "path",
-            "required": true,
-            "description": format!("The {what} id (`{prefix}…`). Unknown ids, malformed ids and \
-                other tenants' ids are all answered 404."),
-            "schema": { "type": "string", "example": format!("{prefix}01JTZ4W8K9RZ3M5Q2X7V6B1N0C") },
-        })
+        impl PartialSchema for $type {
+            fn schema() -> RefOr<Schema> {
+                RefOr::T(Schema::Object($schema))
+            }
+        }
+
+        impl ToSchema for $type {
+            fn name() -> Cow<'static, str> {
+                Cow::Borrowed($name)
+            }
+        }
     };
-    let cursor = |prefix: &str| {
-        json!({
-            "name": "cursor",
-            "in": "query",
-            "required": false,
-            "description": "The `nextCursor` of the previous page; anything else is refused with 400.",
-            "schema": id_schema(prefix, "A cursor this API returned"),
-        })
-    };
-    json!({
-        "SubscriptionId": path_id("id", "wh_", "subscription"),
-        "DeliveryId": path_id("deliveryId", "dlv_", "delivery"),
-        "Limit": {
-            "name": "limit",
-            "in": "query",
-            "required": false,
-            "description": "Page size.",
-            "schema": { "type": "integer", "minimum": 1, "maximum": 100, "default": 50 },
-        },
-        "WebhookCursor": cursor("wh_"),
-        "DeliveryCursor": cursor("dlv_"),
-        "DeliveryStatus": {
-            "name": "status",
-            "in": "query",
-            "required": false,
-            "description": "Only deliveries in this state.",
-            "schema": schema_ref("DeliveryState"),
-        },
-    })
 }
 
 const EVENT_TYPE_DESCRIPTION: &str = "An event type from the configured catalogue (`[events] types`); \
 the default catalogue is message.received, message.sent, conversation.created, \
 conversation.resolved, sla.breached. Unknown types are refused with 400.";
 
-fn event_type() -> Value {
-    json!({ "type": "string", "description": EVENT_TYPE_DESCRIPTION, "example": "message.received" })
-}
+component!(
+    /// An event type; [`document_for`] adds the running catalogue as its `enum`.
+    EventType as "EventType" => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(EVENT_TYPE_DESCRIPTION))
+        .examples(["message.received"])
+        .build()
+);
 
-fn schemas() -> Value {
-    json!({
-        "Subscription": subscription(),
-        "SubscriptionWithSecret": {
-            "description": "A subscription as answered by create: with its signing secret, once.",
-            "allOf": [
-                schema_ref("Subscription"),
-                object("", &[("secret", schema_ref("Secret"))]),
-            ],
-        },
-        "SubscriptionList": object("One page of subscriptions, newest first", &[
-            ("data", json!({ "type": "array", "items": schema_ref("Subscription") })),
-            ("nextCursor", json!({
-                "type": "string",
-                "nullable": true,
-                "description": "Pass as `cursor` for the next page; null on the last page.",
-            })),
-        ]),
-        "CreateSubscription": subscription_input(true),
-        "UpdateSubscription": subscription_input(false),
-        "RotateSecret": {
-            "type": "object",
-            "additionalProperties": false,
-            "properties": { "graceSeconds": {
-                "type": "integer",
-                "minimum": 0,
-                "maximum": 86_400,
-                "default": 0,
-                "description": "How long the old secret keeps verifying (in `webhook-signature`).",
-            } },
-        },
-        "RotateResult": object("The new signing secret", &[
-            ("id", id_schema("wh_", "The subscription id")),
-            ("secret", schema_ref("Secret")),
-        ]),
-        "Secret": {
-            "type": "string",
-            "pattern": "^whsec_[A-Za-z0-9+/]{43}=$",
-            "description": "`whsec_` + standard base64 of 32 random bytes. Sign with the whole \
-                string (prefix included) as the HMAC key for `X-Atender-Signature`; with the \
-                base64-decoded part for the Standard Webhooks `webhook-signature`.",
-        },
-        "PublishEvent": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["event"],
-            "properties": {
-                "event": event_type(),
-                "data": {
-                    "type": "object",
-                    "additionalProperties": true,
-                    "description": "Delivered byte for byte as the payload's `data`; absent means \
-                        {} (null is refused).",
-                },
-                "id": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 255,
-                    "pattern": "^[\\x21-\\x7E]+$",
-                    "description": "Your idempotency key: printable ASCII, no spaces. Repeating it \
-                        within 24 hours (counted from its first acceptance) with the same event \
-                        type and data answers the first result and creates nothing; with other \
-                        ones it is a 422 `idempotency_conflict`.",
-                },
-            },
-        },
-        "PublishBatch": {
-            "type": "object",
-            "additionalProperties": false,
-            "required": ["events"],
-            "properties": { "events": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": MAX_BATCH,
-                "items": schema_ref("PublishEvent"),
-            } },
-        },
-        "PublishResult": object("An accepted event", &[
-            ("id", id_schema("evt_", "The event id (the first one, for a repeated idempotency key)")),
-            ("deliveries", json!({
-                "type": "integer",
-                "minimum": 0,
-                "description": "Deliveries created: one per subscription whose events include the type.",
-            })),
-        ]),
-        "BatchResult": object("One result per event, in the order given", &[
-            ("data", json!({ "type": "array", "items": schema_ref("PublishResult") })),
-        ]),
-        "DeliveryState": {
-            "type": "string",
-            "enum": ["pending", "held", "succeeded", "failed", "expired"],
-            "description": "pending: queued or being retried; held: kept while the subscription \
-                is paused or disabled; succeeded; failed: retries exhausted; expired: held longer \
-                than `hold_retention`.",
-        },
-        "Attempt": object("One HTTP attempt", &[
-            ("at", timestamp("When the attempt started", false)),
-            ("durationMs", json!({ "type": "integer", "minimum": 0 })),
-            ("responseCode", json!({
-                "type": "integer",
-                "nullable": true,
-                "description": "The receiver's status; null when no answer came.",
-            })),
-            ("error", json!({
-                "type": "string",
-                "nullable": true,
-                "description": "Why the attempt failed; null on success.",
-            })),
-        ]),
-        "Delivery": delivery(),
-        "DeliveryList": object("One page of deliveries, newest first", &[
-            ("data", json!({ "type": "array", "items": schema_ref("Delivery") })),
-            ("nextCursor", json!({
-                "type": "string",
-                "nullable": true,
-                "description": "Pass as `cursor` for the next page; null on the last page.",
-            })),
-        ]),
-        "DeliveryPayload": object("The body POSTed to the receiver, the same bytes on every attempt", &[
-            ("id", id_schema("evt_", "The event id")),
-            ("event", event_type()),
-            ("tenantId", json!({ "type": "string" })),
-            ("timestamp", timestamp("When the event was published", false)),
-            ("data", json!({ "type": "object", "additionalProperties": true })),
-        ]),
-        "Error": error_schema(),
-        "Health": {
-            "type": "object",
-            "description": "Liveness",
-            "required": ["status"],
-            "properties": {
-                "status": { "type": "string", "enum": ["ok", "failing"] },
-                "problems": { "type": "array", "items": { "type": "string" } },
-            },
-        },
-        "Readiness": object("Readiness and its parts", &[
-            ("status", json!({ "type": "string", "enum": ["ready", "not_ready"] })),
-            ("storage", json!({ "type": "string",
-                "enum": ["ok", "low_space", "read_only", "stalled", "failed"] })),
-            ("storageReason", json!({ "type": "string", "nullable": true,
-                "description": "Why storage refuses writes, in words; null when it takes them" })),
-            ("delivery", json!({ "type": "string", "enum": ["running", "paused", "stopped"],
-                "description": "paused: attempts wait while storage cannot record their outcomes" })),
-            ("shuttingDown", json!({ "type": "boolean" })),
-        ]),
-    })
-}
+component!(
+    /// A delivery's state, as `model::DeliveryState::as_str` writes it.
+    DeliveryStateSchema as "DeliveryState" => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(DeliveryState::ALL.map(DeliveryState::as_str)))
+        .description(Some(
+            "pending: queued or being retried; held: kept while the subscription is paused or \
+             disabled; succeeded; failed: retries exhausted; expired: held longer than `hold_retention`.",
+        ))
+        .build()
+);
 
-/// The subscription as `webhooks::SubscriptionView` serializes it.
-fn subscription() -> Value {
-    let nullable_string =
-        |description: &str| json!({ "type": "string", "nullable": true, "description": description });
-    object(
-        "A webhook subscription; the secret is never part of it",
-        &[
-            ("id", id_schema("wh_", "The subscription id")),
-            ("name", json!({ "type": "string" })),
-            ("url", json!({ "type": "string", "format": "uri" })),
-            ("events", json!({ "type": "array", "items": event_type() })),
-            (
-                "headers",
-                json!({
-                    "type": "object",
-                    "additionalProperties": { "type": "string" },
-                    "description": "Custom headers added to every delivery, in the order given",
-                }),
-            ),
-            ("maxRetries", json!({ "type": "integer", "minimum": 0, "maximum": 20 })),
-            ("retryDelaySeconds", json!({ "type": "integer", "minimum": 1, "maximum": 86_400 })),
-            (
-                "isActive",
-                json!({
-                    "type": "boolean",
-                    "description": "false once disabled, by hand or after failures",
-                }),
-            ),
-            ("isPaused", json!({ "type": "boolean" })),
-            (
-                "disableReason",
-                nullable_string(
-                    "Why the subscription is disabled, e.g. \"too many consecutive failures: 6 attempts \
-             failed, last: HTTP 503\"",
-                ),
-            ),
-            ("disabledAt", timestamp("When it was disabled", true)),
-            (
-                "consecutiveFailures",
-                json!({
-                    "type": "integer",
-                    "minimum": 0,
-                    "description": "Failed attempts since the last success",
-                }),
-            ),
-            ("lastDeliveryAt", timestamp("When the most recent attempt was made", true)),
-            (
-                "lastDeliveryStatus",
-                json!({
-                    "type": "string",
-                    "nullable": true,
-                    "enum": ["succeeded", "failed", null],
-                }),
-            ),
-            ("lastDeliveryResponseCode", json!({ "type": "integer", "nullable": true })),
-            ("lastDeliveryError", nullable_string("Why the most recent attempt failed")),
-            ("createdAt", timestamp("", false)),
-            ("updatedAt", timestamp("", false)),
-        ],
-    )
-}
+component!(
+    /// A signing secret, as `model::new_secret` makes it.
+    Secret as "Secret" => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some("^whsec_[A-Za-z0-9+/]{43}=$"))
+        .description(Some(
+            "`whsec_` + standard base64 of 32 random bytes. Sign with the whole string (prefix \
+             included) as the HMAC key for `X-Atender-Signature`; with the base64-decoded part for \
+             the Standard Webhooks `webhook-signature`.",
+        ))
+        .build()
+);
 
-/// The body of create (`webhooks::CreateBody`, `required`) or update (`webhooks::PatchBody`).
-fn subscription_input(create: bool) -> Value {
-    let with_default = |mut schema: Value, default: Value| {
-        if create {
-            schema["default"] = default;
-        }
-        schema
-    };
-    let mut schema = json!({
-        "type": "object",
-        "additionalProperties": false,
-        "properties": {
-            "name": { "type": "string", "minLength": 1, "maxLength": 100, "pattern": NAME_PATTERN,
-                "description": "No control characters, and at least one visible character (not \
-                    only spaces or invisible characters such as U+200B)" },
-            "url": { "type": "string", "format": "uri",
-                "description": "https (http only when the config allows it). Loopback, private, \
-                    link-local, CGNAT, multicast and unspecified addresses are refused unless the \
-                    config allows them; names are checked again at connect time." },
-            "events": { "type": "array", "minItems": 1, "maxItems": 50, "uniqueItems": true,
-                "items": event_type() },
-            "headers": { "type": "object", "maxProperties": 20,
-                "propertyNames": { "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$" },
-                "additionalProperties": { "type": "string", "maxLength": 4096,
-                    "pattern": "^([\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?)?$" },
-                "description": "Custom headers for every delivery: valid header names, string \
-                    values without control characters. Headers the daemon sets itself (Host, \
-                    Content-Type, User-Agent, X-Atender-*, webhook-*, …) cannot be given." },
-            "maxRetries": with_default(json!({ "type": "integer", "minimum": 0, "maximum": 20 }), json!(5)),
-            "retryDelaySeconds": with_default(
-                json!({ "type": "integer", "minimum": 1, "maximum": 86_400,
-                    "description": "Retry k waits retryDelaySeconds × 2^(k−1), capped by the \
-                        config's max_retry_delay, plus up to 10% jitter" }),
-                json!(30)),
-            "isActive": with_default(json!({ "type": "boolean" }), json!(true)),
-            "isPaused": with_default(json!({ "type": "boolean" }), json!(false)),
-        },
-    });
-    if create {
-        schema["required"] = json!(["name", "url", "events"]);
-        schema["example"] = json!({
-            "name": "production-listener",
-            "url": "https://your-server.example.com/atender-webhooks",
-            "events": ["message.received", "message.sent", "conversation.resolved"],
-        });
-    } else {
-        schema["description"] = json!("Only the fields given change");
-        schema["example"] = json!({ "isPaused": true });
+/// The OpenAPI document itself, as `getOpenApi` answers it.
+pub struct OpenApiDocument;
+
+impl PartialSchema for OpenApiDocument {
+    fn schema() -> RefOr<Schema> {
+        json_object("").into()
     }
-    schema
 }
 
-/// The delivery as `deliveries::DeliveryView` serializes it.
-fn delivery() -> Value {
-    let mut schema = object(
-        "One event on its way to one subscription",
-        &[
-            (
-                "id",
-                id_schema(
-                    "dlv_",
-                    "The delivery id; sent as X-Atender-Delivery and webhook-id, stable across retries",
-                ),
-            ),
-            ("subscriptionId", id_schema("wh_", "The subscription id")),
-            ("eventId", id_schema("evt_", "The event id")),
-            ("event", event_type()),
-            ("status", schema_ref("DeliveryState")),
-            (
-                "attempts",
-                json!({
-                    "type": "array",
-                    "items": schema_ref("Attempt"),
-                    "description": "Oldest first; at most the last 50 are kept",
-                }),
-            ),
-            ("nextAttemptAt", timestamp("When the next attempt is due, while pending", true)),
-            ("createdAt", timestamp("", false)),
-        ],
-    );
-    schema["properties"]["payload"] = json!({
-        "allOf": [schema_ref("DeliveryPayload")],
-        "description": "Only in the answer of getDelivery: the body as delivered",
-    });
-    schema
+impl ToSchema for OpenApiDocument {}
+
+/// An identifier of one kind: prefix + ULID.
+/// `prefix` is the kind's `PREFIX` (`SubscriptionId::PREFIX`, …).
+fn id(prefix: &str, description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(format!("^{prefix}[0-9A-HJKMNP-TV-Z]{{26}}$")))
+        .description(Some(description))
+        .examples([format!("{prefix}01JTZ4W8K9RZ3M5Q2X7V6B1N0C")])
+        .build()
 }
 
-/// Every code the API answers with.
+/// Any JSON object.
+fn json_object(description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .additional_properties(Some(AdditionalProperties::FreeForm(true)))
+        .description((!description.is_empty()).then_some(description))
+        .build()
+}
+
+fn bounded_integer(range: &std::ops::RangeInclusive<u32>, default: Option<u32>) -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(*range.start()))
+        .maximum(Some(*range.end()))
+        .default(default.map(Value::from))
+}
+
+/// `schema_with` functions for the fields of the API's serde types (`#[schema(schema_with = …)]`),
+/// built from the constants their validation uses.
+pub mod fields {
+    use super::*;
+
+    /// `wh_…`
+    pub fn subscription_id() -> Object {
+        id(SubscriptionId::PREFIX, "The subscription id")
+    }
+
+    /// `evt_…`, as publish answers it.
+    pub fn published_event_id() -> Object {
+        id(EventId::PREFIX, "The event id (the first one, for a repeated idempotency key)")
+    }
+
+    /// `evt_…`
+    pub fn event_id() -> Object {
+        id(EventId::PREFIX, "The event id")
+    }
+
+    /// `dlv_…`
+    pub fn delivery_id() -> Object {
+        id(
+            DeliveryId::PREFIX,
+            "The delivery id; sent as X-Atender-Delivery and webhook-id, stable across retries",
+        )
+    }
+
+    /// A subscription's `name` in a create or update body.
+    pub fn name() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(*NAME_CHARS.start()))
+            .max_length(Some(*NAME_CHARS.end()))
+            .pattern(Some(NAME_PATTERN))
+            .description(Some(
+                "No control characters, and at least one visible character (not only spaces or \
+                 invisible characters such as U+200B)",
+            ))
+            .build()
+    }
+
+    /// A subscription's `url` in a create or update body.
+    pub fn url() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::Custom("uri".to_owned())))
+            .description(Some(
+                "https (http only when the config allows it). Loopback, private, link-local, CGNAT, \
+                 multicast and unspecified addresses are refused unless the config allows them; names \
+                 are checked again at connect time.",
+            ))
+            .build()
+    }
+
+    /// A subscription's `events` in a create or update body.
+    pub fn events() -> Array {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name(EventType::name()))
+            .min_items(Some(*EVENTS_PER_SUBSCRIPTION.start()))
+            .max_items(Some(*EVENTS_PER_SUBSCRIPTION.end()))
+            .unique_items(true)
+            .build()
+    }
+
+    /// A subscription's custom `headers` in a create or update body.
+    pub fn headers() -> Object {
+        let name = format!("^[{}0-9A-Za-z-]{{1,{HEADER_NAME_BYTES}}}$", HEADER_NAME_SYMBOLS.replace('-', ""));
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .max_properties(Some(MAX_HEADERS))
+            .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(name))))
+            .additional_properties(Some(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .max_length(Some(HEADER_VALUE_BYTES))
+                    .pattern(Some("^([\\x21-\\x7E]([\\x20-\\x7E]*[\\x21-\\x7E])?)?$")),
+            ))
+            .description(Some(
+                "Custom headers for every delivery: valid header names, string values without \
+                 control characters. Headers the daemon sets itself (Host, Content-Type, \
+                 User-Agent, X-Atender-*, webhook-*, …) cannot be given.",
+            ))
+            .build()
+    }
+
+    /// A subscription's custom headers as answered.
+    pub fn header_values() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some("Custom headers added to every delivery, in the order given"))
+            .build()
+    }
+
+    /// `maxRetries` as answered.
+    pub fn max_retries() -> Object {
+        bounded_integer(&MAX_RETRIES, None).build()
+    }
+
+    /// `maxRetries` in a create body.
+    pub fn max_retries_with_default() -> Object {
+        bounded_integer(&MAX_RETRIES, Some(DEFAULT_MAX_RETRIES)).build()
+    }
+
+    const RETRY_DELAY: &str = "Retry k waits retryDelaySeconds × 2^(k−1), capped by the config's \
+        max_retry_delay, plus up to 10% jitter";
+
+    /// `retryDelaySeconds` as answered.
+    pub fn retry_delay_seconds() -> Object {
+        bounded_integer(&RETRY_DELAY_SECONDS, None).build()
+    }
+
+    /// `retryDelaySeconds` in an update body.
+    pub fn retry_delay_seconds_input() -> Object {
+        bounded_integer(&RETRY_DELAY_SECONDS, None).description(Some(RETRY_DELAY)).build()
+    }
+
+    /// `retryDelaySeconds` in a create body.
+    pub fn retry_delay_seconds_with_default() -> Object {
+        bounded_integer(&RETRY_DELAY_SECONDS, Some(DEFAULT_RETRY_DELAY_SECONDS))
+            .description(Some(RETRY_DELAY))
+            .build()
+    }
+
+    /// `graceSeconds` of rotate-secret.
+    pub fn grace_seconds() -> Object {
+        bounded_integer(&GRACE_SECONDS, Some(*GRACE_SECONDS.start()))
+            .description(Some("How long the old secret keeps verifying (in `webhook-signature`)."))
+            .build()
+    }
+
+    /// `lastDeliveryStatus`.
+    pub fn last_delivery_status() -> Object {
+        let statuses =
+            [LastDeliveryStatus::Succeeded, LastDeliveryStatus::Failed].map(|status| json!(status.as_str()));
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .enum_values(Some(statuses.into_iter().chain([Value::Null])))
+            .build()
+    }
+
+    /// Any JSON object.
+    pub fn any_object() -> Object {
+        json_object("")
+    }
+
+    /// An event's `data` in a publish body.
+    pub fn event_data() -> Object {
+        json_object("Delivered byte for byte as the payload's `data`; absent means {} (null is refused).")
+    }
+
+    /// An event's client `id` (idempotency key) in a publish body.
+    pub fn client_id() -> Object {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(*CLIENT_ID_BYTES.start()))
+            .max_length(Some(*CLIENT_ID_BYTES.end()))
+            .pattern(Some("^[\\x21-\\x7E]+$"))
+            .description(Some(
+                "Your idempotency key: printable ASCII, no spaces. Repeating it within 24 hours \
+                 (counted from its first acceptance) with the same event type and data answers the \
+                 first result and creates nothing; with other ones it is a 422 `idempotency_conflict`.",
+            ))
+            .build()
+    }
+
+    /// The `events` of a batch publish.
+    pub fn batch_events() -> Array {
+        ArrayBuilder::new()
+            .items(Ref::from_schema_name("PublishEvent"))
+            .min_items(Some(1))
+            .max_items(Some(MAX_BATCH))
+            .build()
+    }
+
+    /// A delivery's `payload` (only in getDelivery).
+    pub fn payload() -> Schema {
+        Schema::AllOf(
+            AllOfBuilder::new()
+                .item(Ref::from_schema_name(DeliveryPayload::name()))
+                .description(Some("Only in the answer of getDelivery: the body as delivered"))
+                .build(),
+        )
+    }
+
+    /// `ttlSeconds` of a portal session.
+    pub fn ttl_seconds() -> Object {
+        use crate::portal::session::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS};
+        bounded_integer(&(1..=MAX_TTL_SECONDS), Some(DEFAULT_TTL_SECONDS))
+            .description(Some("How long the link and the session it starts last, in seconds."))
+            .build()
+    }
+
+    /// `nextCursor` of a page.
+    pub fn next_cursor() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::String, Type::Null]))
+            .description(Some("Pass as `cursor` for the next page; null on the last page."))
+            .build()
+    }
+}
+
 /// A subscription name: no control character (Unicode Cc), and at least one character that is
 /// neither whitespace nor invisible (the same sets as `webhooks::validate_name`).
 const NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*\
@@ -813,121 +670,106 @@ const NAME_PATTERN: &str = "^[^\\u0000-\\u001f\\u007f-\\u009f]*\
 \\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u206f\\u2800\\u3000\\u3164\\ufe00-\\ufe0f\\ufeff\\uffa0\\ufff0-\\ufffb]\
 [^\\u0000-\\u001f\\u007f-\\u009f]*$";
 
-const ERROR_CODES: [&str; 11] = [
-    "validation_failed",
-    "unauthorized",
-    "insufficient_scope",
-    "webhooks_disabled",
-    "not_found",
-    "method_not_allowed",
-    "payload_too_large",
-    "unsupported_media_type",
-    "limit_exceeded",
-    "idempotency_conflict",
-    "unavailable",
-];
+// ---------------------------------------------------------------------------------------------
+// Parameters.
 
-fn error_schema() -> Value {
-    object(
-        "Every error the API answers",
-        &[(
-            "error",
-            object(
-                "",
-                &[
-                    ("code", json!({ "type": "string", "enum": ERROR_CODES })),
-                    (
-                        "message",
-                        json!({
-                            "type": "string",
-                            "description": "A human sentence naming the field or scope concerned; never \
-                        internal detail",
-                        }),
-                    ),
-                ],
-            ),
-        )],
-    )
+fn path_id(name: &str, prefix: &str, what: &str) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Path)
+        .required(Required::True)
+        .description(Some(format!(
+            "The {what} id (`{prefix}…`). Unknown ids, malformed ids and other tenants' ids are all \
+             answered 404."
+        )))
+        .schema(Some(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .examples([format!("{prefix}01JTZ4W8K9RZ3M5Q2X7V6B1N0C")]),
+        ))
+        .build()
 }
 
-fn error_responses() -> Value {
-    let mut unauthorized = error_response(
-        "Missing, malformed or unknown bearer key (`unauthorized`)",
-        "unauthorized",
-        "unknown API key",
-    );
-    unauthorized["headers"] = json!({ "WWW-Authenticate": {
-        "description": "Always `Bearer`",
-        "schema": { "type": "string", "enum": ["Bearer"] },
-    } });
-    json!({
-        "ValidationFailed": error_response(
-            "Bad JSON, a wrong type, an unknown field or query parameter, or an invalid value; the \
-             message names the field (`validation_failed`)",
-            "validation_failed",
-            "maxRetries must be between 0 and 20",
-        ),
-        "Unauthorized": unauthorized,
-        "Forbidden": error_response(
-            "The key lacks the scope (`insufficient_scope`), or the tenant has webhooks turned \
-             off (`webhooks_disabled`); the code and message say which",
-            "insufficient_scope",
-            "this API key lacks the webhooks:write scope",
-        ),
-        "InsufficientScope": error_response(
-            "The key lacks the scope (`insufficient_scope`)",
-            "insufficient_scope",
-            "this API key lacks the events:write scope",
-        ),
-        "NotFound": error_response(
-            "No such id for this tenant; another tenant's id is answered the same (`not_found`)",
-            "not_found",
-            "subscription not found",
-        ),
-        "MethodNotAllowed": error_response(
-            "The path exists but not with this method (`method_not_allowed`); any method not \
-             listed for a path is answered this way",
-            "method_not_allowed",
-            "this endpoint does not accept that method",
-        ),
-        "PayloadTooLarge": error_response(
-            "The body is larger than the configured limit: `api.max_subscription_body_bytes` \
-             (default 64 KiB) for /v1/webhooks, `api.max_event_body_bytes` (default 1 MiB) for \
-             /v1/events (`payload_too_large`)",
-            "payload_too_large",
-            "request body is larger than the limit of 65536 bytes",
-        ),
-        "UnsupportedMediaType": error_response(
-            "A body not sent as `Content-Type: application/json` (`unsupported_media_type`)",
-            "unsupported_media_type",
-            "request body must be JSON sent with Content-Type: application/json",
-        ),
-        "LimitExceeded": error_response(
-            "The tenant has reached its `maxWebhooks` limit (`limit_exceeded`)",
-            "limit_exceeded",
-            "the tenant has reached its maxWebhooks limit; delete a subscription or ask for a higher limit",
-        ),
-        "IdempotencyConflict": error_response(
-            "The `id` was used within 24 h for another event type or data (`idempotency_conflict`); \
-             nothing was stored",
-            "idempotency_conflict",
-            "id \"order-42\" was already used within the last 24 h for a different event (another event type or data); nothing was stored; send a new id for a new event",
-        ),
-        "Unavailable": error_response(
-            "Storage is low on space, read-only, failing, or the daemon is shutting down; nothing \
-             was stored; retry shortly (`unavailable`)",
-            "unavailable",
-            "storage is unavailable; retry shortly",
-        ),
-    })
+fn query(name: &str, description: &str, schema: impl Into<RefOr<Schema>>) -> Parameter {
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Query)
+        .required(Required::False)
+        .description(Some(description))
+        .schema(Some(schema))
+        .build()
+}
+
+fn limit() -> Parameter {
+    let schema = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(*PAGE_LIMIT.start()))
+        .maximum(Some(*PAGE_LIMIT.end()))
+        .default(Some(DEFAULT_PAGE_LIMIT.into()));
+    query("limit", "Page size.", schema)
+}
+
+fn cursor(prefix: &str) -> Parameter {
+    let description = "The `nextCursor` of the previous page; anything else is refused with 400.";
+    query("cursor", description, id(prefix, "A cursor this API returned"))
+}
+
+/// `{id}`: a subscription.
+pub struct SubscriptionPath;
+
+impl IntoParams for SubscriptionPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![path_id("id", SubscriptionId::PREFIX, "subscription")]
+    }
+}
+
+/// `{id}` and `{deliveryId}`: a subscription's delivery.
+pub struct DeliveryPath;
+
+impl IntoParams for DeliveryPath {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            path_id("id", SubscriptionId::PREFIX, "subscription"),
+            path_id("deliveryId", DeliveryId::PREFIX, "delivery"),
+        ]
+    }
+}
+
+/// `?limit=&cursor=` of the subscription list.
+pub struct SubscriptionListQuery;
+
+impl IntoParams for SubscriptionListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![limit(), cursor(SubscriptionId::PREFIX)]
+    }
+}
+
+/// `?status=&limit=&cursor=` of the delivery log.
+pub struct DeliveryListQuery;
+
+impl IntoParams for DeliveryListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        vec![
+            query(
+                "status",
+                "Only deliveries in this state.",
+                Ref::from_schema_name(DeliveryStateSchema::name()),
+            ),
+            limit(),
+            cursor(DeliveryId::PREFIX),
+        ]
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ROUTES;
 
     const METHODS: [&str; 8] = ["get", "put", "post", "delete", "options", "head", "patch", "trace"];
+
+    fn json_document() -> Value {
+        document_for(&["message.received".to_owned()])
+    }
 
     /// Every (method, path, operation) of the document.
     fn operations(doc: &Value) -> Vec<(String, String, Value)> {
@@ -956,37 +798,29 @@ mod tests {
     }
 
     #[test]
-    fn is_openapi_3() {
-        let doc = document();
-        assert!(
-            doc["openapi"].as_str().is_some_and(|version| version.starts_with("3.")),
-            "{}",
-            doc["openapi"]
-        );
+    fn is_openapi_3_1() {
+        let doc = json_document();
+        assert_eq!(doc["openapi"], "3.1.0");
         assert!(doc["info"]["title"].is_string() && doc["info"]["version"].is_string());
     }
 
     #[test]
-    fn documents_every_route() {
-        let doc = document();
-        for (method, path) in ROUTES {
-            let operation = &doc["paths"][path][method.to_ascii_lowercase()];
-            assert!(operation.is_object(), "{method} {path} is in ROUTES but not in the document");
-        }
-    }
-
-    #[test]
-    fn documents_nothing_but_the_routes() {
-        for (method, path, _) in operations(&document()) {
-            let served = ROUTES.iter().any(|(m, p)| m.eq_ignore_ascii_case(&method) && *p == path);
-            assert!(served, "{method} {path} is documented but not in ROUTES");
+    fn documents_exactly_the_routes() {
+        let doc = json_document();
+        let documented: Vec<(String, String)> =
+            operations(&doc).into_iter().map(|(method, path, _)| (method, path)).collect();
+        let routes: Vec<(String, String)> =
+            ROUTES.iter().map(|route| (route.method().as_str().to_ascii_lowercase(), route.path())).collect();
+        assert_eq!(documented.len(), routes.len(), "{documented:?}");
+        for route in &routes {
+            assert!(documented.contains(route), "{route:?} is in ROUTES but not in the document");
         }
     }
 
     #[test]
     fn every_operation_is_named_and_answers() {
         let mut ids = Vec::new();
-        for (method, path, operation) in operations(&document()) {
+        for (method, path, operation) in operations(&json_document()) {
             let id = operation["operationId"]
                 .as_str()
                 .unwrap_or_else(|| panic!("{method} {path}: no operationId"));
@@ -995,31 +829,29 @@ mod tests {
             assert!(operation["summary"].is_string(), "{method} {path}: no summary");
             let responses = operation["responses"].as_object().expect("responses");
             assert!(responses.keys().any(|status| status.starts_with('2')), "{method} {path}: no 2xx");
+            assert!(operation["security"].is_array(), "{method} {path}: no security requirement");
         }
     }
 
     #[test]
     fn every_path_parameter_is_declared() {
-        let doc = document();
-        for (path, item) in doc["paths"].as_object().unwrap() {
-            let declared: Vec<String> = item["parameters"]
+        for (method, path, operation) in operations(&json_document()) {
+            let declared: Vec<&str> = operation["parameters"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .map(|parameter| {
-                    let pointer = parameter["$ref"].as_str().expect("path parameters are refs");
-                    doc.pointer(&pointer[1..]).expect("resolves")["name"].as_str().unwrap().to_owned()
-                })
+                .filter(|parameter| parameter["in"] == "path")
+                .map(|parameter| parameter["name"].as_str().unwrap())
                 .collect();
             let templated: Vec<&str> =
                 path.split('/').filter_map(|part| part.strip_prefix('{')?.strip_suffix('}')).collect();
-            assert_eq!(declared, templated, "{path}: path parameters declared vs in the template");
+            assert_eq!(declared, templated, "{method} {path}: path parameters declared vs in the template");
         }
     }
 
     #[test]
     fn every_ref_resolves_within_components() {
-        let doc = document();
+        let doc = json_document();
         let mut refs = Vec::new();
         collect_refs(&doc, &mut refs);
         assert!(!refs.is_empty());
@@ -1027,5 +859,39 @@ mod tests {
             assert!(target.starts_with("#/components/"), "{target} points outside components");
             assert!(doc.pointer(&target[1..]).is_some(), "{target} does not resolve");
         }
+    }
+
+    #[test]
+    fn authenticated_operations_name_their_scope_and_errors() {
+        for route in ROUTES {
+            let doc = json_document();
+            let operation = &doc["paths"][route.path()][route.method().as_str().to_ascii_lowercase()];
+            match route.access {
+                Access::Open => assert_eq!(operation["security"], json!([]), "{}", route.path()),
+                Access::Key(scope, _) => {
+                    assert_eq!(operation["x-required-scopes"], json!([scope.as_str()]));
+                    for status in ["401", "403", "503"] {
+                        assert!(operation["responses"][status].is_object(), "{} {status}", route.path());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_catalogue_is_the_event_type_enum() {
+        let doc = document_for(&["a.b".to_owned(), "c.d".to_owned()]);
+        assert_eq!(doc["components"]["schemas"]["EventType"]["enum"], json!(["a.b", "c.d"]));
+    }
+
+    #[test]
+    fn limits_come_from_the_validation_constants() {
+        let doc = json_document();
+        let create = &doc["components"]["schemas"]["CreateSubscription"]["properties"];
+        assert_eq!(create["maxRetries"]["maximum"], json!(MAX_RETRIES.end()));
+        assert_eq!(create["maxRetries"]["default"], json!(DEFAULT_MAX_RETRIES));
+        assert_eq!(create["headers"]["propertyNames"]["pattern"], "^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$");
+        let batch = &doc["components"]["schemas"]["PublishBatch"]["properties"]["events"];
+        assert_eq!(batch["maxItems"], json!(MAX_BATCH));
     }
 }

@@ -191,15 +191,25 @@ pub fn parse_query(raw: &str, known: &[&str]) -> Result<Vec<(String, String)>, A
     Ok(pairs)
 }
 
-/// `limit` between 1 and 100, default 50.
+/// The page sizes a list endpoint accepts as `?limit=`.
+pub const PAGE_LIMIT: std::ops::RangeInclusive<usize> = 1..=100;
+
+/// The page size without `?limit=`.
+pub const DEFAULT_PAGE_LIMIT: usize = 50;
+
+/// `limit` within [`PAGE_LIMIT`], default [`DEFAULT_PAGE_LIMIT`].
 pub fn page_limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
     match pairs.iter().find(|(name, _)| name == "limit") {
-        None => Ok(50),
-        Some((_, value)) => value
-            .parse::<usize>()
-            .ok()
-            .filter(|limit| (1..=100).contains(limit))
-            .ok_or_else(|| ApiError::validation("limit must be an integer between 1 and 100")),
+        None => Ok(DEFAULT_PAGE_LIMIT),
+        Some((_, value)) => {
+            value.parse::<usize>().ok().filter(|limit| PAGE_LIMIT.contains(limit)).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "limit must be an integer between {} and {}",
+                    PAGE_LIMIT.start(),
+                    PAGE_LIMIT.end()
+                ))
+            })
+        }
     }
 }
 

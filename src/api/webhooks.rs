@@ -1,13 +1,20 @@
 //! `/v1/webhooks`: create, list, read, update, delete subscriptions and rotate their secrets.
 //! Owns the JSON shape of a subscription and the validation of every field.
 
+use std::ops::RangeInclusive;
+
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use warp::http::{HeaderMap, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
 use crate::api::error::ApiError;
+use crate::api::openapi::{
+    self, fields, LimitExceeded, NotFound, PayloadTooLarge, SubscriptionListQuery, SubscriptionPath,
+    UnsupportedMediaType, ValidationFailed,
+};
 use crate::api::request::{
     authorize, json_reply, page_limit, parse_json, parse_query, query_value, require_json, Gate,
 };
@@ -18,27 +25,73 @@ use crate::model::{
     SubscriptionId,
 };
 
+// Limits of a subscription's fields, enforced below and stated in the OpenAPI document.
+
+/// A name's length in characters.
+pub const NAME_CHARS: RangeInclusive<usize> = 1..=100;
+/// How many event types one subscription lists.
+pub const EVENTS_PER_SUBSCRIPTION: RangeInclusive<usize> = 1..=50;
+/// Most custom headers of one subscription.
+pub const MAX_HEADERS: usize = 20;
+/// Longest custom header name, in bytes.
+pub const HEADER_NAME_BYTES: usize = 256;
+/// The characters besides ASCII letters and digits a header name may hold (RFC 9110 `tchar`).
+pub const HEADER_NAME_SYMBOLS: &str = "!#$%&'*+-.^_`|~";
+/// Longest custom header value, in bytes.
+pub const HEADER_VALUE_BYTES: usize = 4096;
+/// `maxRetries`.
+pub const MAX_RETRIES: RangeInclusive<u32> = 0..=20;
+/// `maxRetries` when create does not give it.
+pub const DEFAULT_MAX_RETRIES: u32 = 5;
+/// `retryDelaySeconds`.
+pub const RETRY_DELAY_SECONDS: RangeInclusive<u32> = 1..=86_400;
+/// `retryDelaySeconds` when create does not give it.
+pub const DEFAULT_RETRY_DELAY_SECONDS: u32 = 30;
+/// rotate-secret's `graceSeconds` (default: the start, no grace).
+pub const GRACE_SECONDS: RangeInclusive<u32> = 0..=86_400;
+
 /// The subscription as the API shows it. The secret is deliberately absent.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Subscription, description = "A webhook subscription; the secret is never part of it")]
 pub struct SubscriptionView {
+    #[schema(schema_with = fields::subscription_id)]
     pub id: String,
     pub name: String,
+    #[schema(format = "uri")]
     pub url: String,
+    #[schema(value_type = Vec<openapi::EventType>)]
     pub events: Vec<String>,
+    #[schema(schema_with = fields::header_values)]
     pub headers: Map<String, Value>,
+    #[schema(schema_with = fields::max_retries)]
     pub max_retries: u32,
+    #[schema(schema_with = fields::retry_delay_seconds)]
     pub retry_delay_seconds: u32,
+    /// false once disabled, by hand or after failures
     pub is_active: bool,
     pub is_paused: bool,
+    /// Why the subscription is disabled, e.g. "too many consecutive failures: 6 attempts failed, last: HTTP 503"
+    #[schema(required = true)]
     pub disable_reason: Option<String>,
+    /// When it was disabled
+    #[schema(required = true, format = DateTime, examples("2026-05-11T09:00:00Z"))]
     pub disabled_at: Option<String>,
+    /// Failed attempts since the last success
     pub consecutive_failures: u32,
+    /// When the most recent attempt was made
+    #[schema(required = true, format = DateTime, examples("2026-05-11T09:00:00Z"))]
     pub last_delivery_at: Option<String>,
+    #[schema(required = true, schema_with = fields::last_delivery_status)]
     pub last_delivery_status: Option<&'static str>,
+    #[schema(required = true)]
     pub last_delivery_response_code: Option<u16>,
+    /// Why the most recent attempt failed
+    #[schema(required = true)]
     pub last_delivery_error: Option<String>,
+    #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     pub created_at: String,
+    #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     pub updated_at: String,
 }
 
@@ -72,16 +125,43 @@ impl From<&Subscription> for SubscriptionView {
 }
 
 /// Create answers the full subscription plus its secret, once.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(
+    as = SubscriptionWithSecret,
+    description = "A subscription as answered by create: with its signing secret, once."
+)]
 struct CreatedView<'a> {
     #[serde(flatten)]
     subscription: SubscriptionView,
+    #[schema(value_type = openapi::Secret)]
+    secret: &'a str,
+}
+
+/// One page of the subscription list.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = SubscriptionList, description = "One page of subscriptions, newest first")]
+struct SubscriptionPage {
+    data: Vec<SubscriptionView>,
+    #[schema(required = true, schema_with = fields::next_cursor)]
+    next_cursor: Option<String>,
+}
+
+/// rotate-secret's answer.
+#[derive(Serialize, ToSchema)]
+#[schema(as = RotateResult, description = "The new signing secret")]
+struct Rotated<'a> {
+    #[schema(schema_with = fields::subscription_id)]
+    id: &'a str,
+    #[schema(value_type = openapi::Secret)]
     secret: &'a str,
 }
 
 /// An optional field that, when sent, must hold a value: `null` is refused as a wrong type.
 /// Read as "absent", `{"headers": null}` would answer 200 and silently change nothing.
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(deserializer: D) -> Result<Option<T>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
 }
 
@@ -123,49 +203,76 @@ impl<'de> Deserialize<'de> for Integer {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(
+    as = CreateSubscription,
+    examples(json!({
+        "name": "production-listener",
+        "url": "https://your-server.example.com/atender-webhooks",
+        "events": ["message.received", "message.sent", "conversation.resolved"],
+    }))
+)]
 pub(crate) struct CreateBody {
+    #[schema(schema_with = fields::name)]
     pub(crate) name: String,
+    #[schema(schema_with = fields::url)]
     pub(crate) url: String,
+    #[schema(schema_with = fields::events)]
     pub(crate) events: Vec<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::headers)]
     pub(crate) headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::max_retries_with_default)]
     pub(crate) max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::retry_delay_seconds_with_default)]
     pub(crate) retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, default = true)]
     pub(crate) is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false, default = false)]
     pub(crate) is_paused: Option<bool>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = UpdateSubscription, description = "Only the fields given change", examples(json!({ "isPaused": true })))]
 pub(crate) struct PatchBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::name)]
     pub(crate) name: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::url)]
     pub(crate) url: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::events)]
     pub(crate) events: Option<Vec<String>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::headers)]
     pub(crate) headers: Option<Map<String, Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::max_retries)]
     pub(crate) max_retries: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::retry_delay_seconds_input)]
     pub(crate) retry_delay_seconds: Option<Integer>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub(crate) is_active: Option<bool>,
     #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     pub(crate) is_paused: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = RotateSecret)]
 struct RotateBody {
     #[serde(default, deserialize_with = "present")]
+    #[schema(schema_with = fields::grace_seconds)]
     grace_seconds: Option<Integer>,
 }
 
@@ -173,6 +280,23 @@ struct RotateBody {
 pub const DISABLED_BY_API: &str = "disabled by API request (isActive set to false)";
 
 /// `POST /v1/webhooks`
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks",
+    operation_id = "createWebhook",
+    tag = "webhooks",
+    summary = "Create a subscription",
+    description = "Answers the full subscription plus its signing `secret`. The secret is never shown again; \
+        rotate it if it is lost.",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created; the only answer that carries the secret", body = CreatedView),
+        (status = 400, response = ValidationFailed),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 429, response = LimitExceeded),
+    ),
+)]
 pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
@@ -188,6 +312,18 @@ pub async fn create(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resul
 }
 
 /// `GET /v1/webhooks?limit=50&cursor=wh_…`
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks",
+    operation_id = "listWebhooks",
+    tag = "webhooks",
+    summary = "List subscriptions, newest first",
+    params(SubscriptionListQuery),
+    responses(
+        (status = 200, description = "One page of subscriptions", body = SubscriptionPage),
+        (status = 400, response = ValidationFailed),
+    ),
+)]
 pub async fn list(state: ApiState, headers: HeaderMap, query: String) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
@@ -202,10 +338,23 @@ pub async fn list(state: ApiState, headers: HeaderMap, query: String) -> Result<
         .transpose()?;
     let (page, next) = state.store.list_subscriptions(&principal.tenant.id, limit, cursor.as_ref())?;
     let data: Vec<SubscriptionView> = page.iter().map(SubscriptionView::from).collect();
-    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "data": data, "nextCursor": next })))
+    Ok(json_reply(StatusCode::OK, &SubscriptionPage { data, next_cursor: next.map(|next| next.to_string()) }))
 }
 
 /// `GET /v1/webhooks/:id`
+#[utoipa::path(
+    get,
+    path = "/v1/webhooks/{id}",
+    operation_id = "getWebhook",
+    tag = "webhooks",
+    summary = "Get one subscription",
+    description = "Full details, custom headers and retry settings included; never the secret.",
+    params(SubscriptionPath),
+    responses(
+        (status = 200, description = "The subscription", body = SubscriptionView),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
@@ -214,6 +363,25 @@ pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Resp
 }
 
 /// `PATCH /v1/webhooks/:id`
+#[utoipa::path(
+    patch,
+    path = "/v1/webhooks/{id}",
+    operation_id = "updateWebhook",
+    tag = "webhooks",
+    summary = "Update a subscription",
+    description = "Changes only the fields given; every field is validated before anything changes. \
+        `isActive: true` re-enables a disabled subscription (clears `disableReason` and `disabledAt`, \
+        resets `consecutiveFailures`, releases held deliveries); `isActive: false` disables it by hand.",
+    params(SubscriptionPath),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "The updated subscription", body = SubscriptionView),
+        (status = 400, response = ValidationFailed),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    ),
+)]
 pub async fn update(
     state: ApiState,
     headers: HeaderMap,
@@ -236,6 +404,19 @@ pub async fn update(
 }
 
 /// `DELETE /v1/webhooks/:id`
+#[utoipa::path(
+    delete,
+    path = "/v1/webhooks/{id}",
+    operation_id = "deleteWebhook",
+    tag = "webhooks",
+    summary = "Delete a subscription",
+    description = "Permanent; its queued deliveries are dropped.",
+    params(SubscriptionPath),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = NotFound),
+    ),
+)]
 pub async fn delete(state: ApiState, headers: HeaderMap, id: String) -> Result<Response, ApiError> {
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
@@ -248,6 +429,25 @@ pub async fn delete(state: ApiState, headers: HeaderMap, id: String) -> Result<R
 }
 
 /// `POST /v1/webhooks/:id/rotate-secret` with an optional `{"graceSeconds": N}`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/rotate-secret",
+    operation_id = "rotateWebhookSecret",
+    tag = "webhooks",
+    summary = "Rotate the signing secret",
+    description = "From now on every attempt, retries of older events included, is signed with the new \
+        secret. With `graceSeconds` the old secret stays valid that long: `webhook-signature` then carries \
+        both signatures, while `X-Atender-Signature` uses the new secret. The body is optional.",
+    params(SubscriptionPath),
+    request_body = Option<RotateBody>,
+    responses(
+        (status = 200, description = "The new secret", body = Rotated),
+        (status = 400, response = ValidationFailed),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    ),
+)]
 pub async fn rotate_secret(
     state: ApiState,
     headers: HeaderMap,
@@ -257,8 +457,8 @@ pub async fn rotate_secret(
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let body: Option<RotateBody> = parse_json(&headers, &body)?;
-    let grace = body.and_then(|body| body.grace_seconds).unwrap_or(Integer(0));
-    let grace = validate_range("graceSeconds", grace, 0, 86_400)?;
+    let grace = body.and_then(|body| body.grace_seconds).unwrap_or(Integer((*GRACE_SECONDS.start()).into()));
+    let grace = validate_range("graceSeconds", grace, GRACE_SECONDS)?;
     let id = find(&state, &principal.tenant.id, &id)?.id;
     let secret = generate_secret();
     let now = now_millis();
@@ -269,7 +469,7 @@ pub async fn rotate_secret(
         })?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");
-    Ok(json_reply(StatusCode::OK, &serde_json::json!({ "id": id, "secret": secret.expose() })))
+    Ok(json_reply(StatusCode::OK, &Rotated { id: id.as_str(), secret: secret.expose() }))
 }
 
 /// Validates a create request, in body order (the first bad field named is the first one in the
@@ -286,12 +486,15 @@ pub(crate) fn validate_create(
     let events = validate_events(config, &body.events)?;
     let mut subscription = Subscription {
         headers: validate_headers(body.headers.as_ref())?,
-        max_retries: validate_range("maxRetries", body.max_retries.unwrap_or(Integer(5)), 0, 20)?,
+        max_retries: validate_range(
+            "maxRetries",
+            body.max_retries.unwrap_or(Integer(DEFAULT_MAX_RETRIES.into())),
+            MAX_RETRIES,
+        )?,
         retry_delay_seconds: validate_range(
             "retryDelaySeconds",
-            body.retry_delay_seconds.unwrap_or(Integer(30)),
-            1,
-            86_400,
+            body.retry_delay_seconds.unwrap_or(Integer(DEFAULT_RETRY_DELAY_SECONDS.into())),
+            RETRY_DELAY_SECONDS,
         )?,
         is_paused: body.is_paused.unwrap_or(false),
         ..Subscription::new(tenant_id, name, url, events, now)
@@ -321,10 +524,13 @@ pub(crate) fn validate_patch(config: &Config, patch: PatchBody) -> Result<ValidP
         url: patch.url.as_deref().map(|url| validate_url(config, url)).transpose()?,
         events: patch.events.as_deref().map(|events| validate_events(config, events)).transpose()?,
         headers: patch.headers.as_ref().map(|headers| validate_headers(Some(headers))).transpose()?,
-        max_retries: patch.max_retries.map(|value| validate_range("maxRetries", value, 0, 20)).transpose()?,
+        max_retries: patch
+            .max_retries
+            .map(|value| validate_range("maxRetries", value, MAX_RETRIES))
+            .transpose()?,
         retry_delay_seconds: patch
             .retry_delay_seconds
-            .map(|value| validate_range("retryDelaySeconds", value, 1, 86_400))
+            .map(|value| validate_range("retryDelaySeconds", value, RETRY_DELAY_SECONDS))
             .transpose()?,
         is_active: patch.is_active,
         is_paused: patch.is_paused,
@@ -389,8 +595,12 @@ pub fn find(state: &ApiState, tenant_id: &str, id: &str) -> Result<Subscription,
 
 fn validate_name(name: &str) -> Result<String, ApiError> {
     let length = name.chars().count();
-    if name.trim().is_empty() || length > 100 {
-        return Err(ApiError::validation("name must be 1-100 characters and not blank"));
+    if name.trim().is_empty() || !NAME_CHARS.contains(&length) {
+        return Err(ApiError::validation(format!(
+            "name must be {}-{} characters and not blank",
+            NAME_CHARS.start(),
+            NAME_CHARS.end()
+        )));
     }
     if name.chars().any(char::is_control) {
         return Err(ApiError::validation("name must not contain control characters"));
@@ -447,8 +657,12 @@ fn validate_url(config: &Config, url: &str) -> Result<String, ApiError> {
 }
 
 fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, ApiError> {
-    if events.is_empty() || events.len() > 50 {
-        return Err(ApiError::validation("events must list between 1 and 50 event types"));
+    if !EVENTS_PER_SUBSCRIPTION.contains(&events.len()) {
+        return Err(ApiError::validation(format!(
+            "events must list between {} and {} event types",
+            EVENTS_PER_SUBSCRIPTION.start(),
+            EVENTS_PER_SUBSCRIPTION.end()
+        )));
     }
     for (index, event) in events.iter().enumerate() {
         if !config.is_known_event_type(event) {
@@ -487,18 +701,18 @@ fn is_reserved_header(lowercase_name: &str) -> bool {
 
 fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String, String)>, ApiError> {
     let Some(headers) = headers else { return Ok(Vec::new()) };
-    if headers.len() > 20 {
-        return Err(ApiError::validation("headers may hold at most 20 custom headers"));
+    if headers.len() > MAX_HEADERS {
+        return Err(ApiError::validation(format!("headers may hold at most {MAX_HEADERS} custom headers")));
     }
     let mut seen = Vec::new();
     let mut valid = Vec::with_capacity(headers.len());
     for (name, value) in headers {
         let is_token = !name.is_empty()
-            && name.len() <= 256
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            && name.len() <= HEADER_NAME_BYTES
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || HEADER_NAME_SYMBOLS.as_bytes().contains(&b));
         if !is_token {
             return Err(ApiError::validation(format!(
-                "headers: {name:?} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)"
+                "headers: {name:?} is not a valid HTTP header name (letters, digits and {HEADER_NAME_SYMBOLS} only)"
             )));
         }
         let lowercase = name.to_ascii_lowercase();
@@ -517,9 +731,9 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
         // it, so it would not arrive as shown); bytes above ASCII are obsolete (obs-text) and
         // read inconsistently. Tabs are refused too: visible ASCII and inner spaces only.
         let visible = value.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-        if value.len() > 4096 || !visible || value.starts_with(' ') || value.ends_with(' ') {
+        if value.len() > HEADER_VALUE_BYTES || !visible || value.starts_with(' ') || value.ends_with(' ') {
             return Err(ApiError::validation(format!(
-                "headers.{name} must be at most 4096 characters of visible ASCII with spaces only \
+                "headers.{name} must be at most {HEADER_VALUE_BYTES} characters of visible ASCII with spaces only \
                  between them (RFC 9110 field value: no leading or trailing space, no tab, CR, LF, \
                  other control or non-ASCII characters)"
             )));
@@ -533,9 +747,9 @@ fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String,
 pub(crate) fn validate_range(
     field: &str,
     Integer(value): Integer,
-    min: u32,
-    max: u32,
+    range: RangeInclusive<u32>,
 ) -> Result<u32, ApiError> {
+    let (min, max) = (*range.start(), *range.end());
     if value < i64::from(min) || value > i64::from(max) {
         return Err(ApiError::validation(format!("{field} must be between {min} and {max}")));
     }

@@ -70,14 +70,14 @@ impl Portal {
         Portal { state, key }
     }
 
-    /// `POST /v1/portal-sessions` (see [`link::create`]).
-    pub fn session_route(&self) -> BoxedFilter<(Response,)> {
+    /// `POST /v1/portal-sessions` (see [`link::create`]), once `matched` matched its method and
+    /// path (an entry of `api::ROUTES`).
+    pub fn session_route<T: Send + 'static>(&self, matched: BoxedFilter<(T,)>) -> BoxedFilter<(Response,)> {
         let portal = self.clone();
-        warp::path!("v1" / "portal-sessions")
-            .and(warp::post())
+        matched
             .and(warp::header::headers_cloned())
             .and(warp::body::stream())
-            .then(move |headers: HeaderMap, stream| {
+            .then(move |_, headers: HeaderMap, stream| {
                 let portal = portal.clone();
                 async move {
                     let config = portal.state.config.current();

@@ -1,7 +1,8 @@
 //! The served OpenAPI document against the served router: every route in `api::ROUTES` is in the
 //! document, and a real request to each one reaches a handler (no "no such endpoint", no 405)
 //! and is answered with a status the document declares for that operation; and schemathesis,
-//! with every check, finds nothing against a live daemon.
+//! with every check, finds nothing against a live daemon; and each route asks for the scope its
+//! entry in `ROUTES` names.
 
 use atender_webhooks::api::ROUTES;
 use serde_json::Value;
@@ -27,14 +28,15 @@ fn every_documented_route_is_served() {
         atender_webhooks::Config::parse(atender_webhooks::config::DEVELOPMENT_DEFAULT).unwrap().event_types;
     assert_eq!(document, atender_webhooks::api::openapi::document_for(&catalogue));
 
-    for (method, template) in ROUTES {
-        let operation = &document["paths"][template][method.to_ascii_lowercase()];
+    for route in ROUTES {
+        let (method, template) = (route.method(), route.path());
+        let operation = &document["paths"][&template][method.as_str().to_ascii_lowercase()];
         assert!(operation.is_object(), "{method} {template} is not in the served document");
         let path = template.replace("{id}", UNKNOWN_SUBSCRIPTION).replace("{deliveryId}", UNKNOWN_DELIVERY);
         // A JSON object where the operation takes a body; its fields are missing, so the
         // request ends in a documented 400 or 404 rather than creating anything.
         let body = operation.get("requestBody").map(|_| Value::Object(Default::default()));
-        let reply = daemon.call(method, &path, ACME_KEY, body);
+        let reply = daemon.call(method.as_str(), &path, ACME_KEY, body);
         assert!(
             !is_unrouted(&reply),
             "{method} {path} is documented but not served: {} {}",
@@ -86,4 +88,34 @@ fn the_served_document_passes_schemathesis_with_every_check() {
         "schemathesis found problems:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn every_route_asks_for_the_scope_the_table_names() {
+    // A route's scope is written in its `Access` (which the document states) and in its
+    // handler's `authorize` call: a key holding every scope but that one must be refused.
+    use atender_webhooks::api::routes::Access;
+    use atender_webhooks::config::Scope;
+    let daemon = TestDaemon::start();
+    for route in ROUTES {
+        let (method, template) = (route.method(), route.path());
+        let path = template.replace("{id}", UNKNOWN_SUBSCRIPTION).replace("{deliveryId}", UNKNOWN_DELIVERY);
+        let Access::Key(scope, _) = route.access else {
+            let reply = daemon.call(method.as_str(), &path, "", None);
+            assert_ne!(reply.status, 401, "{method} {template} is open but asked for a key");
+            continue;
+        };
+        let key = match scope {
+            Scope::WebhooksRead => ACME_EVENTS_KEY,
+            Scope::WebhooksWrite | Scope::EventsWrite => ACME_READ_KEY,
+        };
+        let reply = daemon.call(method.as_str(), &path, key, Some(Value::Object(Default::default())));
+        assert_eq!(
+            (reply.status, reply.error_code().as_str()),
+            (403, "insufficient_scope"),
+            "{method} {template}: {}",
+            reply.text
+        );
+        assert!(reply.error_message().contains(scope.as_str()), "{method} {template}: {}", reply.text);
+    }
 }
