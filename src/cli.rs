@@ -43,6 +43,21 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Copy every subscription, event, delivery and idempotency id from the sled data dir of
+    /// --config into the PostgreSQL database of the same file ([storage] backend = "postgres",
+    /// url or ATENDER_STORAGE_URL, and data_dir still naming the sled data). Stop the daemon
+    /// first; run again after an interruption (records already copied are kept).
+    MigrateStorage {
+        /// The backend to copy from (only `sled`).
+        #[arg(long, value_parser = ["sled"])]
+        from: String,
+        /// The backend to copy to (only `postgres`).
+        #[arg(long, value_parser = ["postgres"])]
+        to: String,
+        /// The configuration file the daemon will run on after the move.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
     /// Generate a new API key: prints the key once and the TOML lines that store its digest.
     Keygen {
         /// The tenant id the key belongs to.
@@ -74,6 +89,34 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config, json_logs } => serve(config, json_logs),
+        Command::MigrateStorage { from: _, to: _, config } => {
+            let loaded =
+                Config::load(&config).with_context(|| format!("{} is not valid", config.display()))?;
+            let crate::config::StorageBackend::Postgres(target) = &loaded.storage else {
+                anyhow::bail!(
+                    "{} must say [storage] backend = \"postgres\" (with url or ATENDER_STORAGE_URL): the database to copy into",
+                    config.display()
+                );
+            };
+            let report =
+                crate::store::migrate_sled_to_postgres(&loaded.data_dir, target).with_context(|| {
+                    format!(
+                        "cannot copy {} into {}",
+                        loaded.data_dir.display(),
+                        crate::config::redact_password(&target.url)
+                    )
+                })?;
+            println!(
+                "copied {} subscriptions, {} events, {} deliveries and {} idempotency ids from {} into {}",
+                report.subscriptions,
+                report.events,
+                report.deliveries,
+                report.idempotency_ids,
+                loaded.data_dir.display(),
+                crate::config::redact_password(&target.url)
+            );
+            Ok(())
+        }
         Command::CheckConfig { config } => {
             Config::load(&config).with_context(|| format!("{} is not valid", config.display()))?;
             println!("{}: ok", config.display());

@@ -139,18 +139,80 @@ impl Default for RawDelivery {
     }
 }
 
-/// `[storage]`: the data dir's host-fault guard.
+/// `[storage]`: which backend keeps the data, and its settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawStorage {
-    /// Bytes that must stay free on the data dir's file system; below it client writes get 503,
-    /// below half of it every write does and delivery pauses. 0 turns the guard off.
+    /// `sled` (embedded, in `data_dir`; the default) or `postgres`.
+    pub backend: String,
+    /// PostgreSQL connection URL (`postgres://user@host:port/db`); `ATENDER_STORAGE_URL`, when
+    /// set, takes its place.
+    pub url: Option<String>,
+    /// Connections to PostgreSQL this daemon keeps at most.
+    pub pool_size: u32,
+    /// How long a node's claim on a delivery lasts (humantime): another node may attempt it
+    /// once the lease ran out without an outcome (the claiming node died).
+    pub lease: String,
+    /// Bytes that must stay free on the data dir's file system (sled); below it client writes
+    /// get 503, below half of it every write does and delivery pauses. 0 turns the guard off.
     pub min_free_bytes: u64,
 }
 
 impl Default for RawStorage {
     fn default() -> Self {
-        RawStorage { min_free_bytes: crate::store::DEFAULT_MIN_FREE_BYTES }
+        RawStorage {
+            backend: "sled".into(),
+            url: None,
+            pool_size: 16,
+            lease: "30s".into(),
+            min_free_bytes: crate::store::DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
+
+/// The environment variable that holds the PostgreSQL URL (so the password can live in a
+/// systemd credential or an environment file rather than in the config file).
+pub const STORAGE_URL_ENV: &str = "ATENDER_STORAGE_URL";
+
+/// Which backend keeps the data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// The embedded sled database in `data_dir` (one daemon).
+    Sled,
+    /// A PostgreSQL database shared by any number of daemons.
+    Postgres(PostgresConfig),
+}
+
+/// `[storage]` with `backend = "postgres"`, typed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresConfig {
+    /// The connection URL; may hold a password, so `Debug` prints it without one.
+    pub url: String,
+    /// Most connections this daemon keeps open.
+    pub pool_size: usize,
+    /// How long a claim on a delivery lasts.
+    pub lease: Duration,
+}
+
+impl std::fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresConfig")
+            .field("url", &redact_password(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+/// `url` with any password replaced by `***`, for logs.
+pub fn redact_password(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "<not a URL>".to_owned(),
     }
 }
 
@@ -257,6 +319,8 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Free-space reserve of the data dir's file system, in bytes (`storage.min_free_bytes`).
     pub min_free_bytes: u64,
+    /// The storage backend (`storage.backend` and its settings).
+    pub storage: StorageBackend,
     /// Known event types, in the order the file lists them.
     pub event_types: Vec<String>,
     pub tenants: HashMap<String, Arc<Tenant>>,
@@ -356,6 +420,7 @@ impl Config {
         if raw.storage.min_free_bytes > 1 << 50 {
             return Err(invalid("storage.min_free_bytes", "must be at most 1125899906842624 (1 PiB)"));
         }
+        let storage = validate_storage(&raw.storage, &delivery, std::env::var(STORAGE_URL_ENV).ok())?;
         let event_types = validate_event_types(&raw.events.types)?;
         let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
         let portal = validate_portal(&raw.portal)?;
@@ -367,6 +432,7 @@ impl Config {
             max_subscription_body_bytes: api.max_subscription_body_bytes,
             delivery,
             min_free_bytes: raw.storage.min_free_bytes,
+            storage,
             event_types,
             tenants,
             api_keys,
@@ -543,6 +609,56 @@ fn validate_event_types(types: &[String]) -> Result<Vec<String>, ConfigError> {
     Ok(types.to_vec())
 }
 
+/// `[storage]`: the backend and its settings. `env_url` is `ATENDER_STORAGE_URL`, which takes the
+/// place of `url` when set.
+fn validate_storage(
+    raw: &RawStorage,
+    delivery: &DeliveryConfig,
+    env_url: Option<String>,
+) -> Result<StorageBackend, ConfigError> {
+    match raw.backend.as_str() {
+        "sled" => {
+            if raw.url.is_some() {
+                return Err(invalid("storage.url", "is only for backend = \"postgres\""));
+            }
+            Ok(StorageBackend::Sled)
+        }
+        "postgres" => {
+            let url = env_url.filter(|url| !url.is_empty()).or_else(|| raw.url.clone()).ok_or_else(|| {
+                invalid(
+                    "storage.url",
+                    format!("is required for backend = \"postgres\" (or set {STORAGE_URL_ENV})"),
+                )
+            })?;
+            let parsed = url::Url::parse(&url)
+                .ok()
+                .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"))
+                .filter(|_| url.parse::<tokio_postgres::Config>().is_ok());
+            if parsed.is_none() {
+                return Err(invalid(
+                    "storage.url",
+                    format!("{} is not a URL like \"postgres://user@host:5432/db\"", redact_password(&url)),
+                ));
+            }
+            if !(1..=1024).contains(&raw.pool_size) {
+                return Err(invalid("storage.pool_size", "must be between 1 and 1024"));
+            }
+            let lease = duration("storage.lease", &raw.lease, SECOND, Duration::from_secs(3600))?;
+            if lease <= delivery.timeout {
+                return Err(invalid(
+                    "storage.lease",
+                    format!(
+                        "must be longer than delivery.timeout ({}): a claim must outlive its attempt",
+                        humantime::format_duration(delivery.timeout)
+                    ),
+                ));
+            }
+            Ok(StorageBackend::Postgres(PostgresConfig { url, pool_size: raw.pool_size as usize, lease }))
+        }
+        other => Err(invalid("storage.backend", format!("must be \"sled\" or \"postgres\" (got {other:?})"))),
+    }
+}
+
 /// A tenant id is short, lowercase and URL-safe: it appears in payloads and in storage keys.
 pub fn is_valid_tenant_id(id: &str) -> bool {
     !id.is_empty()
@@ -646,6 +762,45 @@ mod tests {
         assert_eq!(config.delivery.delivery_retention, defaults.delivery.delivery_retention);
         assert_eq!(config.event_types, defaults.event_types);
         assert_eq!(config.max_event_body_bytes, defaults.max_event_body_bytes);
+    }
+
+    #[test]
+    fn the_storage_section_picks_and_checks_the_backend() {
+        let raw = |text: &str| -> RawConfig { toml::from_str(text).unwrap() };
+        let delivery = validate_delivery(&RawDelivery::default()).unwrap();
+        let storage = |text: &str, env: Option<&str>| {
+            validate_storage(&raw(text).storage, &delivery, env.map(str::to_owned))
+        };
+        assert_eq!(storage("", None).unwrap(), StorageBackend::Sled);
+        let url = "postgres://atender:secret@db.example:5432/atender";
+        let StorageBackend::Postgres(pg) =
+            storage(&format!("[storage]\nbackend = \"postgres\"\nurl = \"{url}\""), None).unwrap()
+        else {
+            panic!("not postgres")
+        };
+        assert_eq!((pg.url.as_str(), pg.pool_size, pg.lease), (url, 16, Duration::from_secs(30)));
+        assert!(!format!("{pg:?}").contains("secret"), "the password never reaches a log line");
+        // The environment variable takes the place of the file's url.
+        let from_env = storage("[storage]\nbackend = \"postgres\"", Some("postgres://env@h/db")).unwrap();
+        assert!(matches!(from_env, StorageBackend::Postgres(pg) if pg.url == "postgres://env@h/db"));
+        for (text, key) in [
+            ("[storage]\nbackend = \"mysql\"", "storage.backend"),
+            ("[storage]\nbackend = \"postgres\"", "storage.url"),
+            ("[storage]\nbackend = \"postgres\"\nurl = \"mysql://h/db\"", "storage.url"),
+            ("[storage]\nurl = \"postgres://h/db\"", "storage.url"),
+            (
+                "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0",
+                "storage.pool_size",
+            ),
+            ("[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\nlease = \"5s\"", "storage.lease"),
+        ] {
+            let err = storage(text, None).unwrap_err().to_string();
+            assert!(err.starts_with(key), "{text}: {err}");
+        }
+        let err = storage("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@h:x/db\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("pw@"), "{err}");
     }
 
     #[test]

@@ -34,9 +34,17 @@ impl Daemon {
         // Queue notices: the store announces committed queue writes, the engine listens.
         let (notices, notices_rx) = crossbeam_channel::unbounded();
         let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices };
-        let store = tokio::task::spawn_blocking(move || crate::store::open(&data_dir, &options))
+        let backend = config.storage.clone();
+        let store = tokio::task::spawn_blocking(move || crate::store::open(&backend, &data_dir, &options))
             .await?
-            .with_context(|| format!("cannot open storage in {}", config.data_dir.display()))?;
+            .with_context(|| match &config.storage {
+                crate::config::StorageBackend::Sled => {
+                    format!("cannot open storage in {}", config.data_dir.display())
+                }
+                crate::config::StorageBackend::Postgres(pg) => {
+                    format!("cannot open PostgreSQL storage at {}", crate::config::redact_password(&pg.url))
+                }
+            })?;
         tracing::info!(data_dir = %config.data_dir.display(), "storage open");
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -91,12 +99,16 @@ impl Daemon {
         if new.min_free_bytes != current.min_free_bytes {
             kept.push("storage.min_free_bytes");
         }
+        if new.storage != current.storage {
+            kept.push("storage");
+        }
         new.listen = current.listen;
         new.data_dir = current.data_dir.clone();
         new.delivery.workers = current.delivery.workers;
         new.delivery.timeout = current.delivery.timeout;
         new.delivery.allow_private_targets = current.delivery.allow_private_targets;
         new.min_free_bytes = current.min_free_bytes;
+        new.storage = current.storage.clone();
         self.config.replace(new);
         kept
     }

@@ -66,11 +66,11 @@ enum DeliveryRunning {
     Stopped,
 }
 
-/// What `store::Store::status` can say about storage.
+/// What `store::Vitals::status` can say about storage (`store::STORAGE_STATES`).
 fn storage_status() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::Type::String)
-        .enum_values(Some(["ok", "low_space", "read_only", "stalled", "failed"]))
+        .enum_values(Some(crate::store::STORAGE_STATES))
         .build()
 }
 
@@ -100,8 +100,9 @@ pub fn healthz(state: ApiState) -> Response {
 }
 
 /// `GET /readyz`: 200 when storage takes writes, the delivery workers run and the daemon is not
-/// shutting down; 503 otherwise, with `storage` one of `ok`, `low_space`, `read_only`,
-/// `stalled`, `failed` and `storageReason` saying why in words. Never touches the storage
+/// shutting down; 503 otherwise, with `storage` one of `store::STORAGE_STATES` (`ok`,
+/// `low_space`, `read_only`, `stalled`, `unavailable`, `failed`) and `storageReason` saying why
+/// in words. Never touches the storage
 /// engine itself, so it answers even when storage hangs.
 #[utoipa::path(
     get,

@@ -394,11 +394,11 @@ pub async fn update(
     // Validate everything before touching storage, so a bad field changes nothing.
     let patch = validate_patch(&config, patch)?;
     let now = now_millis();
-    let apply = |subscription: &mut Subscription| patch.apply(subscription, now);
+    let apply = move |subscription: &mut Subscription| patch.apply(subscription, now);
     let id = SubscriptionId::parse(&id).ok_or_else(|| ApiError::not_found("subscription"))?;
     let updated = state
         .store
-        .update_subscription(&principal.tenant.id, &id, &apply)?
+        .update_subscription(&principal.tenant.id, &id, Box::new(apply))?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     Ok(json_reply(StatusCode::OK, &SubscriptionView::from(&updated)))
 }
@@ -464,8 +464,9 @@ pub async fn rotate_secret(
     let now = now_millis();
     state
         .store
-        .update_subscription(&principal.tenant.id, &id, &|subscription| {
-            rotate(subscription, &secret, grace, now)
+        .update_subscription(&principal.tenant.id, &id, {
+            let secret = secret.clone();
+            Box::new(move |subscription| rotate(subscription, &secret, grace, now))
         })?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     tracing::info!(tenant = %principal.tenant.id, %id, grace_seconds = grace, "subscription secret rotated");

@@ -77,7 +77,7 @@ pub(crate) async fn update(
     let id = SubscriptionId::parse(id).ok_or_else(|| ApiError::not_found("subscription"))?;
     let updated = state
         .store
-        .update_subscription(tenant_id, &id, &|subscription| patch.apply(subscription, now))?
+        .update_subscription(tenant_id, &id, Box::new(move |subscription| patch.apply(subscription, now)))?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     Ok(updated)
 }
@@ -100,7 +100,10 @@ pub async fn rotate_secret(state: &ApiState, tenant_id: &str, id: &str) -> Resul
     let now = now_millis();
     state
         .store
-        .update_subscription(tenant_id, &id, &|subscription| rotate_secret_of(subscription, &secret, 0, now))?
+        .update_subscription(tenant_id, &id, {
+            let secret = secret.clone();
+            Box::new(move |subscription| rotate_secret_of(subscription, &secret, 0, now))
+        })?
         .ok_or_else(|| ApiError::not_found("subscription"))?;
     tracing::info!(tenant = %tenant_id, %id, "subscription secret rotated in the portal");
     Ok(secret)

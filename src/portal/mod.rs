@@ -57,13 +57,13 @@ fn key_unavailable() -> ApiError {
 }
 
 impl Portal {
-    /// Loads (or creates) the signing key in the data dir; logs an error if that fails.
+    /// Reads (or makes) the signing key storage shares between every node
+    /// (`store::SharedKeys`, [`session::KEY_NAME`]); logs an error if that fails.
     pub fn new(state: ApiState) -> Portal {
-        let data_dir = state.config.current().data_dir.clone();
-        let key = match SigningKey::load_or_create(&data_dir) {
-            Ok(key) => Some(Arc::new(key)),
+        let key = match state.store.shared_key(session::KEY_NAME) {
+            Ok(key) => Some(Arc::new(SigningKey::from_bytes(key))),
             Err(err) => {
-                tracing::error!(error = %err, dir = %data_dir.display(), "portal signing key unavailable; the portal answers 503");
+                tracing::error!(error = %err, "portal signing key unavailable; the portal answers 503");
                 None
             }
         };
@@ -131,13 +131,24 @@ impl Portal {
         let segments: Vec<String> = tail.split('/').map(str::to_owned).collect();
         let route = match Route::parse(&method, &segments) {
             Ok(route) => route,
+            Err(status) if status == StatusCode::METHOD_NOT_ALLOWED => {
+                let error =
+                    ApiError::new(status, "method_not_allowed", "this page does not accept that method");
+                let mut response = error_response(error, wants_json);
+                // RFC 9110 §15.5.6: a 405 lists the methods the page takes.
+                let allowed: Vec<&str> =
+                    [("GET", Method::GET), ("HEAD", Method::HEAD), ("POST", Method::POST)]
+                        .into_iter()
+                        .filter(|(_, method)| Route::parse(method, &segments).is_ok())
+                        .map(|(name, _)| name)
+                        .collect();
+                if let Ok(value) = HeaderValue::from_str(&allowed.join(", ")) {
+                    response.headers_mut().insert(header::ALLOW, value);
+                }
+                return response;
+            }
             Err(status) => {
-                let error = if status == StatusCode::METHOD_NOT_ALLOWED {
-                    ApiError::new(status, "method_not_allowed", "this page does not accept that method")
-                } else {
-                    ApiError::new(status, "not_found", "no such page")
-                };
-                return error_response(error, wants_json);
+                return error_response(ApiError::new(status, "not_found", "no such page"), wants_json)
             }
         };
         match route {
@@ -279,6 +290,7 @@ fn error_response(error: ApiError, wants_json: bool) -> Response {
         StatusCode::UNAUTHORIZED => "Not signed in",
         StatusCode::FORBIDDEN => "Not allowed",
         StatusCode::NOT_FOUND => "Not found",
+        StatusCode::PAYLOAD_TOO_LARGE => "Too large",
         StatusCode::TOO_MANY_REQUESTS => "Limit reached",
         StatusCode::SERVICE_UNAVAILABLE => "Unavailable",
         _ => "Something went wrong",
@@ -447,7 +459,7 @@ impl Request {
             Route::Stylesheet | Route::Script | Route::Enter(_) => Err(ApiError::not_found("page")),
             Route::List => {
                 let (page, next) = data::list_subscriptions(state, tenant_id, self.query("cursor"))?;
-                Ok(html(StatusCode::OK, pages::list(&self.context(), &page, next.as_deref())))
+                Ok(html(StatusCode::OK, pages::list(&self.context(), &page, next.as_deref(), self.notice())))
             }
             Route::New => {
                 let fields = SubscriptionFields {
@@ -517,7 +529,7 @@ impl Request {
             }
             Route::Delete(id) => {
                 data::delete(state, tenant_id, &id).await?;
-                Ok(redirect("/portal/"))
+                Ok(redirect("/portal/?done=deleted"))
             }
             Route::Deliveries(id) => {
                 let subscription = data::subscription(state, tenant_id, &id)?;
@@ -562,8 +574,12 @@ impl Request {
             Route::Redeliver(id, delivery_id) => {
                 let subscription = data::subscription(state, tenant_id, &id)?;
                 let delivery = data::redeliver(state, &subscription, &delivery_id).await?;
+                let done = match delivery.state {
+                    DeliveryState::Held => "redelivered-held",
+                    _ => "redelivered",
+                };
                 Ok(redirect(&format!(
-                    "/portal/webhooks/{}/deliveries/{}?done=redelivered",
+                    "/portal/webhooks/{}/deliveries/{}?done={done}",
                     subscription.id, delivery.id
                 )))
             }

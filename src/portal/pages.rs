@@ -102,7 +102,12 @@ fn last_delivery(subscription: &Subscription) -> Markup {
 }
 
 /// `/portal/`: the tenant's subscriptions.
-pub fn list(context: &Context, subscriptions: &[Subscription], next: Option<&str>) -> Markup {
+pub fn list(
+    context: &Context,
+    subscriptions: &[Subscription],
+    next: Option<&str>,
+    notice: Option<&str>,
+) -> Markup {
     layout(
         Some(context),
         "Subscriptions",
@@ -113,6 +118,7 @@ pub fn list(context: &Context, subscriptions: &[Subscription], next: Option<&str
                     a class="button primary" href="/portal/new" { "New subscription" }
                 }
             }
+            @if let Some(notice) = notice { div class="notice" role="status" { (notice) } }
             @if subscriptions.is_empty() {
                 p { "No subscriptions yet." }
             } @else {
@@ -282,6 +288,9 @@ pub fn done_message(key: &str) -> Option<&'static str> {
         "resumed" => "Resumed: held deliveries go out now.",
         "enabled" => "Re-enabled: failures reset, held deliveries go out now.",
         "redelivered" => "Queued for delivery again.",
+        "redelivered-held" => {
+            "Queued again, and held: it goes out when the subscription is resumed or re-enabled."
+        }
         "deleted" => "Subscription deleted.",
         _ => return None,
     })
@@ -571,7 +580,7 @@ mod tests {
         let fields = fields_of(&subscription);
         let pages = [
             subscription_page(&context, &config, &subscription, &fields),
-            list(&context, std::slice::from_ref(&subscription), None).into_string(),
+            list(&context, std::slice::from_ref(&subscription), None, Some(XSS)).into_string(),
             message(Some(&context), XSS, XSS).into_string(),
         ];
         for page in &pages {

@@ -1,6 +1,6 @@
 //! Portal sessions without storage: the signing key kept in the data dir, the signed session
 //! token (in the link and then in the cookie) and the CSRF token derived from it. Pure apart
-//! from [`SigningKey::load_or_create`]: every check takes `now` as an argument.
+//! from storage (`store::SharedKeys`): every check takes `now` as an argument.
 //!
 //! Token: `v1.<tenant>.<ro|rw>.<expires, unix seconds>.<nonce>.<base64url HMAC-SHA256>`, the MAC
 //! over `atender-portal-session|v1|<tenant>|<ro|rw>|<expires>|<nonce>` with the daemon's portal
@@ -9,9 +9,6 @@
 //! are `[a-z0-9_-]`, so `.` separates the parts unambiguously. A session cannot be revoked
 //! before it expires (nothing is stored): that is why links live at most 24 h.
 
-use std::io::Write;
-use std::path::Path;
-
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -19,8 +16,9 @@ use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// Name of the key file in the data dir.
-pub const KEY_FILE: &str = "portal-signing-key";
+/// Name of the signing key in storage (`store::SharedKeys`): with sled, the file of this name
+/// in the data dir; with PostgreSQL, the `shared_keys` row every node reads.
+pub const KEY_NAME: &str = "portal-signing-key";
 
 /// Longest a portal link (and its session) may live, in seconds (24 h).
 pub const MAX_TTL_SECONDS: u32 = 86_400;
@@ -42,47 +40,6 @@ impl SigningKey {
     /// A key from its bytes (tests and callers that keep the key elsewhere).
     pub fn from_bytes(bytes: [u8; 32]) -> SigningKey {
         SigningKey(bytes)
-    }
-
-    /// Reads `<data_dir>/portal-signing-key` (64 hex characters), creating it with 32 bytes from
-    /// the OS CSPRNG (mode 0600, fsync'd) when it does not exist. Every daemon on the same data
-    /// dir therefore signs alike, and links survive restarts. Deleting the file revokes every
-    /// portal session at the next start.
-    pub fn load_or_create(data_dir: &Path) -> std::io::Result<SigningKey> {
-        let path = data_dir.join(KEY_FILE);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => return SigningKey::parse(text.trim()),
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
-            Err(_) => {}
-        }
-        let key = SigningKey(crate::model::random_bytes::<32>());
-        let mut options = std::fs::OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        match options.open(&path) {
-            Ok(mut file) => {
-                file.write_all(hex::encode(key.0).as_bytes())?;
-                file.sync_all()?;
-                Ok(key)
-            }
-            // Another daemon (or a test restart) created it first: use theirs.
-            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
-                SigningKey::parse(std::fs::read_to_string(&path)?.trim())
-            }
-            Err(err) => Err(err),
-        }
-    }
-
-    fn parse(text: &str) -> std::io::Result<SigningKey> {
-        let mut bytes = [0u8; 32];
-        hex::decode_to_slice(text, &mut bytes).map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("{KEY_FILE} must hold 64 hex characters (delete it to make a new key)"),
-            )
-        })?;
-        Ok(SigningKey(bytes))
     }
 
     fn mac(&self, parts: &[&str]) -> HmacSha256 {
@@ -224,15 +181,5 @@ mod tests {
         assert!(!one.csrf_matches(&key(2), &one.csrf_token(&key(1))));
         assert!(!one.csrf_matches(&key(1), ""));
         assert!(!one.csrf_matches(&key(1), "not base64!"));
-    }
-
-    #[test]
-    fn the_key_file_is_created_once_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let first = SigningKey::load_or_create(dir.path()).unwrap();
-        let second = SigningKey::load_or_create(dir.path()).unwrap();
-        assert_eq!(first.0, second.0);
-        std::fs::write(dir.path().join(KEY_FILE), "short").unwrap();
-        assert!(SigningKey::load_or_create(dir.path()).is_err());
     }
 }

@@ -11,6 +11,7 @@
 //! | [`Outcomes`] | `delivery::recorder` | record attempt outcomes |
 //! | [`Retention`] | `delivery::janitor` | expiry, purges, recovery after a crash |
 //! | [`Vitals`] | `api::ops`, `daemon` | storage status, counters, the last flush |
+//! | [`SharedKeys`] | `portal` | a key every node shares (the portal's signing key) |
 //!
 //! [`Storage`] is all of them, the handle [`open`] returns. Its rules, for every backend:
 //! - **Durable on `Ok`.** A client write ([`Subscriptions`] changes, [`Publishing::publish`],
@@ -28,10 +29,12 @@
 //! - **Tenant-scoped reads.** Every API read is by tenant (or by a subscription already read by
 //!   tenant): another tenant's id reads as absent.
 //!
-//! Backends: [`embedded`] (sled, the default). A backend is a module of this directory that
-//! implements the traits; nothing outside `store/` names it except through [`open`].
+//! Backends: `embedded` (sled in the data dir, the default, one daemon) and `postgres` (one
+//! database shared by several daemons). A backend is a module of this directory that implements
+//! the traits; nothing outside `store/` chooses one except through [`open`].
 
 mod embedded;
+mod postgres;
 
 use std::future::Future;
 use std::path::Path;
@@ -45,6 +48,7 @@ use crate::model::{
 };
 
 pub use embedded::{IdempotencyRecord, SledStore};
+pub use postgres::PgStore;
 
 /// A boxed future, for the interface's asynchronous methods (trait objects cannot have `async fn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -141,9 +145,76 @@ impl Default for StoreOptions {
     }
 }
 
-/// Opens the configured backend: today the embedded sled store in `data_dir`.
-pub fn open(data_dir: &Path, options: &StoreOptions) -> Result<Arc<dyn Storage>, StoreError> {
-    Ok(Arc::new(SledStore::open_with(data_dir, options)?))
+/// Opens the configured backend: the embedded sled store in `data_dir`, or the PostgreSQL
+/// database of `[storage]` (applying its schema migrations).
+pub fn open(
+    backend: &crate::config::StorageBackend,
+    data_dir: &Path,
+    options: &StoreOptions,
+) -> Result<Arc<dyn Storage>, StoreError> {
+    match backend {
+        crate::config::StorageBackend::Sled => Ok(Arc::new(SledStore::open_with(data_dir, options)?)),
+        crate::config::StorageBackend::Postgres(config) => Ok(Arc::new(PgStore::open(config, options)?)),
+    }
+}
+
+/// One record moving between backends (`migrate-storage`).
+#[derive(Debug, Clone)]
+pub enum Exported {
+    Subscription(Subscription),
+    Event(Event),
+    /// A delivery, and since when it is held (a held one's `hold_retention` counts from there).
+    Delivery(Delivery, Option<Millis>),
+    /// A client idempotency id of a tenant and its remembered answer.
+    Idempotency {
+        tenant_id: String,
+        client_id: String,
+        record: IdempotencyRecord,
+    },
+}
+
+/// What a migration copied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub subscriptions: usize,
+    pub events: usize,
+    pub deliveries: usize,
+    pub idempotency_ids: usize,
+}
+
+/// Copies everything in the sled store of `data_dir` into the PostgreSQL database of `target`
+/// (`atender-webhooks migrate-storage --from sled --to postgres`): subscriptions with their
+/// secrets and counters, events, deliveries with their state, attempts and due times, and the
+/// client idempotency ids. The daemon must be stopped (sled's lock makes sure). Records already
+/// in the target are kept as they are, so an interrupted migration can be run again.
+pub fn migrate_sled_to_postgres(
+    data_dir: &Path,
+    target: &crate::config::PostgresConfig,
+) -> Result<MigrationReport, StoreError> {
+    if !data_dir.join("db").exists() {
+        return Err(StoreError::Io(format!("{} holds no sled database", data_dir.display())));
+    }
+    let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
+    let source = SledStore::open_with(data_dir, &options)?;
+    let target = PgStore::open(target, &options)?;
+    let mut report = MigrationReport::default();
+    let mut batch = Vec::with_capacity(500);
+    source.export(&mut |record| {
+        match &record {
+            Exported::Subscription(_) => report.subscriptions += 1,
+            Exported::Event(_) => report.events += 1,
+            Exported::Delivery(..) => report.deliveries += 1,
+            Exported::Idempotency { .. } => report.idempotency_ids += 1,
+        }
+        batch.push(record);
+        if batch.len() == 500 {
+            target.import(std::mem::take(&mut batch))?;
+        }
+        Ok(())
+    })?;
+    target.import(batch)?;
+    target.finish_import()?;
+    Ok(report)
 }
 
 /// An event ready to store: its id and exact delivery body were made by the caller.
@@ -286,6 +357,10 @@ pub(crate) fn first_conflict<E>(
     Ok(None)
 }
 
+/// A pure edit of a subscription, applied inside the storage transaction (which may run it more
+/// than once). Owned and `Send`, so a backend may run it on its own threads.
+pub type SubscriptionChange = Box<dyn Fn(&mut Subscription) + Send + Sync>;
+
 /// One page of a listing, newest first, and the cursor of the next page (`None`: the last).
 pub type Page<T, Cursor> = (Vec<T>, Option<Cursor>);
 
@@ -316,7 +391,7 @@ pub trait Subscriptions: Send + Sync {
         &self,
         tenant_id: &str,
         id: &SubscriptionId,
-        change: &dyn Fn(&mut Subscription),
+        change: SubscriptionChange,
     ) -> Result<Option<Subscription>, StoreError>;
 
     /// Removes a tenant's subscription and every delivery queued or logged for it. False when
@@ -445,10 +520,15 @@ pub trait Retention: Send + Sync {
     fn release_all_deliverable(&self) -> Result<usize, StoreError>;
 }
 
+/// Every word [`Vitals::status`] answers: `ok`; `low_space` and `read_only` (the data dir's
+/// file system); `stalled` (storage has not answered a check for a while); `unavailable` (the
+/// database server cannot be reached); `failed` (a fatal fault: the daemon exits to restart).
+pub const STORAGE_STATES: [&str; 6] = ["ok", "low_space", "read_only", "stalled", "unavailable", "failed"];
+
 /// How storage stands, for `/readyz`, `/metrics` and the daemon.
 pub trait Vitals: Send + Sync {
-    /// `ok`, `low_space`, `read_only`, `stalled` or `failed`, with the reason in words. Never
-    /// waits on the storage engine, so it answers while storage hangs.
+    /// One of [`STORAGE_STATES`], with the reason in words. Never waits on the storage engine,
+    /// so it answers while storage hangs.
     fn status(&self) -> (&'static str, Option<String>);
 
     /// Deliveries per queue state: (pending, held).
@@ -475,10 +555,22 @@ pub struct StorageFigures {
     pub flushed_writes: u64,
 }
 
+/// Keys every node sharing this storage knows, for the tenant portal (`portal`).
+pub trait SharedKeys: Send + Sync {
+    /// The 32-byte key called `name` (`portal-signing-key`), made from the OS CSPRNG on first
+    /// use and the same for every node sharing this storage, across restarts. Deleting it (the
+    /// sled backend's file of that name in the data dir; the PostgreSQL backend's `shared_keys`
+    /// row) makes a new one at the next start.
+    fn shared_key(&self, name: &str) -> Result<[u8; 32], StoreError>;
+}
+
 /// Every part of the interface: what [`open`] returns.
 pub trait Storage:
-    Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals
+    Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys
 {
 }
 
-impl<T: Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals> Storage for T {}
+impl<T> Storage for T where
+    T: Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys
+{
+}

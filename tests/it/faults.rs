@@ -110,7 +110,7 @@ fn received_event_ids(receiver: &Receiver) -> HashSet<String> {
 fn a_full_disk_costs_only_503s_and_recovers_without_a_restart() {
     let fs_dir = tempfile::tempdir().unwrap();
     let mount = Mounted::tmpfs(&fs_dir.path().join("fs"), "24m");
-    let setup = Setup { min_free_bytes: 4 * MIB, ..Setup::default() };
+    let setup = Setup { min_free_bytes: 4 * MIB, storage: Storage::Sled, ..Setup::default() };
     let (dir, config_path) = config_in(&setup, &mount.path.join("data"));
     let mut served = Served::start_with_file(dir, config_path, &[]);
 
@@ -193,7 +193,7 @@ fn a_full_disk_costs_only_503s_and_recovers_without_a_restart() {
 #[test]
 fn a_daemon_refusing_writes_for_space_serves_reads_and_stops_cleanly() {
     // A reserve no disk can meet: every write is refused from the start.
-    let setup = Setup { min_free_bytes: 1 << 50, ..Setup::default() };
+    let setup = Setup { min_free_bytes: 1 << 50, storage: Storage::Sled, ..Setup::default() };
     let mut served = Served::start(&setup, &[]);
     let create = json!({ "name": "n", "url": "http://127.0.0.1:9/hook", "events": ["message.received"] });
     let started = Instant::now();

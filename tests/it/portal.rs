@@ -249,7 +249,9 @@ fn every_portal_answer_has_a_strict_csp_and_no_inline_script() {
         }
     }
     assert_eq!(page(&daemon, "/portal/nowhere", &cookie).status, 404);
-    assert_eq!(send("DELETE", &daemon.url("/portal/"), &[("Cookie", &cookie)], None).status, 405);
+    let wrong = send("DELETE", &daemon.url("/portal/"), &[("Cookie", &cookie)], None);
+    assert_eq!(wrong.status, 405);
+    assert_eq!(wrong.header("allow"), Some("GET, HEAD"), "RFC 9110: a 405 names the methods");
 
     let framed = TestDaemon::with(Setup {
         extra: "[portal]\nframe_ancestors = [\"'self'\", \"https://app.example.com\"]\n".into(),

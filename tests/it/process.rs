@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{call_json, wait_until, Reply, Setup};
+use crate::support::{call_json, wait_until, Reply, Setup, Storage};
 
 /// How long a child gets to start or stop.
 const LONG: Duration = Duration::from_secs(20);
@@ -266,33 +266,47 @@ pub struct Served {
     pub addr: SocketAddr,
     pub config_path: PathBuf,
     pub dir: tempfile::TempDir,
+    /// The storage the daemon was started with (resolved), kept by [`Served::write_config`].
+    pub storage: Storage,
+    /// Its own PostgreSQL cluster, under `ATENDER_TEST_STORAGE=postgres`.
+    pub pg: Option<Arc<crate::pg::PgCluster>>,
 }
 
 impl Served {
     /// Serves the test setup's config (tenants acme, globex, frozen, tiny) on a free port.
     pub fn start(setup: &Setup, args: &[&str]) -> Served {
+        let (setup, pg) = setup.resolved();
         let dir = tempfile::tempdir().unwrap();
         let config_path = dir.path().join("config.toml");
         std::fs::write(&config_path, setup.config_text(&dir.path().join("data"), "127.0.0.1:0")).unwrap();
-        Served::start_with_file(dir, config_path, args)
+        let mut served = Served::start_with_file(dir, config_path, args);
+        served.storage = setup.storage;
+        served.pg = pg;
+        served
     }
 
+    /// Serves a config file written by the caller (its storage is whatever the file says).
     pub fn start_with_file(dir: tempfile::TempDir, config_path: PathBuf, args: &[&str]) -> Served {
         let mut command = binary();
         command.arg("serve").arg("--config").arg(&config_path).args(args).current_dir(dir.path());
         let mut process = Running::start(command);
         let line = process.wait_for_stderr("listening", LONG);
-        Served { addr: listening_addr(&line), process, config_path, dir }
+        Served { addr: listening_addr(&line), process, config_path, dir, storage: Storage::Sled, pg: None }
     }
 
-    /// Starts again on the same file and data dir, once stopped.
+    /// Starts again on the same file and data dir (and database), once stopped.
     pub fn restart(mut self, args: &[&str]) -> Served {
         assert!(self.process.has_exited(), "stop the daemon before restarting it");
-        let Served { dir, config_path, .. } = self;
-        Served::start_with_file(dir, config_path, args)
+        let Served { dir, config_path, storage, pg, .. } = self;
+        let mut served = Served::start_with_file(dir, config_path, args);
+        served.storage = storage;
+        served.pg = pg;
+        served
     }
 
+    /// Rewrites the config file from `setup`, keeping the storage the daemon runs on.
     pub fn write_config(&self, setup: &Setup) {
+        let setup = Setup { storage: self.storage.clone(), ..setup.clone() };
         let text = setup.config_text(&self.dir.path().join("data"), "127.0.0.1:0");
         std::fs::write(&self.config_path, text).unwrap();
     }

@@ -38,7 +38,37 @@ pub struct Setup {
     pub hold_retention: &'static str,
     /// Free-space reserve of the data dir (`storage.min_free_bytes`); 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// Where the daemon keeps its data.
+    pub storage: Storage,
+    /// `[storage] lease` on PostgreSQL (the default: 30 s).
+    pub lease: Option<&'static str>,
     pub extra: String,
+}
+
+/// The storage backend of a test daemon.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Storage {
+    /// What the suite runs against (`ATENDER_TEST_STORAGE`: sled, or postgres on a cluster of
+    /// the test's own): resolved when the daemon starts.
+    #[default]
+    Suite,
+    /// sled in the data dir, whatever the suite runs against (tests about the data dir's disk).
+    Sled,
+    /// This PostgreSQL database.
+    Postgres(String),
+}
+
+impl Setup {
+    /// This setup with `Storage::Suite` resolved: under `ATENDER_TEST_STORAGE=postgres`, a new
+    /// cluster (returned, to keep it running as long as the daemon) and its URL.
+    pub fn resolved(&self) -> (Setup, Option<Arc<crate::pg::PgCluster>>) {
+        if self.storage == Storage::Suite && crate::pg::suite_uses_postgres() {
+            let cluster = Arc::new(crate::pg::PgCluster::start());
+            (Setup { storage: Storage::Postgres(cluster.url()), ..self.clone() }, Some(cluster))
+        } else {
+            (self.clone(), None)
+        }
+    }
 }
 
 impl Default for Setup {
@@ -52,6 +82,8 @@ impl Default for Setup {
             tiny_max_webhooks: 3,
             hold_retention: "72h",
             min_free_bytes: 0,
+            storage: Storage::Suite,
+            lease: None,
             extra: String::new(),
         }
     }
@@ -76,6 +108,7 @@ hold_retention = "{hold_retention}"
 
 [storage]
 min_free_bytes = {min_free_bytes}
+{backend}
 
 [[tenants]]
 id = "acme"
@@ -125,6 +158,13 @@ scopes = {all}
             allow_private = self.allow_private_targets,
             hold_retention = self.hold_retention,
             min_free_bytes = self.min_free_bytes,
+            backend = match &self.storage {
+                Storage::Postgres(url) => format!(
+                    "backend = \"postgres\"\nurl = \"{url}\"\n{}",
+                    self.lease.map(|lease| format!("lease = \"{lease}\"")).unwrap_or_default()
+                ),
+                Storage::Suite | Storage::Sled => String::new(),
+            },
             acme = digest(ACME_KEY),
             acme_read = digest(ACME_READ_KEY),
             acme_events = digest(ACME_EVENTS_KEY),
@@ -218,6 +258,9 @@ pub struct TestDaemon {
     runtime: Option<tokio::runtime::Runtime>,
     daemon: Option<Daemon>,
     _dir: Option<Arc<tempfile::TempDir>>,
+    /// The test's own PostgreSQL cluster, when the setup's storage is `Storage::Suite` under
+    /// `ATENDER_TEST_STORAGE=postgres` (kept across restarts).
+    pub pg: Option<Arc<crate::pg::PgCluster>>,
 }
 
 impl TestDaemon {
@@ -228,10 +271,16 @@ impl TestDaemon {
     pub fn with(setup: Setup) -> TestDaemon {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let data_dir = dir.path().join("data");
-        TestDaemon::launch(setup, data_dir, Some(dir))
+        let (setup, pg) = setup.resolved();
+        TestDaemon::launch(setup, data_dir, Some(dir), pg)
     }
 
-    fn launch(setup: Setup, data_dir: PathBuf, dir: Option<Arc<tempfile::TempDir>>) -> TestDaemon {
+    fn launch(
+        setup: Setup,
+        data_dir: PathBuf,
+        dir: Option<Arc<tempfile::TempDir>>,
+        pg: Option<Arc<crate::pg::PgCluster>>,
+    ) -> TestDaemon {
         let config =
             Config::parse(&setup.config_text(&data_dir, "127.0.0.1:0")).expect("test config is valid");
         let runtime =
@@ -255,6 +304,7 @@ impl TestDaemon {
             runtime: Some(runtime),
             daemon: Some(daemon),
             _dir: dir,
+            pg,
         }
     }
 
@@ -263,8 +313,9 @@ impl TestDaemon {
         let setup = self.setup.clone();
         let data_dir = self.data_dir.clone();
         let dir = self._dir.take();
+        let pg = self.pg.take();
         self.stop();
-        TestDaemon::launch(setup, data_dir, dir)
+        TestDaemon::launch(setup, data_dir, dir, pg)
     }
 
     /// Shuts down with a short grace; returns whether everything finished in time.

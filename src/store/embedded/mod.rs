@@ -39,8 +39,8 @@ pub(crate) use crate::store::{
     StoreOptions, DURABLE_WAIT, PROBE_OVERDUE,
 };
 use crate::store::{
-    BoxFuture, Claim, DeliveryLog, DueWork, Outcomes, Page, Publishing, Retention, StorageFigures,
-    Subscriptions, Vitals,
+    BoxFuture, Claim, DeliveryLog, DueWork, Outcomes, Page, Publishing, Retention, SharedKeys,
+    StorageFigures, SubscriptionChange, Subscriptions, Vitals,
 };
 
 impl From<sled::Error> for StoreError {
@@ -96,6 +96,8 @@ pub(crate) struct Trees {
 #[derive(Clone)]
 pub struct SledStore {
     pub(crate) trees: Trees,
+    /// The data dir.
+    dir: std::path::PathBuf,
     commit: GroupCommit,
     writer: writer::PublishWriter,
     monitor: Arc<space::Monitor>,
@@ -154,7 +156,14 @@ impl SledStore {
             .map_err(|err| StoreError::Io(format!("cannot start the publish-writer thread: {err}")))?;
         let monitor = space::Monitor::start(trees.db.clone(), space, health, errors)
             .map_err(|err| StoreError::Io(format!("cannot start the storage-monitor thread: {err}")))?;
-        Ok(SledStore { trees, commit, writer, monitor: Arc::new(monitor), stall_logged: Arc::default() })
+        Ok(SledStore {
+            trees,
+            dir: dir.to_owned(),
+            commit,
+            writer,
+            monitor: Arc::new(monitor),
+            stall_logged: Arc::default(),
+        })
     }
 
     /// How storage stands, for `/readyz` and the `atender_storage_healthy` gauge: `ok`,
@@ -245,6 +254,42 @@ impl SledStore {
         self.client_write(|trees| trees.publish(tenant_id, webhooks_enabled, events, now))
     }
 
+    /// Every stored record, in the order an import needs (subscriptions, events, deliveries,
+    /// idempotency ids), for `migrate-storage`. Stops at the first error `sink` returns.
+    pub(crate) fn export(
+        &self,
+        sink: &mut dyn FnMut(crate::store::Exported) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        use crate::store::Exported;
+        let trees = &self.trees;
+        for entry in trees.subscriptions.iter() {
+            sink(Exported::Subscription(codec::decode(&entry?.1)?))?;
+        }
+        for entry in trees.events.iter() {
+            sink(Exported::Event(codec::decode(&entry?.1)?))?;
+        }
+        for entry in trees.deliveries.iter() {
+            let delivery: Delivery = codec::decode(&entry?.1)?;
+            let held_since = match delivery.state {
+                DeliveryState::Held => trees
+                    .held
+                    .get(keys::subscription_delivery(&delivery.subscription_id, &delivery.id))?
+                    .and_then(|value| keys::parse_held_since(&value))
+                    .or(Some(crate::model::now_millis())),
+                _ => None,
+            };
+            sink(Exported::Delivery(delivery, held_since))?;
+        }
+        for entry in trees.idempotency.iter() {
+            let (key, value) = entry?;
+            let Some(split) = key.iter().position(|&b| b == 0) else { continue };
+            let tenant_id = String::from_utf8_lossy(&key[..split]).into_owned();
+            let client_id = String::from_utf8_lossy(&key[split + 1..]).into_owned();
+            sink(Exported::Idempotency { tenant_id, client_id, record: codec::decode(&value)? })?;
+        }
+        Ok(())
+    }
+
     /// A subscription by id, whoever owns it (for tests that look behind the API).
     pub fn subscription_by_id(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
         self.run(|trees| trees.subscription_by_id(id))
@@ -273,9 +318,9 @@ impl Subscriptions for SledStore {
         &self,
         tenant_id: &str,
         id: &SubscriptionId,
-        change: &dyn Fn(&mut Subscription),
+        change: SubscriptionChange,
     ) -> Result<Option<Subscription>, StoreError> {
-        self.client_write(|trees| trees.update_subscription(tenant_id, id, change))
+        self.client_write(|trees| trees.update_subscription(tenant_id, id, &*change))
     }
 
     fn delete_subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<bool, StoreError> {
@@ -399,6 +444,45 @@ impl Retention for SledStore {
     }
 }
 
+/// A key in the file `<data_dir>/<name>` (64 hex characters, mode 0600, fsync'd when made).
+impl SharedKeys for SledStore {
+    fn shared_key(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        use std::io::Write as _;
+        let path = self.dir.join(name);
+        let parse = |text: &str| {
+            let mut key = [0u8; 32];
+            hex::decode_to_slice(text.trim(), &mut key).map(|()| key).map_err(|_| {
+                StoreError::Corrupt(format!(
+                    "{} must hold 64 hex characters (delete it to make a new key)",
+                    path.display()
+                ))
+            })
+        };
+        let io = |err: std::io::Error| StoreError::Io(format!("{}: {err}", path.display()));
+        match std::fs::read_to_string(&path) {
+            Ok(text) => return parse(&text),
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(io(err)),
+            Err(_) => {}
+        }
+        let key = crate::model::random_bytes::<32>();
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        match options.open(&path) {
+            Ok(mut file) => {
+                file.write_all(hex::encode(key).as_bytes()).map_err(io)?;
+                file.sync_all().map_err(io)?;
+                Ok(key)
+            }
+            // Made meanwhile (a restart racing this one): use it.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                parse(&std::fs::read_to_string(&path).map_err(io)?)
+            }
+            Err(err) => Err(io(err)),
+        }
+    }
+}
+
 impl Vitals for SledStore {
     fn status(&self) -> (&'static str, Option<String>) {
         SledStore::status(self)
@@ -492,6 +576,19 @@ fn abort_on<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_key_is_made_once_and_read_back_and_a_damaged_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            SledStore::open_with(dir.path(), &StoreOptions { min_free_bytes: 0, ..StoreOptions::default() })
+                .unwrap();
+        let first = store.shared_key("portal-signing-key").unwrap();
+        assert_eq!(store.shared_key("portal-signing-key").unwrap(), first);
+        assert_ne!(store.shared_key("another").unwrap(), first);
+        std::fs::write(dir.path().join("portal-signing-key"), "short").unwrap();
+        assert!(matches!(store.shared_key("portal-signing-key"), Err(StoreError::Corrupt(_))));
+    }
 
     #[test]
     fn an_unfinished_snapshot_left_by_a_full_disk_does_not_stop_the_next_start() {

@@ -1,0 +1,1697 @@
+//! The PostgreSQL backend: one database shared by any number of daemons (`[storage] backend =
+//! "postgres"`). Tables, indexes and the SQL features used are in `migrations/` and
+//! ARCHITECTURE.md ("PostgreSQL"); rows convert to domain types in [`rows`].
+//!
+//! How it keeps the storage interface's rules (`crate::store`):
+//! - **Durable on `Ok`**: every write is one transaction, committed (synchronous commit) before
+//!   the call returns; there is no separate flush.
+//! - **Outbox**: an event, its deliveries and their queue state (the `state` and
+//!   `next_attempt_at` columns of `deliveries`) are inserted in one transaction.
+//! - **One node per attempt**: [`DueWork::claim`] locks the subscription's row (`FOR UPDATE`),
+//!   counts the claims of every node still within their lease against the cap, and stamps the
+//!   delivery with this node and `now + lease`. Recording the outcome clears the claim; a node that
+//!   died leaves a claim that runs out after `lease`, and another node attempts the delivery then.
+//! - **Retries**: every transaction is retried on serialization failure and deadlock (SQLSTATE
+//!   40001, 40P01), as CockroachDB requires and PostgreSQL under contention needs.
+//! - **New work**: a committed publish or release sends `NOTIFY atender_queue` (a hint, where
+//!   the server supports it) and the local [`QueueNotice`]; other nodes also poll
+//!   ([`DueWork::poll_interval`]), so correctness never depends on notifications.
+//! - **Faults**: a lost server answers [`StoreError::Unreachable`] (503) at once or within
+//!   [`DURABLE_WAIT`], never a hang; the pool reconnects by itself.
+//!
+//! The store runs its own small tokio runtime: the interface's synchronous methods are called
+//! from blocking threads (the API's blocking pool, the engine's threads) and wait for a task on
+//! it, so they never need the caller to be inside a runtime.
+
+mod rows;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::NoTls;
+
+use crate::config::{redact_password, PostgresConfig};
+use crate::health::Health;
+use crate::model::{
+    now_millis, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+};
+use crate::store::{
+    fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork, Outcomes,
+    Page, PublishRequest, Published, Publishing, QueueNotice, Retention, SharedKeys, StorageFigures,
+    StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals, DURABLE_WAIT, IDEMPOTENCY_WINDOW_MS,
+    PROBE_OVERDUE,
+};
+use rows::{sql_millis, sql_millis_opt, DeliveryRow, DELIVERY_COLUMNS, SUBSCRIPTION_COLUMNS};
+
+refinery::embed_migrations!("src/store/postgres/migrations");
+
+/// The table refinery records applied migrations in.
+const MIGRATION_TABLE: &str = "atender_schema_history";
+
+/// The channel of the `NOTIFY` hints. Payload: the sending node, then one notice per line —
+/// `<subscription id> <due> <delivery id>` (one delivery queued) or `<subscription id>` (rescan).
+const NOTIFY_CHANNEL: &str = "atender_queue";
+
+/// Tries of one transaction before a serialization failure or deadlock is answered as
+/// [`StoreError::Unavailable`].
+const MAX_TRIES: u32 = 12;
+
+/// Rows a clean-up statement touches at once, so a huge backlog never makes one giant
+/// transaction.
+const BATCH: i64 = 500;
+
+/// How often the scheduler polls for work other nodes queued (and work a dead node left).
+const POLL_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How often the monitor checks the server, and how long one check may take.
+const PROBE_PERIOD: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest wait for a pooled connection or a new one.
+const CONNECT_WAIT: Duration = Duration::from_secs(5);
+
+/// The PostgreSQL store. Cheap to clone; every clone shares the pool and the runtime, which stop
+/// when the last handle is dropped.
+#[derive(Clone)]
+pub struct PgStore {
+    db: Db,
+    runtime: Arc<StoreRuntime>,
+}
+
+/// What every operation needs; cheap to clone into a task.
+#[derive(Clone)]
+struct Db(Arc<Shared>);
+
+struct Shared {
+    pool: Pool,
+    /// This daemon's name in claims and notifications: host, process id, random suffix.
+    node: String,
+    lease: Millis,
+    notices: crossbeam_channel::Sender<QueueNotice>,
+    /// False on servers without `NOTIFY` (CockroachDB): other nodes then learn by polling alone.
+    notify: bool,
+    status: Arc<Status>,
+}
+
+/// What the monitor last saw of the server.
+#[derive(Default)]
+struct Status {
+    /// When the last check succeeded (Unix ms).
+    last_ok: AtomicU64,
+    /// Why the last check failed, while it is the latest word.
+    failure: Mutex<Option<String>>,
+    /// Errors answered, by kind: unreachable, stalled, corrupt, other.
+    unreachable: AtomicU64,
+    stalled: AtomicU64,
+    corrupt: AtomicU64,
+    other: AtomicU64,
+}
+
+impl Status {
+    fn count(&self, err: &StoreError) {
+        let counter = match err {
+            StoreError::Unreachable(_) => &self.unreachable,
+            StoreError::Stalled => &self.stalled,
+            StoreError::Corrupt(_) => &self.corrupt,
+            StoreError::Io(_) | StoreError::Unavailable => &self.other,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The store's runtime, shut down in the background when the last handle goes (a handle may be
+/// dropped inside another runtime, where a blocking shutdown would panic).
+struct StoreRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Why a database call failed, before it becomes a [`StoreError`].
+enum Failure {
+    Db(tokio_postgres::Error),
+    Pool(PoolError),
+    Store(StoreError),
+    /// What the transaction read is stale (another transaction committed a row it must see):
+    /// run it again.
+    Retry,
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(err: tokio_postgres::Error) -> Self {
+        Failure::Db(err)
+    }
+}
+
+impl From<PoolError> for Failure {
+    fn from(err: PoolError) -> Self {
+        Failure::Pool(err)
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Failure::Store(err)
+    }
+}
+
+impl Failure {
+    /// Serialization failures and deadlocks: the transaction is run again. A unique violation
+    /// is retried too: two nodes inserting one idempotency id, where the second try reads the
+    /// first one's row.
+    fn retryable(&self) -> bool {
+        let code = match self {
+            Failure::Retry => return true,
+            Failure::Db(err) => err.code(),
+            Failure::Pool(PoolError::Backend(err)) => err.code(),
+            _ => None,
+        };
+        code.is_some_and(|code| {
+            [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION]
+                .contains(code)
+        })
+    }
+
+    fn into_store(self) -> StoreError {
+        match self {
+            Failure::Store(err) => err,
+            Failure::Retry => StoreError::Unavailable,
+            Failure::Pool(PoolError::Backend(err)) | Failure::Db(err) => db_error(err),
+            Failure::Pool(PoolError::Closed) => StoreError::Unavailable,
+            Failure::Pool(err) => StoreError::Unreachable(err.to_string()),
+        }
+    }
+}
+
+/// A server error as a [`StoreError`]: connection trouble, a server shutting down or out of
+/// connections is [`StoreError::Unreachable`]; contention beyond the retries is
+/// [`StoreError::Unavailable`]; anything else is [`StoreError::Io`] (logged, 503).
+fn db_error(err: tokio_postgres::Error) -> StoreError {
+    let Some(code) = err.code() else {
+        // No SQLSTATE: the connection itself (closed, refused, I/O).
+        return StoreError::Unreachable(err.to_string());
+    };
+    let class = &code.code()[..2];
+    match class {
+        // connection exception, operator intervention (shutdown, crash), insufficient resources
+        "08" | "57" | "53" => StoreError::Unreachable(err.to_string()),
+        "40" => StoreError::Unavailable,
+        _ => StoreError::Io(format!("PostgreSQL: {err}")),
+    }
+}
+
+/// Runs a transaction body, committing it, and runs it again on a retryable failure (with a
+/// short growing pause). `$tx` names the transaction inside `$body`; an early `return` from the
+/// body rolls back.
+macro_rules! transaction {
+    ($db:expr, |$tx:ident| $body:expr) => {{
+        let mut tries = 0u32;
+        loop {
+            let attempt: Result<_, Failure> = async {
+                let mut client = $db.0.pool.get().await?;
+                let $tx = client.transaction().await?;
+                let value = $body;
+                $tx.commit().await?;
+                Ok(value)
+            }
+            .await;
+            match attempt {
+                Err(failure) if failure.retryable() && tries < MAX_TRIES => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(2 * u64::from(tries * tries))).await;
+                }
+                other => break other.map_err(Failure::into_store),
+            }
+        }
+    }};
+}
+
+impl PgStore {
+    /// Connects to the database of `config.url`, applies the schema migrations (several nodes
+    /// may start at once: a node that loses the race reads the winner's result), and starts
+    /// the server monitor and the notification listener.
+    pub fn open(config: &PostgresConfig, options: &StoreOptions) -> Result<PgStore, StoreError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("postgres")
+            .enable_all()
+            .build()
+            .map_err(|err| StoreError::Io(format!("cannot start the storage runtime: {err}")))?;
+        let pg_config: tokio_postgres::Config = config
+            .url
+            .parse()
+            .map_err(|err| StoreError::Io(format!("{}: {err}", redact_password(&config.url))))?;
+        let manager = Manager::from_config(
+            pg_config.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(CONNECT_WAIT))
+            .create_timeout(Some(CONNECT_WAIT))
+            .recycle_timeout(Some(CONNECT_WAIT))
+            .build()
+            .map_err(|err| StoreError::Io(format!("cannot build the connection pool: {err}")))?;
+        let node = node_name();
+        let status = Arc::new(Status::default());
+        status.last_ok.store(now_millis(), Ordering::Relaxed);
+        let notify = runtime.block_on(prepare(&pool, &pg_config))?;
+        let db = Db(Arc::new(Shared {
+            pool,
+            node: node.clone(),
+            lease: config.lease.as_millis() as Millis,
+            notices: options.notices.clone(),
+            notify,
+            status,
+        }));
+        runtime.spawn(monitor(db.clone(), pg_config.clone(), options.health.clone()));
+        if notify {
+            runtime.spawn(listen(pg_config, node, options.notices.clone(), options.health.clone()));
+        }
+        tracing::info!(
+            url = %redact_password(&config.url),
+            pool_size = config.pool_size,
+            node = %db.0.node,
+            notifications = notify,
+            "PostgreSQL storage ready"
+        );
+        Ok(PgStore { db, runtime: Arc::new(StoreRuntime(Some(runtime))) })
+    }
+
+    fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime.0.as_ref().expect("the runtime lives as long as the store").handle()
+    }
+
+    /// Runs `operation` on the store's runtime and waits for it at most [`DURABLE_WAIT`]
+    /// (then [`StoreError::Stalled`]); counts the error it answers. Call from a thread that may
+    /// block (never an async worker).
+    fn block<T, F>(&self, operation: impl FnOnce(Db) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let task = operation(self.db.clone());
+        let running = self.handle().spawn(async move {
+            let _ = answer.send(task.await);
+        });
+        let result = match answered.recv_timeout(DURABLE_WAIT) {
+            Ok(result) => result,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                running.abort();
+                Err(StoreError::Stalled)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Unavailable),
+        };
+        if let Err(err) = &result {
+            self.db.0.status.count(err);
+        }
+        result
+    }
+
+    /// [`PgStore::block`] for async callers.
+    async fn spawn<T, F>(&self, operation: impl FnOnce(Db) -> F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let running = self.handle().spawn(operation(self.db.clone()));
+        let result = match tokio::time::timeout(DURABLE_WAIT, running).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(StoreError::Unavailable),
+            Err(_) => Err(StoreError::Stalled),
+        };
+        if let Err(err) = &result {
+            self.db.0.status.count(err);
+        }
+        result
+    }
+}
+
+/// `<host>-<pid>-<random>`: unique per process, readable in `claimed_by`.
+fn node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "node".into());
+    let suffix = u16::from_le_bytes(crate::model::random_bytes::<2>());
+    format!("{host}-{}-{suffix:04x}", std::process::id())
+}
+
+/// Applies the migrations (retrying when another node applies them at the same moment) and
+/// finds out whether the server takes `NOTIFY`.
+async fn prepare(pool: &Pool, pg_config: &tokio_postgres::Config) -> Result<bool, StoreError> {
+    let mut tries = 0;
+    loop {
+        let (mut client, connection) =
+            pg_config.connect(NoTls).await.map_err(|err| StoreError::Unreachable(err.to_string()))?;
+        let driver = tokio::spawn(connection);
+        let applied =
+            migrations::runner().set_migration_table_name(MIGRATION_TABLE).run_async(&mut client).await;
+        drop(client);
+        let _ = driver.await;
+        match applied {
+            Ok(report) => {
+                for migration in report.applied_migrations() {
+                    tracing::info!(
+                        version = migration.version(),
+                        name = migration.name(),
+                        "schema migration applied"
+                    );
+                }
+                break;
+            }
+            // Another node applying the same migration: its transaction wins, ours fails on a
+            // duplicate; the next run finds the version applied.
+            Err(err) if tries < 20 => {
+                tries += 1;
+                tracing::debug!(error = %err, "schema migration raced another node; trying again");
+                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+            }
+            Err(err) => return Err(StoreError::Io(format!("schema migration failed: {err}"))),
+        }
+    }
+    let client = pool.get().await.map_err(|err| Failure::from(err).into_store())?;
+    let version: String = client
+        .query_one("SELECT version()", &[])
+        .await
+        .map_err(|err| Failure::from(err).into_store())?
+        .get(0);
+    Ok(!version.contains("CockroachDB"))
+}
+
+/// Checks the server every [`PROBE_PERIOD`] (a `SELECT 1` through the pool) for `/readyz`.
+/// The check runs on a connection of its own, so a pool busy with work never reads as a lost
+/// server.
+async fn monitor(db: Db, pg_config: tokio_postgres::Config, health: Arc<Health>) {
+    let beat = health.register("storage-monitor", Duration::from_secs(30));
+    let signal = health.shutdown_signal().clone();
+    let mut shutdown = Box::pin(async move { signal.raised().await });
+    let mut connection: Option<tokio_postgres::Client> = None;
+    loop {
+        beat.busy();
+        let check = async {
+            if connection.as_ref().is_none_or(|client| client.is_closed()) {
+                let (client, driver) = pg_config.connect(NoTls).await?;
+                tokio::spawn(driver);
+                connection = Some(client);
+            }
+            if let Some(client) = &connection {
+                client.query_one("SELECT 1", &[]).await?;
+            }
+            Ok::<(), Failure>(())
+        };
+        let failure = match tokio::time::timeout(PROBE_TIMEOUT, check).await {
+            Ok(Ok(())) => None,
+            Ok(Err(failure)) => Some(failure.into_store().to_string()),
+            Err(_) => Some(format!("the database did not answer within {} s", PROBE_TIMEOUT.as_secs())),
+        };
+        if failure.is_some() {
+            // A fresh connection for the next check: this one may be half dead.
+            connection = None;
+        }
+        {
+            let mut last = db.0.status.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match failure {
+                None => {
+                    if last.take().is_some() {
+                        tracing::info!("the database is reachable again");
+                    }
+                    db.0.status.last_ok.store(now_millis(), Ordering::Relaxed);
+                }
+                Some(reason) => {
+                    if last.is_none() {
+                        tracing::warn!(%reason, "the database is unreachable; answering 503 and pausing delivery");
+                    }
+                    beat.error();
+                    *last = Some(reason);
+                }
+            }
+        }
+        beat.idle();
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_PERIOD) => {}
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// Listens for other nodes' `NOTIFY` hints and turns them into local rescans; reconnects after
+/// a lost connection. Hints from this node are skipped (it announced them already).
+async fn listen(
+    pg_config: tokio_postgres::Config,
+    node: String,
+    notices: crossbeam_channel::Sender<QueueNotice>,
+    health: Arc<Health>,
+) {
+    use futures_util::StreamExt;
+    let shutdown = health.shutdown_signal().clone();
+    while !shutdown.is_raised() {
+        let connected = async {
+            let (client, mut connection) = pg_config.connect(NoTls).await?;
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            let statement = format!("LISTEN {NOTIFY_CHANNEL}");
+            let listening = client.batch_execute(&statement);
+            // The connection must be driven for LISTEN to complete.
+            tokio::pin!(listening);
+            loop {
+                tokio::select! {
+                    done = &mut listening => { done?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(err),
+                        None => return Ok(()),
+                    },
+                }
+            }
+            // `client` must live while the connection is listened on.
+            let _client = &client;
+            while let Some(message) = messages.next().await {
+                if let tokio_postgres::AsyncMessage::Notification(note) = message? {
+                    for notice in parse_hint(note.payload(), &node) {
+                        let _ = notices.send(notice);
+                    }
+                }
+            }
+            Ok(())
+        };
+        tokio::select! {
+            result = connected => {
+                if let Err(err) = result {
+                    tracing::debug!(error = %err, "notification listener lost its connection; reconnecting");
+                }
+            }
+            _ = shutdown.raised() => return,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statements shared by the operations.
+
+/// Queues a hint for other nodes in the transaction (sent at commit) — where the server has
+/// `NOTIFY`.
+/// Queues hints for other nodes in the transaction (sent at commit), where the server has
+/// `NOTIFY`: a few `NOTIFY`s of at most ~7 kB each, whatever the number of notices.
+async fn hint(db: &Db, tx: &impl GenericClient, notices: &[QueueNotice]) -> Result<(), Failure> {
+    if !db.0.notify || notices.is_empty() {
+        return Ok(());
+    }
+    let mut payload = db.0.node.clone();
+    for notice in notices {
+        let line = match notice {
+            QueueNotice::Queued { subscription_id, due, delivery_id } => {
+                format!("{subscription_id} {due} {delivery_id}")
+            }
+            QueueNotice::Rescan { subscription_id } => subscription_id.to_string(),
+        };
+        if payload.len() + line.len() > 7_000 {
+            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+            payload = db.0.node.clone();
+        }
+        payload.push('\n');
+        payload.push_str(&line);
+    }
+    tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+    Ok(())
+}
+
+/// The notices in a hint's payload, unless this node sent it (it announced them already).
+fn parse_hint(payload: &str, node: &str) -> Vec<QueueNotice> {
+    let mut lines = payload.lines();
+    if lines.next() == Some(node) {
+        return Vec::new();
+    }
+    lines
+        .filter_map(|line| {
+            let mut parts = line.split(' ');
+            let subscription_id = SubscriptionId::parse(parts.next()?)?;
+            match (parts.next(), parts.next()) {
+                (Some(due), Some(delivery)) => Some(QueueNotice::Queued {
+                    subscription_id,
+                    due: due.parse().ok()?,
+                    delivery_id: DeliveryId::parse(delivery)?,
+                }),
+                _ => Some(QueueNotice::Rescan { subscription_id }),
+            }
+        })
+        .collect()
+}
+
+fn announce(db: &Db, notice: QueueNotice) {
+    // Without a receiver (no engine) a notice has nobody to wake.
+    let _ = db.0.notices.send(notice);
+}
+
+async fn insert_subscription(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
+    let retired = s.retired_secret.as_ref();
+    tx.execute(
+        "INSERT INTO subscriptions (id, tenant_id, name, url, events, headers, max_retries, retry_delay_seconds, \
+         is_active, is_paused, disable_reason, disabled_at, consecutive_failures, last_delivery_at, \
+         last_delivery_status, last_delivery_response_code, last_delivery_error, created_at, updated_at, secret, \
+         retired_secret, retired_secret_valid_until) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+        &[
+            &s.id.as_str(),
+            &s.tenant_id,
+            &s.name,
+            &s.url,
+            &s.events,
+            &rows::headers_json(s),
+            &(s.max_retries as i32),
+            &(s.retry_delay_seconds as i32),
+            &s.is_active,
+            &s.is_paused,
+            &s.disable_reason,
+            &sql_millis_opt(s.disabled_at),
+            &(s.consecutive_failures as i32),
+            &sql_millis_opt(s.last_delivery_at),
+            &rows::last_delivery_status(s),
+            &s.last_delivery_response_code.map(i32::from),
+            &s.last_delivery_error,
+            &sql_millis(s.created_at),
+            &sql_millis(s.updated_at),
+            &s.secret.expose(),
+            &retired.map(|retired| retired.secret.expose()),
+            &retired.map(|retired| sql_millis(retired.valid_until)),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn update_subscription_row(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
+    let retired = s.retired_secret.as_ref();
+    tx.execute(
+        "UPDATE subscriptions SET name = $2, url = $3, events = $4, headers = $5, max_retries = $6, \
+         retry_delay_seconds = $7, is_active = $8, is_paused = $9, disable_reason = $10, disabled_at = $11, \
+         consecutive_failures = $12, last_delivery_at = $13, last_delivery_status = $14, \
+         last_delivery_response_code = $15, last_delivery_error = $16, updated_at = $17, secret = $18, \
+         retired_secret = $19, retired_secret_valid_until = $20 WHERE id = $1",
+        &[
+            &s.id.as_str(),
+            &s.name,
+            &s.url,
+            &s.events,
+            &rows::headers_json(s),
+            &(s.max_retries as i32),
+            &(s.retry_delay_seconds as i32),
+            &s.is_active,
+            &s.is_paused,
+            &s.disable_reason,
+            &sql_millis_opt(s.disabled_at),
+            &(s.consecutive_failures as i32),
+            &sql_millis_opt(s.last_delivery_at),
+            &rows::last_delivery_status(s),
+            &s.last_delivery_response_code.map(i32::from),
+            &s.last_delivery_error,
+            &sql_millis(s.updated_at),
+            &s.secret.expose(),
+            &retired.map(|retired| retired.secret.expose()),
+            &retired.map(|retired| sql_millis(retired.valid_until)),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn select_subscription(
+    tx: &impl GenericClient,
+    id: &SubscriptionId,
+    lock: bool,
+) -> Result<Option<Subscription>, Failure> {
+    let sql = format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    match tx.query_opt(&sql, &[&id.as_str()]).await? {
+        Some(row) => Ok(Some(rows::subscription(&row)?)),
+        None => Ok(None),
+    }
+}
+
+async fn select_delivery(
+    tx: &impl GenericClient,
+    id: &DeliveryId,
+    lock: bool,
+) -> Result<Option<DeliveryRow>, Failure> {
+    let sql = format!(
+        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    match tx.query_opt(&sql, &[&id.as_str()]).await? {
+        Some(row) => Ok(Some(rows::delivery(&row)?)),
+        None => Ok(None),
+    }
+}
+
+/// When a delivery stored as `after` has been held since: kept from `before` while it stays held,
+/// `now` when it becomes held (`hold_retention` counts from there), none otherwise.
+fn held_since(before: Option<&DeliveryRow>, after: &Delivery, now: Millis) -> Option<Millis> {
+    match (before, after.state) {
+        (Some(before), DeliveryState::Held) if before.delivery.state == DeliveryState::Held => {
+            before.held_since.or(Some(now))
+        }
+        (_, DeliveryState::Held) => Some(now),
+        _ => None,
+    }
+}
+
+/// Writes a delivery's state (from `crate::lifecycle`) and clears any claim on it: the one write
+/// every state change makes, as `store_delivery` is for sled.
+async fn store_delivery(
+    tx: &impl GenericClient,
+    before: Option<&DeliveryRow>,
+    after: &Delivery,
+    now: Millis,
+) -> Result<(), Failure> {
+    let held = sql_millis_opt(held_since(before, after, now));
+    if before.is_none() {
+        tx.execute(
+            "INSERT INTO deliveries (id, tenant_id, subscription_id, event_id, event_type, state, attempts, \
+             attempts_in_round, next_attempt_at, created_at, finished_at, held_since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[
+                &after.id.as_str(),
+                &after.tenant_id,
+                &after.subscription_id.as_str(),
+                &after.event_id.as_str(),
+                &after.event_type,
+                &after.state.as_str(),
+                &rows::attempts_json(after),
+                &(after.attempts_in_round as i32),
+                &sql_millis_opt(after.next_attempt_at),
+                &sql_millis(after.created_at),
+                &sql_millis_opt(after.finished_at),
+                &held,
+            ],
+        )
+        .await?;
+    } else {
+        tx.execute(
+            "UPDATE deliveries SET state = $2, attempts = $3, attempts_in_round = $4, next_attempt_at = $5, \
+             finished_at = $6, held_since = $7, claimed_by = NULL, claimed_until = NULL WHERE id = $1",
+            &[
+                &after.id.as_str(),
+                &after.state.as_str(),
+                &rows::attempts_json(after),
+                &(after.attempts_in_round as i32),
+                &sql_millis_opt(after.next_attempt_at),
+                &sql_millis_opt(after.finished_at),
+                &held,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Takes `count` references off each event and deletes the events nobody references any more.
+async fn release_events(tx: &impl GenericClient, event_ids: Vec<String>) -> Result<(), Failure> {
+    let mut counts: BTreeMap<String, i32> = BTreeMap::new();
+    for id in event_ids {
+        *counts.entry(id).or_default() += 1;
+    }
+    for (id, count) in &counts {
+        tx.execute("UPDATE events SET live_deliveries = live_deliveries - $2 WHERE id = $1", &[id, count])
+            .await?;
+    }
+    let ids: Vec<&String> = counts.keys().collect();
+    tx.execute("DELETE FROM events WHERE id = ANY($1) AND live_deliveries <= 0", &[&ids]).await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations: each an async fn of its own arguments, run on the store's runtime.
+
+async fn create_subscription(
+    db: Db,
+    subscription: Subscription,
+    max_webhooks: u32,
+) -> Result<(), StoreError> {
+    transaction!(db, |tx| {
+        tx.execute(
+            "INSERT INTO tenant_counts (tenant_id, subscriptions) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
+            &[&subscription.tenant_id],
+        )
+        .await?;
+        let count: i32 = tx
+            .query_one(
+                "SELECT subscriptions FROM tenant_counts WHERE tenant_id = $1 FOR UPDATE",
+                &[&subscription.tenant_id],
+            )
+            .await?
+            .get(0);
+        if count.max(0) as u32 >= max_webhooks {
+            return Err(Failure::Store(StoreError::LimitExceeded));
+        }
+        insert_subscription(&tx, &subscription).await?;
+        tx.execute(
+            "UPDATE tenant_counts SET subscriptions = subscriptions + 1 WHERE tenant_id = $1",
+            &[&subscription.tenant_id],
+        )
+        .await?;
+    })
+}
+
+async fn subscription(
+    db: Db,
+    tenant_id: String,
+    id: SubscriptionId,
+) -> Result<Option<Subscription>, StoreError> {
+    let found = transaction!(db, |tx| select_subscription(&tx, &id, false).await?)?;
+    Ok(found.filter(|subscription| subscription.tenant_id == tenant_id))
+}
+
+async fn list_subscriptions(
+    db: Db,
+    tenant_id: String,
+    limit: usize,
+    cursor: Option<SubscriptionId>,
+) -> Result<Page<Subscription, SubscriptionId>, StoreError> {
+    let cursor = cursor.map(|cursor| cursor.to_string());
+    let found = transaction!(db, |tx| {
+        tx.query(
+            &format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1 \
+                 AND ($2::TEXT IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
+            ),
+            &[&tenant_id, &cursor, &(limit as i64 + 1)],
+        )
+        .await?
+    })?;
+    let more = found.len() > limit;
+    let page: Vec<Subscription> =
+        found.iter().take(limit).map(rows::subscription).collect::<Result<_, _>>()?;
+    let next = if more { page.last().map(|last| last.id.clone()) } else { None };
+    Ok((page, next))
+}
+
+async fn update_subscription(
+    db: Db,
+    tenant_id: String,
+    id: SubscriptionId,
+    change: SubscriptionChange,
+) -> Result<Option<Subscription>, StoreError> {
+    let outcome = transaction!(db, |tx| {
+        match select_subscription(&tx, &id, true).await? {
+            Some(before) if before.tenant_id == tenant_id => {
+                let mut after = before.clone();
+                change(&mut after);
+                update_subscription_row(&tx, &after).await?;
+                Some((before.is_deliverable(), after))
+            }
+            _ => None,
+        }
+    })?;
+    let Some((was_deliverable, after)) = outcome else { return Ok(None) };
+    if !was_deliverable && after.is_deliverable() {
+        release_held(db, after.id.clone()).await?;
+    }
+    Ok(Some(after))
+}
+
+async fn delete_subscription(db: Db, tenant_id: String, id: SubscriptionId) -> Result<bool, StoreError> {
+    let removed = transaction!(db, |tx| {
+        match select_subscription(&tx, &id, true).await? {
+            Some(found) if found.tenant_id == tenant_id => {
+                tx.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await?;
+                tx.execute(
+                    "UPDATE tenant_counts SET subscriptions = GREATEST(subscriptions - 1, 0) WHERE tenant_id = $1",
+                    &[&tenant_id],
+                )
+                .await?;
+                // The tombstone makes the clean-up below resumable after a crash.
+                tx.execute(
+                    "INSERT INTO deleted_subscriptions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+                    &[&id.as_str()],
+                )
+                .await?;
+                hint(&db, &tx, &[QueueNotice::Rescan { subscription_id: id.clone() }]).await?;
+                true
+            }
+            _ => false,
+        }
+    })?;
+    if removed {
+        purge_subscription_data(db.clone(), id.clone()).await?;
+        announce(&db, QueueNotice::Rescan { subscription_id: id });
+    }
+    Ok(removed)
+}
+
+/// Deletes a deleted subscription's deliveries (and the events only they referenced) in
+/// batches, then its tombstone.
+async fn purge_subscription_data(db: Db, id: SubscriptionId) -> Result<(), StoreError> {
+    loop {
+        let removed = transaction!(db, |tx| {
+            let gone = tx
+                .query(
+                    "DELETE FROM deliveries WHERE id IN \
+                     (SELECT id FROM deliveries WHERE subscription_id = $1 LIMIT $2) RETURNING event_id",
+                    &[&id.as_str(), &BATCH],
+                )
+                .await?;
+            let count = gone.len();
+            release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
+            if count == 0 {
+                tx.execute("DELETE FROM deleted_subscriptions WHERE id = $1", &[&id.as_str()]).await?;
+            }
+            count
+        })?;
+        if removed == 0 {
+            return Ok(());
+        }
+    }
+}
+
+async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
+    let PublishRequest { tenant_id, webhooks_enabled, events, now } = request;
+    let (answers, queued) = transaction!(db, |tx| {
+        let subscriptions: Vec<Subscription> = if webhooks_enabled {
+            tx.query(
+                &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"),
+                &[&tenant_id],
+            )
+            .await?
+            .iter()
+            .map(rows::subscription)
+            .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        // Live idempotency records of this request's client ids, locked for the transaction.
+        let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
+        let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
+        if !client_ids.is_empty() {
+            for row in tx
+                .query(
+                    "SELECT client_id, event_id, deliveries, fingerprint FROM idempotency \
+                     WHERE tenant_id = $1 AND client_id = ANY($2) AND created_at > $3 FOR UPDATE",
+                    &[&tenant_id, &client_ids, &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+                )
+                .await?
+            {
+                let fingerprint: Option<Vec<u8>> = row.get(3);
+                remembered.insert(
+                    row.get(0),
+                    (
+                        rows::event_id(row.get::<_, &str>(1))?,
+                        row.get::<_, i32>(2).max(0) as u32,
+                        fingerprint.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()),
+                    ),
+                );
+            }
+        }
+        let keys: Vec<(Option<&str>, [u8; 32])> =
+            events.iter().map(|event| (event.client_id.as_deref(), event.fingerprint)).collect();
+        let conflict = first_conflict(&keys, |client_id| {
+            Ok::<_, Failure>(remembered.get(client_id).and_then(|(_, _, fingerprint)| *fingerprint))
+        })?;
+        if let Some(conflict) = conflict {
+            return Err(Failure::Store(conflict));
+        }
+        let mut answers = Vec::with_capacity(events.len());
+        let mut queued: Vec<QueueNotice> = Vec::new();
+        for event in &events {
+            if let Some((event_id, deliveries, _)) =
+                event.client_id.as_deref().and_then(|id| remembered.get(id))
+            {
+                answers.push(Published {
+                    event_id: event_id.clone(),
+                    deliveries: *deliveries,
+                    duplicate: true,
+                });
+                continue;
+            }
+            let (stored, deliveries) = fan_out(&tenant_id, event, &subscriptions, now);
+            if let Some(client_id) = &event.client_id {
+                // Replaces only an expired record. A live one not read above was committed by a
+                // concurrent request meanwhile (this insert waited for it): run again, and
+                // answer that request's event.
+                let stored_rows = tx
+                    .execute(
+                        "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
+                         created_at = EXCLUDED.created_at, event_id = EXCLUDED.event_id, \
+                         deliveries = EXCLUDED.deliveries, fingerprint = EXCLUDED.fingerprint \
+                         WHERE idempotency.created_at <= $7",
+                        &[
+                            &tenant_id,
+                            client_id,
+                            &sql_millis(now),
+                            &stored.id.as_str(),
+                            &(deliveries.len() as i32),
+                            &event.fingerprint.as_slice(),
+                            &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS)),
+                        ],
+                    )
+                    .await?;
+                if stored_rows == 0 {
+                    return Err(Failure::Retry);
+                }
+                remembered.insert(
+                    client_id.clone(),
+                    (stored.id.clone(), deliveries.len() as u32, Some(event.fingerprint)),
+                );
+            }
+            // An event nobody subscribed to is answered but not kept: nothing references it.
+            if !deliveries.is_empty() {
+                insert_event(&tx, &stored).await?;
+            }
+            for delivery in &deliveries {
+                store_delivery(&tx, None, delivery, now).await?;
+                if delivery.state == DeliveryState::Pending {
+                    queued.push(QueueNotice::Queued {
+                        subscription_id: delivery.subscription_id.clone(),
+                        due: now,
+                        delivery_id: delivery.id.clone(),
+                    });
+                }
+            }
+            answers.push(Published {
+                event_id: stored.id.clone(),
+                deliveries: deliveries.len() as u32,
+                duplicate: false,
+            });
+        }
+        hint(&db, &tx, &queued).await?;
+        (answers, queued)
+    })?;
+    for notice in queued {
+        announce(&db, notice);
+    }
+    Ok(answers)
+}
+
+async fn insert_event(tx: &impl GenericClient, event: &Event) -> Result<(), Failure> {
+    tx.execute(
+        "INSERT INTO events (id, tenant_id, event_type, created_at, body, live_deliveries) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &event.id.as_str(),
+            &event.tenant_id,
+            &event.event_type,
+            &sql_millis(event.created_at),
+            &event.body,
+            &(event.live_deliveries as i32),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn delivery(
+    db: Db,
+    subscription_id: SubscriptionId,
+    id: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    let found = transaction!(db, |tx| select_delivery(&tx, &id, false).await?)?;
+    Ok(found.map(|row| row.delivery).filter(|delivery| delivery.subscription_id == subscription_id))
+}
+
+async fn event(db: Db, id: EventId) -> Result<Option<Event>, StoreError> {
+    let row = transaction!(db, |tx| {
+        tx.query_opt(
+            "SELECT id, tenant_id, event_type, created_at, body, live_deliveries FROM events WHERE id = $1",
+            &[&id.as_str()],
+        )
+        .await?
+    })?;
+    row.as_ref().map(rows::event).transpose()
+}
+
+async fn list_deliveries(
+    db: Db,
+    subscription_id: SubscriptionId,
+    state: Option<DeliveryState>,
+    limit: usize,
+    cursor: Option<DeliveryId>,
+) -> Result<Page<Delivery, DeliveryId>, StoreError> {
+    let cursor = cursor.map(|cursor| cursor.to_string());
+    let state = state.map(DeliveryState::as_str);
+    let found = transaction!(db, |tx| {
+        tx.query(
+            &format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
+                 AND ($2::TEXT IS NULL OR state = $2) AND ($3::TEXT IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
+            ),
+            &[&subscription_id.as_str(), &state, &cursor, &(limit as i64 + 1)],
+        )
+        .await?
+    })?;
+    let more = found.len() > limit;
+    let page: Vec<Delivery> = found
+        .iter()
+        .take(limit)
+        .map(|row| rows::delivery(row).map(|row| row.delivery))
+        .collect::<Result<_, _>>()?;
+    let next = if more { page.last().map(|last| last.id.clone()) } else { None };
+    Ok((page, next))
+}
+
+async fn redeliver(
+    db: Db,
+    subscription: Subscription,
+    id: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    let now = now_millis();
+    let result = transaction!(db, |tx| {
+        match select_delivery(&tx, &id, true).await? {
+            Some(before) if before.delivery.subscription_id == subscription.id => {
+                let mut after = before.delivery.clone();
+                if after.redeliver(subscription.is_deliverable(), now) {
+                    store_delivery(&tx, Some(&before), &after, now).await?;
+                    if after.state == DeliveryState::Pending {
+                        let queued = QueueNotice::Queued {
+                            subscription_id: subscription.id.clone(),
+                            due: now,
+                            delivery_id: id.clone(),
+                        };
+                        hint(&db, &tx, &[queued]).await?;
+                    }
+                }
+                Some(after)
+            }
+            _ => None,
+        }
+    })?;
+    if let Some(delivery) = &result {
+        if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
+            announce(
+                &db,
+                QueueNotice::Queued { subscription_id: subscription.id.clone(), due: now, delivery_id: id },
+            );
+        }
+    }
+    Ok(result)
+}
+
+async fn subscriptions_with_queue(db: Db) -> Result<Vec<SubscriptionId>, StoreError> {
+    let found = transaction!(db, |tx| {
+        tx.query("SELECT DISTINCT subscription_id FROM deliveries WHERE state = 'pending'", &[]).await?
+    })?;
+    found.iter().map(|row| rows::subscription_id(row.get::<_, &str>(0))).collect()
+}
+
+async fn queued_after(
+    db: Db,
+    subscription_id: SubscriptionId,
+    after: Option<(Millis, DeliveryId)>,
+    limit: usize,
+) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
+    let (due, id) = match &after {
+        Some((due, id)) => (Some(sql_millis(*due)), Some(id.to_string())),
+        None => (None, None),
+    };
+    let found = transaction!(db, |tx| {
+        tx.query(
+            "SELECT next_attempt_at, id FROM deliveries WHERE subscription_id = $1 AND state = 'pending' \
+             AND ($2::BIGINT IS NULL OR (next_attempt_at, id) > ($2, $3)) ORDER BY next_attempt_at, id LIMIT $4",
+            &[&subscription_id.as_str(), &due, &id, &(limit.min(i64::MAX as usize) as i64)],
+        )
+        .await?
+    })?;
+    found
+        .iter()
+        .map(|row| Ok((row.get::<_, i64>(0).max(0) as Millis, rows::delivery_id(row.get::<_, &str>(1))?)))
+        .collect()
+}
+
+async fn claim(
+    db: Db,
+    subscription_id: SubscriptionId,
+    due: Millis,
+    id: DeliveryId,
+    cap: usize,
+) -> Result<Claim, StoreError> {
+    let now = now_millis();
+    transaction!(db, |tx| {
+        // The subscription's row lock orders every claim of this subscription, on every node.
+        let subscription = select_subscription(&tx, &subscription_id, true).await?;
+        let row = select_delivery(&tx, &id, true).await?;
+        match (subscription, row) {
+            (None, _) => {
+                // Deleted: a delivery a publish wrote meanwhile goes too.
+                let gone = tx
+                    .query("DELETE FROM deliveries WHERE id = $1 RETURNING event_id", &[&id.as_str()])
+                    .await?;
+                release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
+                Claim::Stale
+            }
+            (Some(_), None) => Claim::Stale,
+            (Some(_), Some(row))
+                if row.delivery.state != DeliveryState::Pending
+                    || row.delivery.next_attempt_at != Some(due) =>
+            {
+                Claim::Stale
+            }
+            (Some(_), Some(row)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
+            (Some(subscription), Some(row)) => {
+                let mut busy = false;
+                if subscription.is_deliverable() {
+                    let under_way: i64 = tx
+                        .query_one(
+                            "SELECT count(*) FROM deliveries WHERE subscription_id = $1 AND claimed_by IS NOT NULL \
+                             AND claimed_until > $2",
+                            &[&subscription_id.as_str(), &sql_millis(now)],
+                        )
+                        .await?
+                        .get(0);
+                    busy = under_way.max(0) as usize >= cap;
+                    if !busy {
+                        tx.execute(
+                            "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1",
+                            &[&id.as_str(), &db.0.node, &sql_millis(now + db.0.lease)],
+                        )
+                        .await?;
+                    }
+                }
+                let event_row = tx
+                    .query_opt(
+                        "SELECT id, tenant_id, event_type, created_at, body, live_deliveries FROM events WHERE id = $1",
+                        &[&row.delivery.event_id.as_str()],
+                    )
+                    .await?;
+                match (busy, event_row) {
+                    (true, _) => Claim::Busy,
+                    (false, None) => Claim::Stale,
+                    (false, Some(event_row)) => Claim::Ready(Box::new(AttemptContext {
+                        delivery: row.delivery,
+                        subscription: Arc::new(subscription),
+                        event: Arc::new(rows::event(&event_row)?),
+                    })),
+                }
+            }
+        }
+    })
+}
+
+/// Holding follows the record (`lifecycle::hold`), whatever due time the entry had.
+async fn hold(
+    db: Db,
+    subscription_id: SubscriptionId,
+    _due: Millis,
+    id: DeliveryId,
+) -> Result<(), StoreError> {
+    let now = now_millis();
+    transaction!(db, |tx| {
+        if let Some(before) = select_delivery(&tx, &id, true).await? {
+            let mut after = before.delivery.clone();
+            if after.hold() {
+                store_delivery(&tx, Some(&before), &after, now).await?;
+            }
+        }
+    })?;
+    // The race with an un-pause: whoever commits a hold re-reads the subscription afterwards.
+    let deliverable = transaction!(db, |tx| select_subscription(&tx, &subscription_id, false).await?)?
+        .is_some_and(|subscription| subscription.is_deliverable());
+    if deliverable {
+        release_held(db, subscription_id).await?;
+    }
+    Ok(())
+}
+
+async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, StoreError> {
+    let (disabled, retries) = transaction!(db, |tx| {
+        // Lock the subscriptions in one order on every node (no deadlock between recorders).
+        let mut touched: BTreeMap<String, Option<Subscription>> = BTreeMap::new();
+        for record in &records {
+            touched.entry(record.subscription_id.to_string()).or_insert(None);
+        }
+        let ids: Vec<String> = touched.keys().cloned().collect();
+        for id in ids {
+            if let Some(id_typed) = SubscriptionId::parse(&id) {
+                touched.insert(id, select_subscription(&tx, &id_typed, true).await?);
+            }
+        }
+        let mut disabled = 0;
+        let mut retries = Vec::new();
+        for record in &records {
+            let AttemptRecord { subscription_id, delivery_id, attempt, decision, .. } = record;
+            let ended = attempt.at + Millis::from(attempt.duration_ms);
+            let Some(before) = select_delivery(&tx, delivery_id, true).await? else { continue };
+            let mut after = before.delivery.clone();
+            after.record_attempt(attempt.clone(), decision, ended);
+            store_delivery(&tx, Some(&before), &after, ended).await?;
+            if let Some(Some(subscription)) = touched.get_mut(subscription_id.as_str()) {
+                disabled += usize::from(subscription.apply_outcome(attempt, decision));
+            }
+            if let crate::lifecycle::AttemptDecision::Retry { due } = decision {
+                retries.push((subscription_id.clone(), *due, delivery_id.clone()));
+            }
+        }
+        for subscription in touched.values().flatten() {
+            update_subscription_row(&tx, subscription).await?;
+        }
+        (disabled, retries)
+    })?;
+    for (subscription_id, due, delivery_id) in retries {
+        announce(&db, QueueNotice::Queued { subscription_id, due, delivery_id });
+    }
+    Ok(disabled)
+}
+
+async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, StoreError> {
+    let mut released = 0;
+    loop {
+        let now = now_millis();
+        let batch = transaction!(db, |tx| {
+            let found = tx
+                .query(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 AND state = 'held' \
+                         LIMIT $2 FOR UPDATE"
+                    ),
+                    &[&subscription_id.as_str(), &BATCH],
+                )
+                .await?;
+            for row in &found {
+                let before = rows::delivery(row)?;
+                let mut after = before.delivery.clone();
+                if after.release(now) {
+                    store_delivery(&tx, Some(&before), &after, now).await?;
+                }
+            }
+            if !found.is_empty() {
+                hint(&db, &tx, &[QueueNotice::Rescan { subscription_id: subscription_id.clone() }]).await?;
+            }
+            found.len()
+        })?;
+        released += batch;
+        if batch < BATCH as usize {
+            break;
+        }
+    }
+    if released > 0 {
+        announce(&db, QueueNotice::Rescan { subscription_id });
+    }
+    Ok(released)
+}
+
+async fn release_all_deliverable(db: Db) -> Result<usize, StoreError> {
+    let found = transaction!(db, |tx| {
+        tx.query(
+            "SELECT DISTINCT d.subscription_id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id \
+             WHERE d.state = 'held' AND s.is_active AND NOT s.is_paused",
+            &[],
+        )
+        .await?
+    })?;
+    let mut released = 0;
+    for row in &found {
+        released += release_held(db.clone(), rows::subscription_id(row.get::<_, &str>(0))?).await?;
+    }
+    Ok(released)
+}
+
+async fn expire_held(db: Db, now: Millis, retention: Millis) -> Result<usize, StoreError> {
+    let cutoff = sql_millis(now.saturating_sub(retention));
+    let mut expired = 0;
+    loop {
+        let batch = transaction!(db, |tx| {
+            let found = tx
+                .query(
+                    &format!(
+                        "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'held' AND held_since < $1 \
+                         LIMIT $2 FOR UPDATE"
+                    ),
+                    &[&cutoff, &BATCH],
+                )
+                .await?;
+            let mut done = 0;
+            for row in &found {
+                let before = rows::delivery(row)?;
+                let mut after = before.delivery.clone();
+                if after.expire(now) {
+                    store_delivery(&tx, Some(&before), &after, now).await?;
+                    done += 1;
+                }
+            }
+            (found.len(), done)
+        })?;
+        expired += batch.1;
+        if batch.0 < BATCH as usize {
+            return Ok(expired);
+        }
+    }
+}
+
+async fn purge_finished(db: Db, now: Millis, retention: Millis) -> Result<usize, StoreError> {
+    let cutoff = sql_millis(now.saturating_sub(retention));
+    let mut purged = 0;
+    loop {
+        let batch = transaction!(db, |tx| {
+            let gone = tx
+                .query(
+                    "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE finished_at < $1 \
+                     AND state IN ('succeeded', 'failed', 'expired') LIMIT $2) RETURNING event_id",
+                    &[&cutoff, &BATCH],
+                )
+                .await?;
+            let count = gone.len();
+            release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
+            count
+        })?;
+        purged += batch;
+        if batch < BATCH as usize {
+            return Ok(purged);
+        }
+    }
+}
+
+async fn purge_idempotency(db: Db, now: Millis) -> Result<usize, StoreError> {
+    let cutoff = sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS));
+    let purged = transaction!(db, |tx| tx
+        .execute("DELETE FROM idempotency WHERE created_at <= $1", &[&cutoff])
+        .await?)?;
+    Ok(purged as usize)
+}
+
+async fn purge_deleted_subscriptions(db: Db) -> Result<usize, StoreError> {
+    let found = transaction!(db, |tx| tx.query("SELECT id FROM deleted_subscriptions", &[]).await?)?;
+    for row in &found {
+        purge_subscription_data(db.clone(), rows::subscription_id(row.get::<_, &str>(0))?).await?;
+    }
+    Ok(found.len())
+}
+
+/// Inserts exported records, keeping rows already there (a migration can run again).
+async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), StoreError> {
+    use crate::store::Exported;
+    transaction!(db, |tx| {
+        for record in &records {
+            match record {
+                Exported::Subscription(subscription) => {
+                    if select_subscription(&tx, &subscription.id, false).await?.is_none() {
+                        insert_subscription(&tx, subscription).await?;
+                    }
+                }
+                Exported::Event(event) => {
+                    let exists =
+                        tx.query_opt("SELECT 1 FROM events WHERE id = $1", &[&event.id.as_str()]).await?;
+                    if exists.is_none() {
+                        insert_event(&tx, event).await?;
+                    }
+                }
+                Exported::Delivery(delivery, held_since) => {
+                    if select_delivery(&tx, &delivery.id, false).await?.is_none() {
+                        let now = held_since.unwrap_or(0);
+                        store_delivery(&tx, None, delivery, now).await?;
+                    }
+                }
+                Exported::Idempotency { tenant_id, client_id, record } => {
+                    tx.execute(
+                        "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
+                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO NOTHING",
+                        &[
+                            tenant_id,
+                            client_id,
+                            &sql_millis(record.created_at),
+                            &record.event_id,
+                            &(record.deliveries as i32),
+                            &record.fingerprint.as_ref().map(|fingerprint| fingerprint.as_slice()),
+                        ],
+                    )
+                    .await?;
+                }
+            }
+        }
+    })
+}
+
+/// Sets every tenant's subscription count from the subscriptions stored (after an import).
+async fn finish_import(db: Db) -> Result<(), StoreError> {
+    transaction!(db, |tx| {
+        tx.execute(
+            "INSERT INTO tenant_counts (tenant_id, subscriptions) \
+             SELECT tenant_id, count(*)::INT FROM subscriptions GROUP BY tenant_id \
+             ON CONFLICT (tenant_id) DO UPDATE SET subscriptions = EXCLUDED.subscriptions",
+            &[],
+        )
+        .await?;
+    })
+}
+
+impl PgStore {
+    /// Stores exported records (`store::migrate_sled_to_postgres`).
+    pub(crate) fn import(&self, records: Vec<crate::store::Exported>) -> Result<(), StoreError> {
+        self.block(move |db| import(db, records))
+    }
+
+    /// Recounts subscriptions per tenant once every record is in.
+    pub(crate) fn finish_import(&self) -> Result<(), StoreError> {
+        self.block(finish_import)
+    }
+}
+
+async fn queue_depth(db: Db) -> Result<(usize, usize), StoreError> {
+    let row = transaction!(db, |tx| {
+        tx.query_one(
+            "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
+             (SELECT count(*) FROM deliveries WHERE state = 'held')",
+            &[],
+        )
+        .await?
+    })?;
+    Ok((row.get::<_, i64>(0).max(0) as usize, row.get::<_, i64>(1).max(0) as usize))
+}
+
+async fn database_size(db: Db) -> Result<u64, StoreError> {
+    let row =
+        transaction!(db, |tx| tx.query_one("SELECT pg_database_size(current_database())", &[]).await?)?;
+    Ok(row.get::<_, i64>(0).max(0) as u64)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The storage interface.
+
+impl Subscriptions for PgStore {
+    fn create_subscription(&self, subscription: &Subscription, max_webhooks: u32) -> Result<(), StoreError> {
+        let subscription = subscription.clone();
+        self.block(move |db| create_subscription(db, subscription, max_webhooks))
+    }
+
+    fn subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_owned(), id.clone());
+        self.block(move |db| subscription(db, tenant_id, id))
+    }
+
+    fn list_subscriptions(
+        &self,
+        tenant_id: &str,
+        limit: usize,
+        cursor: Option<&SubscriptionId>,
+    ) -> Result<Page<Subscription, SubscriptionId>, StoreError> {
+        let (tenant_id, cursor) = (tenant_id.to_owned(), cursor.cloned());
+        self.block(move |db| list_subscriptions(db, tenant_id, limit, cursor))
+    }
+
+    fn update_subscription(
+        &self,
+        tenant_id: &str,
+        id: &SubscriptionId,
+        change: SubscriptionChange,
+    ) -> Result<Option<Subscription>, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_owned(), id.clone());
+        self.block(move |db| update_subscription(db, tenant_id, id, change))
+    }
+
+    fn delete_subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<bool, StoreError> {
+        let (tenant_id, id) = (tenant_id.to_owned(), id.clone());
+        self.block(move |db| delete_subscription(db, tenant_id, id))
+    }
+}
+
+impl Publishing for PgStore {
+    fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Vec<Published>, StoreError>> {
+        Box::pin(self.spawn(move |db| publish(db, request)))
+    }
+}
+
+impl DeliveryLog for PgStore {
+    fn delivery(
+        &self,
+        subscription_id: &SubscriptionId,
+        delivery_id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let (subscription_id, delivery_id) = (subscription_id.clone(), delivery_id.clone());
+        self.block(move |db| delivery(db, subscription_id, delivery_id))
+    }
+
+    fn event(&self, event_id: &EventId) -> Result<Option<Event>, StoreError> {
+        let event_id = event_id.clone();
+        self.block(move |db| event(db, event_id))
+    }
+
+    fn list_deliveries(
+        &self,
+        subscription_id: &SubscriptionId,
+        state: Option<DeliveryState>,
+        limit: usize,
+        cursor: Option<&DeliveryId>,
+    ) -> Result<Page<Delivery, DeliveryId>, StoreError> {
+        let (subscription_id, cursor) = (subscription_id.clone(), cursor.cloned());
+        self.block(move |db| list_deliveries(db, subscription_id, state, limit, cursor))
+    }
+
+    fn redeliver(
+        &self,
+        subscription: &Subscription,
+        delivery_id: &DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let (subscription, delivery_id) = (subscription.clone(), delivery_id.clone());
+        self.block(move |db| redeliver(db, subscription, delivery_id))
+    }
+}
+
+impl DueWork for PgStore {
+    fn subscriptions_with_queue(&self) -> Result<Vec<SubscriptionId>, StoreError> {
+        self.block(subscriptions_with_queue)
+    }
+
+    fn queued_after(
+        &self,
+        subscription_id: &SubscriptionId,
+        after: Option<(Millis, &DeliveryId)>,
+        limit: usize,
+    ) -> Result<Vec<(Millis, DeliveryId)>, StoreError> {
+        let subscription_id = subscription_id.clone();
+        let after = after.map(|(due, id)| (due, id.clone()));
+        self.block(move |db| queued_after(db, subscription_id, after, limit))
+    }
+
+    fn claim(
+        &self,
+        subscription_id: &SubscriptionId,
+        due: Millis,
+        delivery_id: &DeliveryId,
+        cap: usize,
+    ) -> Result<Claim, StoreError> {
+        let (subscription_id, delivery_id) = (subscription_id.clone(), delivery_id.clone());
+        self.block(move |db| claim(db, subscription_id, due, delivery_id, cap))
+    }
+
+    fn hold(
+        &self,
+        subscription_id: &SubscriptionId,
+        due: Millis,
+        delivery_id: &DeliveryId,
+    ) -> Result<(), StoreError> {
+        let (subscription_id, delivery_id) = (subscription_id.clone(), delivery_id.clone());
+        self.block(move |db| hold(db, subscription_id, due, delivery_id))
+    }
+
+    fn dispatch_paused(&self) -> bool {
+        self.status().0 != "ok"
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(POLL_INTERVAL)
+    }
+}
+
+impl Outcomes for PgStore {
+    fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError> {
+        let records = records.to_vec();
+        self.block(move |db| record_attempts(db, records))
+    }
+}
+
+impl Retention for PgStore {
+    fn expire_held(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        self.block(move |db| expire_held(db, now, retention_ms))
+    }
+
+    fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
+        self.block(move |db| purge_finished(db, now, retention_ms))
+    }
+
+    fn purge_idempotency(&self, now: Millis) -> Result<usize, StoreError> {
+        self.block(move |db| purge_idempotency(db, now))
+    }
+
+    fn purge_deleted_subscriptions(&self) -> Result<usize, StoreError> {
+        self.block(purge_deleted_subscriptions)
+    }
+
+    fn release_all_deliverable(&self) -> Result<usize, StoreError> {
+        self.block(release_all_deliverable)
+    }
+}
+
+async fn shared_key(db: Db, name: String) -> Result<[u8; 32], StoreError> {
+    let fresh = crate::model::random_bytes::<32>();
+    let row = transaction!(db, |tx| {
+        tx.execute(
+            "INSERT INTO shared_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &fresh.as_slice()],
+        )
+        .await?;
+        tx.query_one("SELECT key FROM shared_keys WHERE name = $1", &[&name]).await?
+    })?;
+    let key: Vec<u8> = row.get(0);
+    <[u8; 32]>::try_from(key).map_err(|_| StoreError::Corrupt(format!("shared key {name:?} is not 32 bytes")))
+}
+
+/// A key in the `shared_keys` table: the first node to ask makes it, every node reads the same.
+impl SharedKeys for PgStore {
+    fn shared_key(&self, name: &str) -> Result<[u8; 32], StoreError> {
+        let name = name.to_owned();
+        self.block(move |db| shared_key(db, name))
+    }
+}
+
+impl Vitals for PgStore {
+    fn status(&self) -> (&'static str, Option<String>) {
+        let status = &self.db.0.status;
+        if let Some(reason) = status.failure.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+        {
+            return ("unavailable", Some(reason));
+        }
+        let last_ok = status.last_ok.load(Ordering::Relaxed);
+        if now_millis().saturating_sub(last_ok) > PROBE_OVERDUE.as_millis() as Millis {
+            let reason =
+                format!("the database has not answered a check for over {} s", PROBE_OVERDUE.as_secs());
+            return ("stalled", Some(reason));
+        }
+        ("ok", None)
+    }
+
+    fn queue_depth(&self) -> (usize, usize) {
+        self.block(queue_depth).unwrap_or((0, 0))
+    }
+
+    fn figures(&self) -> StorageFigures {
+        let status = &self.db.0.status;
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        StorageFigures {
+            errors: vec![
+                ("unreachable", get(&status.unreachable)),
+                ("stalled", get(&status.stalled)),
+                ("corrupt", get(&status.corrupt)),
+                ("io", get(&status.other)),
+            ],
+            free_bytes: None,
+            size_bytes: self.block(database_size).unwrap_or(0),
+            flushes: 0,
+            flushed_writes: 0,
+        }
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        // Every write committed before it returned.
+        Box::pin(async { Ok(()) })
+    }
+}
