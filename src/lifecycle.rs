@@ -1,7 +1,7 @@
 //! The delivery and subscription lifecycles, as pure functions of the model: every state change
 //! of a [`Delivery`] and every disable, re-enable and outcome of a [`Subscription`] is written
 //! here and nowhere else. No I/O and no clock: the instant is an argument. Storage turns a
-//! delivery's (before, after) pair into its index moves (`store::index`), so a transaction
+//! delivery's (before, after) pair into its index moves (`store::embedded::index` for sled), so a transaction
 //! never restates which keys a state needs.
 //!
 //! ```text
@@ -19,6 +19,7 @@
 
 use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryState, EventId, LastDeliveryStatus, Millis, Subscription,
+    MAX_LOGGED_ATTEMPTS,
 };
 
 /// What happens after an attempt, decided by the engine's retry policy
@@ -64,7 +65,7 @@ impl Delivery {
     /// the attempt was under way: what happened, happened); a retry moves a `pending` delivery's
     /// due time and leaves a `held` one held. A finished delivery only gains the log entry.
     pub fn record_attempt(&mut self, attempt: Attempt, decision: &AttemptDecision, now: Millis) {
-        self.push_attempt(attempt);
+        push_attempt(self, attempt);
         if self.state.is_finished() {
             return;
         }
@@ -133,6 +134,33 @@ impl Delivery {
     }
 }
 
+/// When a delivery stored as `after` has been held since — the instant `hold_retention` counts
+/// from: kept from `before` while it stays held (`now` if the stored record had no instant),
+/// `now` when it becomes held, none when it is not held. `before` is the stored state and
+/// instant, `None` for a new delivery. (The sled backend keeps the instant as the `held` index
+/// value, written only when the delivery becomes held; PostgreSQL keeps it in `held_since`.)
+pub fn held_since(
+    before: Option<(DeliveryState, Option<Millis>)>,
+    after: DeliveryState,
+    now: Millis,
+) -> Option<Millis> {
+    match (before, after) {
+        (Some((DeliveryState::Held, since)), DeliveryState::Held) => since.or(Some(now)),
+        (_, DeliveryState::Held) => Some(now),
+        _ => None,
+    }
+}
+
+/// Logs an attempt (the oldest go first beyond [`MAX_LOGGED_ATTEMPTS`]) and counts it in the
+/// round that drives the backoff.
+fn push_attempt(delivery: &mut Delivery, attempt: Attempt) {
+    if delivery.attempts.len() >= MAX_LOGGED_ATTEMPTS {
+        delivery.attempts.remove(0);
+    }
+    delivery.attempts.push(attempt);
+    delivery.attempts_in_round += 1;
+}
+
 impl Subscription {
     /// Turns an active subscription off with `reason` at `at`. Returns false (and changes
     /// nothing) when it was already disabled, so a disable is counted once.
@@ -144,6 +172,15 @@ impl Subscription {
         self.disable_reason = Some(reason.to_owned());
         self.disabled_at = Some(at);
         true
+    }
+
+    /// Pauses (`true`) or resumes (`false`) deliveries: a paused subscription's new and due
+    /// deliveries are held, and resuming releases them (storage does, when the change makes the
+    /// subscription deliverable again). Returns whether anything changed.
+    pub fn set_paused(&mut self, paused: bool) -> bool {
+        let changed = self.is_paused != paused;
+        self.is_paused = paused;
+        changed
     }
 
     /// Turns a disabled subscription back on: clears the reason and the failure counter (the
@@ -203,6 +240,31 @@ mod tests {
 
     fn attempt() -> Attempt {
         Attempt { at: 100, duration_ms: 7, response_code: Some(503), error: Some("HTTP 503".into()) }
+    }
+
+    #[test]
+    fn hold_retention_counts_from_when_a_delivery_became_held() {
+        for (before, after, expected) in [
+            (None, Held, Some(50)),
+            (None, Pending, None),
+            (Some((Pending, None)), Held, Some(50)),
+            (Some((Held, Some(10))), Held, Some(10)),
+            (Some((Held, None)), Held, Some(50)),
+            (Some((Held, Some(10))), Pending, None),
+            (Some((Held, Some(10))), Expired, None),
+        ] {
+            assert_eq!(held_since(before, after, 50), expected, "{before:?} → {after:?}");
+        }
+    }
+
+    #[test]
+    fn pausing_and_resuming_report_a_change_once() {
+        let mut paused = subscription(true, false);
+        assert!(paused.set_paused(true));
+        assert!(!paused.set_paused(true));
+        assert!(!paused.is_deliverable());
+        assert!(paused.set_paused(false));
+        assert!(paused.is_deliverable());
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Domain types and identifiers: subscriptions, events, deliveries and their attempts.
 //! Plain data, no I/O and no clock: times are unix milliseconds handed in by the caller.
 //!
-//! These are not the on-disk shapes: storage keeps its own frozen records (`store::records`)
+//! These are not the on-disk shapes: storage keeps its own frozen records (sled:
+//! `store::embedded::records`; PostgreSQL: its tables)
 //! and converts, so a field here can change without touching what is stored.
 
 use serde::Serialize;
@@ -44,7 +45,7 @@ fn next_ulid(slot: usize, at: Millis) -> ulid::Ulid {
 
 /// Defines an identifier type: prefix + ULID (Crockford base32, 26 characters), so ids sort by
 /// creation time and every id of a kind is exactly [`Self::LEN`] ASCII bytes — the fixed width
-/// the storage key encodings rely on (`store::keys`). Only [`Self::new`] and [`Self::parse`]
+/// the sled key encodings rely on (`store::embedded::keys`). Only [`Self::new`] and [`Self::parse`]
 /// (which validates) make one, so a value of the type is always well-formed.
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal, $slot:literal) => {
@@ -375,16 +376,6 @@ pub struct Delivery {
     pub next_attempt_at: Option<Millis>,
     pub created_at: Millis,
     pub finished_at: Option<Millis>,
-}
-
-impl Delivery {
-    pub fn push_attempt(&mut self, attempt: Attempt) {
-        if self.attempts.len() >= MAX_LOGGED_ATTEMPTS {
-            self.attempts.remove(0);
-        }
-        self.attempts.push(attempt);
-        self.attempts_in_round += 1;
-    }
 }
 
 #[cfg(test)]

@@ -42,7 +42,47 @@ use crate::model::{DeliveryId, DeliveryState, EventId, LastDeliveryStatus, Subsc
 pub fn document_for(event_types: &[String]) -> Value {
     let mut document = serde_json::to_value(document()).expect("an OpenAPI document serializes");
     document["components"]["schemas"][EventType::name().as_ref()]["enum"] = json!(event_types);
+    refuse_reserved_header_names(&mut document);
     document
+}
+
+/// Adds `not` (which utoipa 5 cannot express) to every custom-header `propertyNames`: the names
+/// the daemon sets itself (`webhooks::RESERVED_HEADERS`, `RESERVED_HEADER_PREFIXES`), in any
+/// case, are refused by validation, so the document says so.
+fn refuse_reserved_header_names(value: &mut Value) {
+    use crate::api::webhooks::{RESERVED_HEADERS, RESERVED_HEADER_PREFIXES};
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| match c.is_ascii_alphabetic() {
+                true => format!("[{}{}]", c.to_ascii_uppercase(), c.to_ascii_lowercase()),
+                false => regex_escape(c),
+            })
+            .collect()
+    };
+    let names: Vec<String> = RESERVED_HEADERS.iter().map(|name| any_case(name)).collect();
+    let prefixes: Vec<String> = RESERVED_HEADER_PREFIXES.iter().map(|prefix| any_case(prefix)).collect();
+    let reserved = format!("^(({})$|({}))", names.join("|"), prefixes.join("|"));
+    match value {
+        Value::Object(object) => {
+            // The custom-header maps are the objects with both a name rule and a size limit.
+            let headers = object.contains_key("maxProperties");
+            if let Some(Value::Object(names)) = object.get_mut("propertyNames").filter(|_| headers) {
+                names.insert("not".into(), json!({ "pattern": reserved }));
+            }
+            object.values_mut().for_each(refuse_reserved_header_names);
+        }
+        Value::Array(items) => items.iter_mut().for_each(refuse_reserved_header_names),
+        _ => {}
+    }
+}
+
+fn regex_escape(c: char) -> String {
+    match c {
+        '.' | '-' | '+' | '*' | '?' | '(' | ')' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | '\\' => {
+            format!("\\{c}")
+        }
+        _ => c.to_string(),
+    }
 }
 
 /// The whole document, without the catalogue's `enum` (see [`document_for`]).

@@ -560,7 +560,7 @@ impl ValidPatch {
             subscription.retry_delay_seconds = retry_delay;
         }
         if let Some(is_paused) = self.is_paused {
-            subscription.is_paused = is_paused;
+            subscription.set_paused(is_paused);
         }
         // Re-enabling clears the reason and gives the endpoint a clean slate (crate::lifecycle).
         match self.is_active {
@@ -679,25 +679,29 @@ fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, Ap
     Ok(events.to_vec())
 }
 
+/// Header names (lowercase) a subscription cannot set: the daemon sets them itself, or they
+/// would break the request framing.
+pub const RESERVED_HEADERS: [&str; 11] = [
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "user-agent",
+];
+
+/// Prefixes (lowercase) of header names a subscription cannot set.
+pub const RESERVED_HEADER_PREFIXES: [&str; 3] = ["x-atender-", "webhook-", "proxy-"];
+
 /// Header names the daemon sets itself or that would break the request framing.
 fn is_reserved_header(lowercase_name: &str) -> bool {
-    const RESERVED: [&str; 11] = [
-        "host",
-        "content-length",
-        "content-type",
-        "content-encoding",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "upgrade",
-        "te",
-        "trailer",
-        "user-agent",
-    ];
-    RESERVED.contains(&lowercase_name)
-        || lowercase_name.starts_with("x-atender-")
-        || lowercase_name.starts_with("webhook-")
-        || lowercase_name.starts_with("proxy-")
+    RESERVED_HEADERS.contains(&lowercase_name)
+        || RESERVED_HEADER_PREFIXES.iter().any(|prefix| lowercase_name.starts_with(prefix))
 }
 
 fn validate_headers(headers: Option<&Map<String, Value>>) -> Result<Vec<(String, String)>, ApiError> {

@@ -107,7 +107,10 @@ impl Scheduler {
                     self.dispatch(&id);
                 }
             }
-            Err(err) => tracing::error!(error = %err, "cannot scan the delivery queue at start-up"),
+            Err(err) => {
+                beat.error();
+                tracing::error!(error = %err, "cannot scan the delivery queue at start-up");
+            }
         }
         let poll_every = self.store.poll_interval().map(|every| every.as_millis() as Millis);
         let mut polled_at = now_millis();
@@ -117,7 +120,10 @@ impl Scheduler {
             if let Some(every) = poll_every {
                 if now.saturating_sub(polled_at) >= every {
                     polled_at = now;
-                    self.poll();
+                    if let Err(err) = self.poll() {
+                        beat.error();
+                        tracing::warn!(error = %err, "cannot poll the delivery queue");
+                    }
                 }
             }
             let sleep = self
@@ -160,15 +166,11 @@ impl Scheduler {
     /// Looks for queued work by itself (backends shared by several nodes, which see other
     /// nodes' writes only as hints): every subscription with queued work is rescanned, so work
     /// another node queued, or left when it died, is found within one poll interval.
-    fn poll(&mut self) {
-        match self.store.subscriptions_with_queue() {
-            Ok(subscriptions) => {
-                for subscription_id in subscriptions {
-                    self.on_notice(QueueNotice::Rescan { subscription_id });
-                }
-            }
-            Err(err) => tracing::warn!(error = %err, "cannot poll the delivery queue"),
+    fn poll(&mut self) -> Result<(), crate::store::StoreError> {
+        for subscription_id in self.store.subscriptions_with_queue()? {
+            self.on_notice(QueueNotice::Rescan { subscription_id });
         }
+        Ok(())
     }
 
     fn on_notice(&mut self, notice: QueueNotice) {

@@ -47,7 +47,7 @@ use crate::model::{
     Attempt, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
 
-pub use embedded::{IdempotencyRecord, SledStore};
+pub use embedded::SledStore;
 pub use postgres::PgStore;
 
 /// A boxed future, for the interface's asynchronous methods (trait objects cannot have `async fn`).
@@ -165,11 +165,16 @@ pub enum Exported {
     Event(Event),
     /// A delivery, and since when it is held (a held one's `hold_retention` counts from there).
     Delivery(Delivery, Option<Millis>),
-    /// A client idempotency id of a tenant and its remembered answer.
+    /// A client idempotency id of a tenant and its remembered answer: when it was first
+    /// accepted (Unix ms), the event and its delivery count, the request's fingerprint (`None`
+    /// for ids stored before fingerprints were kept).
     Idempotency {
         tenant_id: String,
         client_id: String,
-        record: IdempotencyRecord,
+        created_at: Millis,
+        event_id: EventId,
+        deliveries: u32,
+        fingerprint: Option<[u8; 32]>,
     },
 }
 

@@ -20,6 +20,17 @@ pub fn suite_uses_postgres() -> bool {
     }
 }
 
+/// How many daemons each test daemon is under `ATENDER_TEST_STORAGE=postgres`:
+/// `ATENDER_TEST_NODES=2` starts a second one on the same database and sends every other request
+/// to it (a load balancer's view); unset, one.
+pub fn suite_nodes() -> usize {
+    match std::env::var("ATENDER_TEST_NODES").as_deref() {
+        Ok("2") => 2,
+        Ok("1") | Ok("") | Err(_) => 1,
+        Ok(other) => panic!("ATENDER_TEST_NODES must be 1 or 2, not {other:?}"),
+    }
+}
+
 /// A running cluster; stopped (immediately) when dropped.
 pub struct PgCluster {
     dir: tempfile::TempDir,

@@ -261,6 +261,10 @@ pub struct TestDaemon {
     /// The test's own PostgreSQL cluster, when the setup's storage is `Storage::Suite` under
     /// `ATENDER_TEST_STORAGE=postgres` (kept across restarts).
     pub pg: Option<Arc<crate::pg::PgCluster>>,
+    /// A second daemon on the same database (`ATENDER_TEST_NODES=2` on PostgreSQL): requests
+    /// alternate between the two, as behind a load balancer.
+    peer: Option<Daemon>,
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 impl TestDaemon {
@@ -297,6 +301,9 @@ impl TestDaemon {
                 Err(err) => panic!("daemon does not start: {err:#}"),
             }
         };
+        let peer = (matches!(setup.storage, Storage::Postgres(_)) && crate::pg::suite_nodes() == 2).then(|| {
+            runtime.block_on(Daemon::start(config.clone())).unwrap_or_else(|err| panic!("second node: {err:#}"))
+        });
         TestDaemon {
             addr: daemon.local_addr(),
             data_dir,
@@ -305,6 +312,8 @@ impl TestDaemon {
             daemon: Some(daemon),
             _dir: dir,
             pg,
+            peer,
+            turn: Default::default(),
         }
     }
 
@@ -321,7 +330,10 @@ impl TestDaemon {
     /// Shuts down with a short grace; returns whether everything finished in time.
     pub fn stop(&mut self) -> bool {
         let (Some(runtime), Some(daemon)) = (self.runtime.take(), self.daemon.take()) else { return true };
-        let finished = runtime.block_on(daemon.shutdown(Duration::from_secs(5))).expect("clean shutdown");
+        let mut finished = runtime.block_on(daemon.shutdown(Duration::from_secs(5))).expect("clean shutdown");
+        if let Some(peer) = self.peer.take() {
+            finished &= runtime.block_on(peer.shutdown(Duration::from_secs(5))).expect("clean shutdown");
+        }
         runtime.shutdown_timeout(Duration::from_secs(5));
         finished
     }
@@ -336,8 +348,18 @@ impl TestDaemon {
         self.daemon().store().subscription(tenant, &id).expect("storage reads")
     }
 
+    /// The URL of `path` on this daemon — on one of the two nodes in turn when there are two.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.peer {
+            Some(peer) if turn % 2 == 1 => format!("http://{}{}", peer.local_addr(), path),
+            _ => format!("http://{}{}", self.addr, path),
+        }
+    }
+
+    /// The second node, when the suite runs two (see [`TestDaemon::url`]).
+    pub fn peer(&self) -> Option<&Daemon> {
+        self.peer.as_ref()
     }
 
     /// A JSON request with a bearer key.

@@ -325,13 +325,19 @@ impl Trees {
         let mut purged = 0;
         for entry in self.finished.range(..keys::timed(cutoff, b"")) {
             let (key, _) = entry?;
-            self.finished.remove(&key)?;
-            if let Some(delivery_id) = keys::finished_delivery(&key) {
-                // A delivery redelivered since it finished is no longer finished: keep it.
-                let finished_still = self.delivery(&delivery_id)?.is_some_and(|d| d.state.is_finished());
-                if finished_still {
-                    self.remove_delivery(&delivery_id)?;
+            let delivery = match keys::finished_delivery(&key) {
+                Some(delivery_id) => self.delivery(&delivery_id)?,
+                None => None,
+            };
+            match delivery {
+                // Its key goes with the record, in the record's transaction.
+                Some(delivery) if delivery.state.is_finished() => {
+                    self.remove_delivery(&delivery.id)?;
                     purged += 1;
+                }
+                // A stray key: its record is gone, or was redelivered (no longer finished).
+                _ => {
+                    self.finished.remove(&key)?;
                 }
             }
         }

@@ -27,8 +27,8 @@ struct Planned {
 
 impl Trees {
     /// Stores `events` of `tenant_id` with one delivery per matching subscription (none when
-    /// `webhooks_enabled` is false). Not yet durable: the caller awaits `Store::durable`.
-    pub fn publish(
+    /// `webhooks_enabled` is false). Not yet durable (`SledStore` waits for group commit).
+    pub(crate) fn publish(
         &self,
         tenant_id: &str,
         webhooks_enabled: bool,
@@ -48,7 +48,10 @@ impl Trees {
     /// sled's global write lock) is paid once for the group. Each request still succeeds or
     /// fails as a whole; when the group transaction aborts (a corrupt record), the requests are
     /// retried one by one so only the affected one fails.
-    pub fn publish_group(&self, requests: &[PublishRequest]) -> Vec<Result<Vec<Published>, StoreError>> {
+    pub(crate) fn publish_group(
+        &self,
+        requests: &[PublishRequest],
+    ) -> Vec<Result<Vec<Published>, StoreError>> {
         // sled writes a value about twice (its log, then a page rewrite or a blob file).
         let bytes: usize =
             requests.iter().flat_map(|request| &request.events).map(|event| event.body.len()).sum();
@@ -208,7 +211,7 @@ impl Trees {
     }
 
     /// Forgets idempotency ids older than the 24 h window. Returns how many.
-    pub fn purge_idempotency(&self, now: Millis) -> Result<usize, StoreError> {
+    pub(crate) fn purge_idempotency(&self, now: Millis) -> Result<usize, StoreError> {
         let cutoff = now.saturating_sub(IDEMPOTENCY_WINDOW_MS);
         let mut purged = 0;
         for entry in self.idempotency_expiry.range(..keys::timed(cutoff, b"")) {

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use sled::transaction::TransactionError;
 
-pub use codec::IdempotencyRecord;
 use commit::GroupCommit;
 use space::{SpaceState, StorageErrors, WriteClass};
 
@@ -285,7 +284,21 @@ impl SledStore {
             let Some(split) = key.iter().position(|&b| b == 0) else { continue };
             let tenant_id = String::from_utf8_lossy(&key[..split]).into_owned();
             let client_id = String::from_utf8_lossy(&key[split + 1..]).into_owned();
-            sink(Exported::Idempotency { tenant_id, client_id, record: codec::decode(&value)? })?;
+            let record: codec::IdempotencyRecord = codec::decode(&value)?;
+            let event_id = EventId::parse(&record.event_id).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "idempotency record names {:?}, not an event id",
+                    record.event_id
+                ))
+            })?;
+            sink(Exported::Idempotency {
+                tenant_id,
+                client_id,
+                created_at: record.created_at,
+                event_id,
+                deliveries: record.deliveries,
+                fingerprint: record.fingerprint,
+            })?;
         }
         Ok(())
     }

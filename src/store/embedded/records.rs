@@ -6,8 +6,8 @@
 //! A record type is frozen once written: to change one, copy it as `…V<n>`, give the new
 //! shape the next [`Versioned::VERSION`] and read the old one in [`Versioned::migrate`] (as
 //! [`IdempotencyRecord`](super::codec::IdempotencyRecord) does). Golden bytes in the tests below
-//! pin every version. The shape follows garage's `Migrate` (version marker, previous type,
-//! `migrate`).
+//! pin every version. After garage's `Migrate` (a version marker and a `migrate` from the older
+//! shape), with the older shapes dispatched by version number rather than chained by type.
 //!
 //! Ids are stored as their text and checked when read: a record whose id is not well-formed
 //! reads as [`StoreError::Corrupt`].

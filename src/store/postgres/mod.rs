@@ -456,6 +456,8 @@ async fn listen(
     health: Arc<Health>,
 ) {
     use futures_util::StreamExt;
+    // Waiting for hints is idle; a lost connection counts as an error it went on after.
+    let beat = health.register("storage-listener", Duration::from_secs(30));
     let shutdown = health.shutdown_signal().clone();
     while !shutdown.is_raised() {
         let connected = async {
@@ -489,6 +491,7 @@ async fn listen(
         tokio::select! {
             result = connected => {
                 if let Err(err) = result {
+                    beat.error();
                     tracing::debug!(error = %err, "notification listener lost its connection; reconnecting");
                 }
             }
@@ -501,8 +504,6 @@ async fn listen(
 // ---------------------------------------------------------------------------------------------
 // Statements shared by the operations.
 
-/// Queues a hint for other nodes in the transaction (sent at commit) — where the server has
-/// `NOTIFY`.
 /// Queues hints for other nodes in the transaction (sent at commit), where the server has
 /// `NOTIFY`: a few `NOTIFY`s of at most ~7 kB each, whatever the number of notices.
 async fn hint(db: &Db, tx: &impl GenericClient, notices: &[QueueNotice]) -> Result<(), Failure> {
@@ -555,14 +556,26 @@ fn announce(db: &Db, notice: QueueNotice) {
     let _ = db.0.notices.send(notice);
 }
 
-async fn insert_subscription(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
+/// Writes a subscription: every column, inserted or replacing the stored row (the id, tenant
+/// and creation time never change).
+async fn write_subscription(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
     let retired = s.retired_secret.as_ref();
     tx.execute(
         "INSERT INTO subscriptions (id, tenant_id, name, url, events, headers, max_retries, retry_delay_seconds, \
          is_active, is_paused, disable_reason, disabled_at, consecutive_failures, last_delivery_at, \
          last_delivery_status, last_delivery_response_code, last_delivery_error, created_at, updated_at, secret, \
          retired_secret, retired_secret_valid_until) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+         ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, events = EXCLUDED.events, \
+         headers = EXCLUDED.headers, max_retries = EXCLUDED.max_retries, \
+         retry_delay_seconds = EXCLUDED.retry_delay_seconds, is_active = EXCLUDED.is_active, \
+         is_paused = EXCLUDED.is_paused, disable_reason = EXCLUDED.disable_reason, \
+         disabled_at = EXCLUDED.disabled_at, consecutive_failures = EXCLUDED.consecutive_failures, \
+         last_delivery_at = EXCLUDED.last_delivery_at, last_delivery_status = EXCLUDED.last_delivery_status, \
+         last_delivery_response_code = EXCLUDED.last_delivery_response_code, \
+         last_delivery_error = EXCLUDED.last_delivery_error, updated_at = EXCLUDED.updated_at, \
+         secret = EXCLUDED.secret, retired_secret = EXCLUDED.retired_secret, \
+         retired_secret_valid_until = EXCLUDED.retired_secret_valid_until",
         &[
             &s.id.as_str(),
             &s.tenant_id,
@@ -582,41 +595,6 @@ async fn insert_subscription(tx: &impl GenericClient, s: &Subscription) -> Resul
             &s.last_delivery_response_code.map(i32::from),
             &s.last_delivery_error,
             &sql_millis(s.created_at),
-            &sql_millis(s.updated_at),
-            &s.secret.expose(),
-            &retired.map(|retired| retired.secret.expose()),
-            &retired.map(|retired| sql_millis(retired.valid_until)),
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-async fn update_subscription_row(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
-    let retired = s.retired_secret.as_ref();
-    tx.execute(
-        "UPDATE subscriptions SET name = $2, url = $3, events = $4, headers = $5, max_retries = $6, \
-         retry_delay_seconds = $7, is_active = $8, is_paused = $9, disable_reason = $10, disabled_at = $11, \
-         consecutive_failures = $12, last_delivery_at = $13, last_delivery_status = $14, \
-         last_delivery_response_code = $15, last_delivery_error = $16, updated_at = $17, secret = $18, \
-         retired_secret = $19, retired_secret_valid_until = $20 WHERE id = $1",
-        &[
-            &s.id.as_str(),
-            &s.name,
-            &s.url,
-            &s.events,
-            &rows::headers_json(s),
-            &(s.max_retries as i32),
-            &(s.retry_delay_seconds as i32),
-            &s.is_active,
-            &s.is_paused,
-            &s.disable_reason,
-            &sql_millis_opt(s.disabled_at),
-            &(s.consecutive_failures as i32),
-            &sql_millis_opt(s.last_delivery_at),
-            &rows::last_delivery_status(s),
-            &s.last_delivery_response_code.map(i32::from),
-            &s.last_delivery_error,
             &sql_millis(s.updated_at),
             &s.secret.expose(),
             &retired.map(|retired| retired.secret.expose()),
@@ -657,18 +635,6 @@ async fn select_delivery(
     }
 }
 
-/// When a delivery stored as `after` has been held since: kept from `before` while it stays held,
-/// `now` when it becomes held (`hold_retention` counts from there), none otherwise.
-fn held_since(before: Option<&DeliveryRow>, after: &Delivery, now: Millis) -> Option<Millis> {
-    match (before, after.state) {
-        (Some(before), DeliveryState::Held) if before.delivery.state == DeliveryState::Held => {
-            before.held_since.or(Some(now))
-        }
-        (_, DeliveryState::Held) => Some(now),
-        _ => None,
-    }
-}
-
 /// Writes a delivery's state (from `crate::lifecycle`) and clears any claim on it: the one write
 /// every state change makes, as `store_delivery` is for sled.
 async fn store_delivery(
@@ -677,7 +643,8 @@ async fn store_delivery(
     after: &Delivery,
     now: Millis,
 ) -> Result<(), Failure> {
-    let held = sql_millis_opt(held_since(before, after, now));
+    let before_held = before.map(|row| (row.delivery.state, row.held_since));
+    let held = sql_millis_opt(crate::lifecycle::held_since(before_held, after.state, now));
     if before.is_none() {
         tx.execute(
             "INSERT INTO deliveries (id, tenant_id, subscription_id, event_id, event_type, state, attempts, \
@@ -757,7 +724,7 @@ async fn create_subscription(
         if count.max(0) as u32 >= max_webhooks {
             return Err(Failure::Store(StoreError::LimitExceeded));
         }
-        insert_subscription(&tx, &subscription).await?;
+        write_subscription(&tx, &subscription).await?;
         tx.execute(
             "UPDATE tenant_counts SET subscriptions = subscriptions + 1 WHERE tenant_id = $1",
             &[&subscription.tenant_id],
@@ -810,7 +777,7 @@ async fn update_subscription(
             Some(before) if before.tenant_id == tenant_id => {
                 let mut after = before.clone();
                 change(&mut after);
-                update_subscription_row(&tx, &after).await?;
+                write_subscription(&tx, &after).await?;
                 Some((before.is_deliverable(), after))
             }
             _ => None,
@@ -1253,7 +1220,7 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
             }
         }
         for subscription in touched.values().flatten() {
-            update_subscription_row(&tx, subscription).await?;
+            write_subscription(&tx, subscription).await?;
         }
         (disabled, retries)
     })?;
@@ -1395,7 +1362,7 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
             match record {
                 Exported::Subscription(subscription) => {
                     if select_subscription(&tx, &subscription.id, false).await?.is_none() {
-                        insert_subscription(&tx, subscription).await?;
+                        write_subscription(&tx, subscription).await?;
                     }
                 }
                 Exported::Event(event) => {
@@ -1411,17 +1378,24 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
                         store_delivery(&tx, None, delivery, now).await?;
                     }
                 }
-                Exported::Idempotency { tenant_id, client_id, record } => {
+                Exported::Idempotency {
+                    tenant_id,
+                    client_id,
+                    created_at,
+                    event_id,
+                    deliveries,
+                    fingerprint,
+                } => {
                     tx.execute(
                         "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO NOTHING",
                         &[
                             tenant_id,
                             client_id,
-                            &sql_millis(record.created_at),
-                            &record.event_id,
-                            &(record.deliveries as i32),
-                            &record.fingerprint.as_ref().map(|fingerprint| fingerprint.as_slice()),
+                            &sql_millis(*created_at),
+                            &event_id.as_str(),
+                            &(*deliveries as i32),
+                            &fingerprint.as_ref().map(|fingerprint| fingerprint.as_slice()),
                         ],
                     )
                     .await?;
