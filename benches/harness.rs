@@ -12,6 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use atender_webhooks::config::key_digest;
+
+/// PostgreSQL clusters of their own, shared with the integration tests.
+#[path = "../tests/it/pg.rs"]
+mod pg;
 use atender_webhooks::model::{now_millis, Attempt, EventId, Subscription, SubscriptionId};
 use atender_webhooks::store::{
     AttemptDecision, AttemptRecord, DueWork, NewEvent, Outcomes, SledStore, Subscriptions, Vitals,
@@ -191,7 +195,12 @@ fn main() {
         });
     }
 
-    // 5. Backlog and 6. raw flush latency.
+    // 5. PostgreSQL: one and two daemons on one database, against sled and the baselines.
+    if wanted("postgres") {
+        rows.extend(postgres_rows(&runtime, &receiver, baseline, &sizes));
+    }
+
+    // 6. Backlog and 7. raw flush latency.
     if wanted("backlog") {
         rows.extend(backlog(sizes.backlog));
     }
@@ -205,6 +214,96 @@ fn main() {
     });
 
     print_table(&rows, full);
+}
+
+/// The PostgreSQL rows: publishing (64 publishers, storing only) and end-to-end delivery to one
+/// endpoint on sled, on PostgreSQL with one daemon and with two daemons sharing the database, each
+/// against the same run's baselines; publish→arrival at half the one-daemon rate. Every figure
+/// gets fresh daemons (and a fresh database, `fsync` on) so no earlier subscription fans out.
+fn postgres_rows(
+    runtime: &tokio::runtime::Runtime,
+    receiver: &FastReceiver,
+    baseline: SocketAddr,
+    sizes: &Sizes,
+) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let no_storage = publish_rate(baseline, 64, 1, sizes.publish_window);
+    let sled = BenchDaemon::start(runtime);
+    sled.subscribe(receiver, "/pg-publish-sled", true);
+    let sled_publish = publish_rate(sled.addr, 64, 1, sizes.publish_window);
+    sled.stop(runtime);
+    let sled = BenchDaemon::start(runtime);
+    sled.subscribe(receiver, "/pg-e2e-sled", false);
+    let sled_e2e = e2e_rate(&sled, receiver, "/pg-e2e-sled", sizes.e2e_events, 1);
+    sled.stop(runtime);
+    let raw = raw_post_rate(receiver.addr, IN_FLIGHT_PER_SUBSCRIPTION, sizes.e2e_events);
+
+    // `nodes` daemons on a fresh database; the first one creates the subscription.
+    let cluster_of = |nodes: usize| {
+        let cluster = pg::PgCluster::start_durable();
+        let daemons: Vec<BenchDaemon> =
+            (0..nodes).map(|_| BenchDaemon::postgres(runtime, &cluster.url())).collect();
+        (cluster, daemons)
+    };
+    let stop = |daemons: Vec<BenchDaemon>| daemons.into_iter().for_each(|daemon| daemon.stop(runtime));
+    let mut one_daemon_e2e = 0.0;
+    for nodes in [1usize, 2] {
+        let label = if nodes == 1 { "1 daemon" } else { "2 daemons" };
+        let (_cluster, daemons) = cluster_of(nodes);
+        daemons[0].subscribe(receiver, &format!("/pg-publish-{nodes}"), true);
+        let addrs: Vec<SocketAddr> = daemons.iter().map(|daemon| daemon.addr).collect();
+        let publish = publish_rate_to(&addrs, 64, 1, sizes.publish_window);
+        stop(daemons);
+        for (baseline, baseline_name) in
+            [(no_storage, "warp 202, no storage"), (sled_publish, "sled, same run")]
+        {
+            rows.push(Row {
+                figure: format!("PostgreSQL, {label}: publish, 64 publishers, storing only"),
+                ours: publish,
+                baseline,
+                unit: "events/s",
+                baseline_name,
+                target: None,
+            });
+        }
+
+        let (_cluster, daemons) = cluster_of(nodes);
+        let path = format!("/pg-e2e-{nodes}");
+        daemons[0].subscribe(receiver, &path, false);
+        let addrs: Vec<SocketAddr> = daemons.iter().map(|daemon| daemon.addr).collect();
+        let e2e = e2e_rate_to(&addrs, receiver, &path, sizes.e2e_events, 1);
+        stop(daemons);
+        if nodes == 1 {
+            one_daemon_e2e = e2e;
+        }
+        for (baseline, baseline_name) in
+            [(raw, "raw ureq pool, same concurrency"), (sled_e2e, "sled, same run")]
+        {
+            rows.push(Row {
+                figure: format!("PostgreSQL, {label}: end-to-end deliveries, one endpoint"),
+                ours: e2e,
+                baseline,
+                unit: "deliveries/s",
+                baseline_name,
+                target: None,
+            });
+        }
+    }
+    let rate = (one_daemon_e2e / 2.0).max(50.0);
+    let (_cluster, daemons) = cluster_of(1);
+    daemons[0].subscribe(receiver, "/pg-latency", false);
+    let ours = latency_at(&daemons[0], receiver, "/pg-latency", rate, sizes.latency_window);
+    stop(daemons);
+    let raw_latency = raw_latency_at(receiver.addr, rate, sizes.latency_window);
+    rows.push(Row {
+        figure: format!("PostgreSQL, 1 daemon: publish→arrival p99 at {rate:.0}/s"),
+        ours: ours[1],
+        baseline: raw_latency[1],
+        unit: "ms",
+        baseline_name: "raw POST round trip",
+        target: None,
+    });
+    rows
 }
 
 fn print_table(rows: &[Row], full: bool) {
@@ -274,6 +373,15 @@ struct BenchDaemon {
 impl BenchDaemon {
     fn start(runtime: &tokio::runtime::Runtime) -> BenchDaemon {
         BenchDaemon::with_timeout(runtime, "10s")
+    }
+
+    /// A daemon on the PostgreSQL database at `url` (several may share it).
+    fn postgres(runtime: &tokio::runtime::Runtime, url: &str) -> BenchDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let text = config_text(&dir.path().join("data"), "10s");
+        let text = format!("{text}\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 32\n");
+        let daemon = runtime.block_on(Daemon::start(Config::parse(&text).unwrap())).unwrap();
+        BenchDaemon { addr: daemon.local_addr(), daemon, _dir: dir }
     }
 
     fn with_timeout(runtime: &tokio::runtime::Runtime, timeout: &str) -> BenchDaemon {
@@ -433,6 +541,11 @@ fn event_body(sent_us: Option<u64>) -> Value {
 
 /// Events per second answered 2xx by `publishers` threads during `window`.
 fn publish_rate(addr: SocketAddr, publishers: usize, batch: usize, window: Duration) -> f64 {
+    publish_rate_to(&[addr], publishers, batch, window)
+}
+
+/// [`publish_rate`] spread over several daemons (publisher `i` posts to `addrs[i % n]`).
+fn publish_rate_to(addrs: &[SocketAddr], publishers: usize, batch: usize, window: Duration) -> f64 {
     let (path, body) = if batch == 1 {
         ("/v1/events", event_body(None).to_string())
     } else {
@@ -442,8 +555,9 @@ fn publish_rate(addr: SocketAddr, publishers: usize, batch: usize, window: Durat
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..publishers)
-        .map(|_| {
+        .map(|publisher| {
             let (accepted, stop, body) = (accepted.clone(), stop.clone(), body.clone());
+            let addr = addrs[publisher % addrs.len()];
             std::thread::spawn(move || {
                 let agent = agent();
                 while !stop.load(Ordering::Relaxed) {
@@ -464,12 +578,23 @@ fn publish_rate(addr: SocketAddr, publishers: usize, batch: usize, window: Durat
 
 /// Deliveries per second: from the first publish until every delivery arrived.
 fn e2e_rate(bench: &BenchDaemon, receiver: &FastReceiver, path: &str, events: usize, fan_out: usize) -> f64 {
+    e2e_rate_to(&[bench.addr], receiver, path, events, fan_out)
+}
+
+/// [`e2e_rate`] with the batches spread over several daemons.
+fn e2e_rate_to(
+    addrs: &[SocketAddr],
+    receiver: &FastReceiver,
+    path: &str,
+    events: usize,
+    fan_out: usize,
+) -> f64 {
     let before = receiver.count(path);
     let batch = json!({ "events": vec![event_body(None); 100] }).to_string();
     let started = Instant::now();
     let agent = agent();
-    for _ in 0..events.div_ceil(100) {
-        post(&agent, bench.addr, "/v1/events/batch", &batch).expect("batch publish");
+    for n in 0..events.div_ceil(100) {
+        post(&agent, addrs[n % addrs.len()], "/v1/events/batch", &batch).expect("batch publish");
     }
     let expected = before + (events.div_ceil(100) * 100 * fan_out) as u64;
     wait_for("end-to-end deliveries", Duration::from_secs(300), || receiver.count(path) >= expected);

@@ -24,7 +24,7 @@ use crate::store::Storage;
 pub use worker::decide;
 
 /// How long a lane waits after a refused claim (`Progress::Busy`) before it dispatches again.
-pub const BUSY_RETRY: Duration = Duration::from_millis(200);
+pub const BUSY_RETRY: Duration = Duration::from_millis(50);
 
 /// One attempt to make: the queue key of a due delivery.
 #[derive(Debug, Clone)]

@@ -74,6 +74,10 @@ pub struct Scheduler {
     suspect_budget: usize,
     /// Suspect lanes with due work waiting for the budget, first come first served.
     budget_queue: VecDeque<SubscriptionId>,
+    /// A shared backend counts a claim until its outcome is recorded: the lane's slot is then
+    /// also freed at `Recorded`, not at `Attempted`, so this node never asks for a claim the
+    /// database would refuse as over the cap.
+    slots_until_recorded: bool,
 }
 
 impl Scheduler {
@@ -84,6 +88,7 @@ impl Scheduler {
         workers: usize,
     ) -> Scheduler {
         Scheduler {
+            slots_until_recorded: store.poll_interval().is_some(),
             store,
             config,
             lanes: HashMap::new(),
@@ -212,16 +217,17 @@ impl Scheduler {
                 } else {
                     self.trusted.remove(&job.subscription_id);
                 }
-                (job, true, false)
+                (job, !self.slots_until_recorded, false)
             }
-            Progress::Recorded { job } => (job, false, true),
+            Progress::Recorded { job } => (job, self.slots_until_recorded, true),
             Progress::Skipped { job } => (job, true, true),
             Progress::Requeue { job, slot_free } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
                     // Still queued in storage: back into the window, tried when dispatch resumes.
                     lane.window.insert((job.due, job.delivery_id.clone()));
                 }
-                (job, slot_free, true)
+                // From the recorder (`slot_free: false`): the slot was kept until now.
+                (job, slot_free || self.slots_until_recorded, true)
             }
             Progress::Busy { job } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {

@@ -35,6 +35,8 @@ pub fn suite_nodes() -> usize {
 pub struct PgCluster {
     dir: tempfile::TempDir,
     port: u16,
+    /// Whether the server syncs its WAL to disk (benchmarks); tests run without.
+    fsync: bool,
 }
 
 /// The newest PostgreSQL's `bin` directory of Debian's packages.
@@ -99,14 +101,25 @@ fn free_port() -> u16 {
 }
 
 impl PgCluster {
-    /// Starts a fresh cluster on a free loopback port.
+    /// Starts a fresh cluster on a free loopback port, without fsync (tests never crash the
+    /// server's host, and it keeps the suite fast).
     pub fn start() -> PgCluster {
+        PgCluster::start_with(false)
+    }
+
+    /// Starts a fresh cluster that syncs its WAL like a production server (`fsync = on`,
+    /// `synchronous_commit = on`), for benchmarks.
+    pub fn start_durable() -> PgCluster {
+        PgCluster::start_with(true)
+    }
+
+    fn start_with(fsync: bool) -> PgCluster {
         let dir = tempfile::Builder::new().prefix("atender-pg").tempdir().unwrap();
         let status =
             Command::new("cp").arg("-a").arg(template().join("data")).arg(dir.path()).status().unwrap();
         assert!(status.success(), "cannot copy the template cluster");
         chown_postgres(dir.path());
-        let cluster = PgCluster { dir, port: free_port() };
+        let cluster = PgCluster { dir, port: free_port(), fsync };
         cluster.start_server();
         cluster
     }
@@ -117,9 +130,10 @@ impl PgCluster {
 
     fn start_server(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=300",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            if self.fsync { "on" } else { "off" }
         );
         let log = self.dir.path().join("server.log");
         // A port taken meanwhile by someone else makes the start fail: try a few.

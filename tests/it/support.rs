@@ -301,9 +301,12 @@ impl TestDaemon {
                 Err(err) => panic!("daemon does not start: {err:#}"),
             }
         };
-        let peer = (matches!(setup.storage, Storage::Postgres(_)) && crate::pg::suite_nodes() == 2).then(|| {
-            runtime.block_on(Daemon::start(config.clone())).unwrap_or_else(|err| panic!("second node: {err:#}"))
-        });
+        let peer =
+            (matches!(setup.storage, Storage::Postgres(_)) && crate::pg::suite_nodes() == 2).then(|| {
+                runtime
+                    .block_on(Daemon::start(config.clone()))
+                    .unwrap_or_else(|err| panic!("second node: {err:#}"))
+            });
         TestDaemon {
             addr: daemon.local_addr(),
             data_dir,
@@ -357,9 +360,9 @@ impl TestDaemon {
         }
     }
 
-    /// The second node, when the suite runs two (see [`TestDaemon::url`]).
-    pub fn peer(&self) -> Option<&Daemon> {
-        self.peer.as_ref()
+    /// How many daemons serve this test daemon's requests (see [`TestDaemon::url`]).
+    pub fn nodes(&self) -> usize {
+        1 + usize::from(self.peer.is_some())
     }
 
     /// A JSON request with a bearer key.
