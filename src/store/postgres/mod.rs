@@ -33,7 +33,8 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::NoTls;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{NoTls, Row};
 
 use crate::config::{redact_password, PostgresConfig};
 use crate::health::Health;
@@ -504,6 +505,57 @@ async fn listen(
 // ---------------------------------------------------------------------------------------------
 // Statements shared by the operations.
 
+/// Statements through the connection's cache of prepared statements: once a statement is
+/// prepared on a connection, each call is one round trip (an unprepared call is two: prepare,
+/// then execute).
+trait Cached: GenericClient {
+    fn exec<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<u64, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move { self.execute(&self.prepare_cached(sql).await?, params).await }
+    }
+
+    fn q<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Vec<Row>, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move { self.query(&self.prepare_cached(sql).await?, params).await }
+    }
+
+    fn q1<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Row, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move { self.query_one(&self.prepare_cached(sql).await?, params).await }
+    }
+
+    fn qopt<'a>(
+        &'a self,
+        sql: &'a str,
+        params: &'a [&'a (dyn ToSql + Sync)],
+    ) -> impl Future<Output = Result<Option<Row>, tokio_postgres::Error>> + Send + 'a
+    where
+        Self: Sized,
+    {
+        async move { self.query_opt(&self.prepare_cached(sql).await?, params).await }
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
+
 /// Queues hints for other nodes in the transaction (sent at commit), where the server has
 /// `NOTIFY`: a few `NOTIFY`s of at most ~7 kB each, whatever the number of notices.
 async fn hint(db: &Db, tx: &impl GenericClient, notices: &[QueueNotice]) -> Result<(), Failure> {
@@ -519,13 +571,13 @@ async fn hint(db: &Db, tx: &impl GenericClient, notices: &[QueueNotice]) -> Resu
             QueueNotice::Rescan { subscription_id } => subscription_id.to_string(),
         };
         if payload.len() + line.len() > 7_000 {
-            tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+            tx.exec("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
             payload = db.0.node.clone();
         }
         payload.push('\n');
         payload.push_str(&line);
     }
-    tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
+    tx.exec("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload]).await?;
     Ok(())
 }
 
@@ -560,7 +612,7 @@ fn announce(db: &Db, notice: QueueNotice) {
 /// and creation time never change).
 async fn write_subscription(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
     let retired = s.retired_secret.as_ref();
-    tx.execute(
+    tx.exec(
         "INSERT INTO subscriptions (id, tenant_id, name, url, events, headers, max_retries, retry_delay_seconds, \
          is_active, is_paused, disable_reason, disabled_at, consecutive_failures, last_delivery_at, \
          last_delivery_status, last_delivery_response_code, last_delivery_error, created_at, updated_at, secret, \
@@ -614,7 +666,7 @@ async fn select_subscription(
         "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    match tx.query_opt(&sql, &[&id.as_str()]).await? {
+    match tx.qopt(&sql, &[&id.as_str()]).await? {
         Some(row) => Ok(Some(rows::subscription(&row)?)),
         None => Ok(None),
     }
@@ -629,7 +681,7 @@ async fn select_delivery(
         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = $1{}",
         if lock { " FOR UPDATE" } else { "" }
     );
-    match tx.query_opt(&sql, &[&id.as_str()]).await? {
+    match tx.qopt(&sql, &[&id.as_str()]).await? {
         Some(row) => Ok(Some(rows::delivery(&row)?)),
         None => Ok(None),
     }
@@ -646,7 +698,7 @@ async fn store_delivery(
     let before_held = before.map(|row| (row.delivery.state, row.held_since));
     let held = sql_millis_opt(crate::lifecycle::held_since(before_held, after.state, now));
     if before.is_none() {
-        tx.execute(
+        tx.exec(
             "INSERT INTO deliveries (id, tenant_id, subscription_id, event_id, event_type, state, attempts, \
              attempts_in_round, next_attempt_at, created_at, finished_at, held_since) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
@@ -667,7 +719,7 @@ async fn store_delivery(
         )
         .await?;
     } else {
-        tx.execute(
+        tx.exec(
             "UPDATE deliveries SET state = $2, attempts = $3, attempts_in_round = $4, next_attempt_at = $5, \
              finished_at = $6, held_since = $7, claimed_by = NULL, claimed_until = NULL WHERE id = $1",
             &[
@@ -692,11 +744,11 @@ async fn release_events(tx: &impl GenericClient, event_ids: Vec<String>) -> Resu
         *counts.entry(id).or_default() += 1;
     }
     for (id, count) in &counts {
-        tx.execute("UPDATE events SET live_deliveries = live_deliveries - $2 WHERE id = $1", &[id, count])
+        tx.exec("UPDATE events SET live_deliveries = live_deliveries - $2 WHERE id = $1", &[id, count])
             .await?;
     }
     let ids: Vec<&String> = counts.keys().collect();
-    tx.execute("DELETE FROM events WHERE id = ANY($1) AND live_deliveries <= 0", &[&ids]).await?;
+    tx.exec("DELETE FROM events WHERE id = ANY($1) AND live_deliveries <= 0", &[&ids]).await?;
     Ok(())
 }
 
@@ -709,7 +761,7 @@ async fn create_subscription(
     max_webhooks: u32,
 ) -> Result<(), StoreError> {
     transaction!(db, |tx| {
-        tx.execute(
+        tx.exec(
             "INSERT INTO tenant_counts (tenant_id, subscriptions) VALUES ($1, 0) ON CONFLICT (tenant_id) DO NOTHING",
             &[&subscription.tenant_id],
         )
@@ -725,7 +777,7 @@ async fn create_subscription(
             return Err(Failure::Store(StoreError::LimitExceeded));
         }
         write_subscription(&tx, &subscription).await?;
-        tx.execute(
+        tx.exec(
             "UPDATE tenant_counts SET subscriptions = subscriptions + 1 WHERE tenant_id = $1",
             &[&subscription.tenant_id],
         )
@@ -750,7 +802,7 @@ async fn list_subscriptions(
 ) -> Result<Page<Subscription, SubscriptionId>, StoreError> {
     let cursor = cursor.map(|cursor| cursor.to_string());
     let found = transaction!(db, |tx| {
-        tx.query(
+        tx.q(
             &format!(
                 "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1 \
                  AND ($2::TEXT IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"
@@ -794,14 +846,14 @@ async fn delete_subscription(db: Db, tenant_id: String, id: SubscriptionId) -> R
     let removed = transaction!(db, |tx| {
         match select_subscription(&tx, &id, true).await? {
             Some(found) if found.tenant_id == tenant_id => {
-                tx.execute("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await?;
-                tx.execute(
+                tx.exec("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await?;
+                tx.exec(
                     "UPDATE tenant_counts SET subscriptions = GREATEST(subscriptions - 1, 0) WHERE tenant_id = $1",
                     &[&tenant_id],
                 )
                 .await?;
                 // The tombstone makes the clean-up below resumable after a crash.
-                tx.execute(
+                tx.exec(
                     "INSERT INTO deleted_subscriptions (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
                     &[&id.as_str()],
                 )
@@ -834,7 +886,7 @@ async fn purge_subscription_data(db: Db, id: SubscriptionId) -> Result<(), Store
             let count = gone.len();
             release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
             if count == 0 {
-                tx.execute("DELETE FROM deleted_subscriptions WHERE id = $1", &[&id.as_str()]).await?;
+                tx.exec("DELETE FROM deleted_subscriptions WHERE id = $1", &[&id.as_str()]).await?;
             }
             count
         })?;
@@ -848,7 +900,7 @@ async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, Stor
     let PublishRequest { tenant_id, webhooks_enabled, events, now } = request;
     let (answers, queued) = transaction!(db, |tx| {
         let subscriptions: Vec<Subscription> = if webhooks_enabled {
-            tx.query(
+            tx.q(
                 &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"),
                 &[&tenant_id],
             )
@@ -964,7 +1016,7 @@ async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, Stor
 }
 
 async fn insert_event(tx: &impl GenericClient, event: &Event) -> Result<(), Failure> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO events (id, tenant_id, event_type, created_at, body, live_deliveries) VALUES ($1, $2, $3, $4, $5, $6)",
         &[
             &event.id.as_str(),
@@ -990,7 +1042,7 @@ async fn delivery(
 
 async fn event(db: Db, id: EventId) -> Result<Option<Event>, StoreError> {
     let row = transaction!(db, |tx| {
-        tx.query_opt(
+        tx.qopt(
             "SELECT id, tenant_id, event_type, created_at, body, live_deliveries FROM events WHERE id = $1",
             &[&id.as_str()],
         )
@@ -1009,7 +1061,7 @@ async fn list_deliveries(
     let cursor = cursor.map(|cursor| cursor.to_string());
     let state = state.map(DeliveryState::as_str);
     let found = transaction!(db, |tx| {
-        tx.query(
+        tx.q(
             &format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
                  AND ($2::TEXT IS NULL OR state = $2) AND ($3::TEXT IS NULL OR id < $3) ORDER BY id DESC LIMIT $4"
@@ -1067,7 +1119,7 @@ async fn redeliver(
 
 async fn subscriptions_with_queue(db: Db) -> Result<Vec<SubscriptionId>, StoreError> {
     let found = transaction!(db, |tx| {
-        tx.query("SELECT DISTINCT subscription_id FROM deliveries WHERE state = 'pending'", &[]).await?
+        tx.q("SELECT DISTINCT subscription_id FROM deliveries WHERE state = 'pending'", &[]).await?
     })?;
     found.iter().map(|row| rows::subscription_id(row.get::<_, &str>(0))).collect()
 }
@@ -1083,7 +1135,7 @@ async fn queued_after(
         None => (None, None),
     };
     let found = transaction!(db, |tx| {
-        tx.query(
+        tx.q(
             "SELECT next_attempt_at, id FROM deliveries WHERE subscription_id = $1 AND state = 'pending' \
              AND ($2::BIGINT IS NULL OR (next_attempt_at, id) > ($2, $3)) ORDER BY next_attempt_at, id LIMIT $4",
             &[&subscription_id.as_str(), &due, &id, &(limit.min(i64::MAX as usize) as i64)],
@@ -1138,7 +1190,7 @@ async fn claim(
                         .get(0);
                     busy = under_way.max(0) as usize >= cap;
                     if !busy {
-                        tx.execute(
+                        tx.exec(
                             "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1",
                             &[&id.as_str(), &db.0.node, &sql_millis(now + db.0.lease)],
                         )
@@ -1269,7 +1321,7 @@ async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, 
 
 async fn release_all_deliverable(db: Db) -> Result<usize, StoreError> {
     let found = transaction!(db, |tx| {
-        tx.query(
+        tx.q(
             "SELECT DISTINCT d.subscription_id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id \
              WHERE d.state = 'held' AND s.is_active AND NOT s.is_paused",
             &[],
@@ -1347,7 +1399,7 @@ async fn purge_idempotency(db: Db, now: Millis) -> Result<usize, StoreError> {
 }
 
 async fn purge_deleted_subscriptions(db: Db) -> Result<usize, StoreError> {
-    let found = transaction!(db, |tx| tx.query("SELECT id FROM deleted_subscriptions", &[]).await?)?;
+    let found = transaction!(db, |tx| tx.q("SELECT id FROM deleted_subscriptions", &[]).await?)?;
     for row in &found {
         purge_subscription_data(db.clone(), rows::subscription_id(row.get::<_, &str>(0))?).await?;
     }
@@ -1366,8 +1418,7 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
                     }
                 }
                 Exported::Event(event) => {
-                    let exists =
-                        tx.query_opt("SELECT 1 FROM events WHERE id = $1", &[&event.id.as_str()]).await?;
+                    let exists = tx.qopt("SELECT 1 FROM events WHERE id = $1", &[&event.id.as_str()]).await?;
                     if exists.is_none() {
                         insert_event(&tx, event).await?;
                     }
@@ -1386,7 +1437,7 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
                     deliveries,
                     fingerprint,
                 } => {
-                    tx.execute(
+                    tx.exec(
                         "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO NOTHING",
                         &[
@@ -1408,7 +1459,7 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
 /// Sets every tenant's subscription count from the subscriptions stored (after an import).
 async fn finish_import(db: Db) -> Result<(), StoreError> {
     transaction!(db, |tx| {
-        tx.execute(
+        tx.exec(
             "INSERT INTO tenant_counts (tenant_id, subscriptions) \
              SELECT tenant_id, count(*)::INT FROM subscriptions GROUP BY tenant_id \
              ON CONFLICT (tenant_id) DO UPDATE SET subscriptions = EXCLUDED.subscriptions",
@@ -1432,7 +1483,7 @@ impl PgStore {
 
 async fn queue_depth(db: Db) -> Result<(usize, usize), StoreError> {
     let row = transaction!(db, |tx| {
-        tx.query_one(
+        tx.q1(
             "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
              (SELECT count(*) FROM deliveries WHERE state = 'held')",
             &[],
@@ -1443,8 +1494,7 @@ async fn queue_depth(db: Db) -> Result<(usize, usize), StoreError> {
 }
 
 async fn database_size(db: Db) -> Result<u64, StoreError> {
-    let row =
-        transaction!(db, |tx| tx.query_one("SELECT pg_database_size(current_database())", &[]).await?)?;
+    let row = transaction!(db, |tx| tx.q1("SELECT pg_database_size(current_database())", &[]).await?)?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
@@ -1608,12 +1658,12 @@ impl Retention for PgStore {
 async fn shared_key(db: Db, name: String) -> Result<[u8; 32], StoreError> {
     let fresh = crate::model::random_bytes::<32>();
     let row = transaction!(db, |tx| {
-        tx.execute(
+        tx.exec(
             "INSERT INTO shared_keys (name, key) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
             &[&name, &fresh.as_slice()],
         )
         .await?;
-        tx.query_one("SELECT key FROM shared_keys WHERE name = $1", &[&name]).await?
+        tx.q1("SELECT key FROM shared_keys WHERE name = $1", &[&name]).await?
     })?;
     let key: Vec<u8> = row.get(0);
     <[u8; 32]>::try_from(key).map_err(|_| StoreError::Corrupt(format!("shared key {name:?} is not 32 bytes")))
