@@ -11,7 +11,7 @@ use crate::api::error::ApiError;
 use crate::api::openapi::{
     fields, DeliveryListQuery, DeliveryPath, NotFound, SubscriptionPath, ValidationFailed,
 };
-use crate::api::request::{authorize, json_reply, page_limit, parse_query, query_value, Gate};
+use crate::api::request::{authorize, json_reply, page_limit, parse_cursor, parse_query, query_value, Gate};
 use crate::api::webhooks::find;
 use crate::api::ApiState;
 use crate::config::Scope;
@@ -131,13 +131,7 @@ pub async fn list(
             })
         })
         .transpose()?;
-    let cursor = query_value(&pairs, "cursor")
-        .map(|cursor| {
-            DeliveryId::parse(cursor).ok_or_else(|| {
-                ApiError::validation("cursor is not a cursor this API returned (expected a dlv_ id)")
-            })
-        })
-        .transpose()?;
+    let cursor = parse_cursor(query_value(&pairs, "cursor"), DeliveryId::parse, DeliveryId::PREFIX)?;
     let (page, next) = state.store.list_deliveries(&subscription.id, status, limit, cursor.as_ref())?;
     let data: Vec<DeliveryView> = page.iter().map(|delivery| DeliveryView::new(delivery, None)).collect();
     Ok(json_reply(StatusCode::OK, &DeliveryPage { data, next_cursor: next.map(|next| next.to_string()) }))

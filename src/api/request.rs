@@ -213,6 +213,25 @@ pub fn page_limit(pairs: &[(String, String)]) -> Result<usize, ApiError> {
     }
 }
 
+/// A page cursor (`cursor=`) as the id type `parse` reads (`SubscriptionId::parse`, …), or
+/// 400 `validation_failed` naming the id prefix expected: a cursor is only ever one this API
+/// returned as `nextCursor`.
+pub fn parse_cursor<T>(
+    cursor: Option<&str>,
+    parse: impl Fn(&str) -> Option<T>,
+    prefix: &str,
+) -> Result<Option<T>, ApiError> {
+    cursor
+        .map(|cursor| {
+            parse(cursor).ok_or_else(|| {
+                ApiError::validation(format!(
+                    "cursor is not a cursor this API returned (expected a {prefix} id)"
+                ))
+            })
+        })
+        .transpose()
+}
+
 pub fn query_value<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs.iter().find(|(key, _)| key == name).map(|(_, value)| value.as_str())
 }

@@ -16,7 +16,7 @@ use crate::api::openapi::{
     UnsupportedMediaType, ValidationFailed,
 };
 use crate::api::request::{
-    authorize, json_reply, page_limit, parse_json, parse_query, query_value, require_json, Gate,
+    authorize, json_reply, page_limit, parse_cursor, parse_json, parse_query, query_value, require_json, Gate,
 };
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
@@ -329,13 +329,7 @@ pub async fn list(state: ApiState, headers: HeaderMap, query: String) -> Result<
     let principal = authorize(&config, &headers, Scope::WebhooksRead, Gate::Webhooks)?;
     let pairs = parse_query(&query, &["limit", "cursor"])?;
     let limit = page_limit(&pairs)?;
-    let cursor = query_value(&pairs, "cursor")
-        .map(|cursor| {
-            SubscriptionId::parse(cursor).ok_or_else(|| {
-                ApiError::validation("cursor is not a cursor this API returned (expected a wh_ id)")
-            })
-        })
-        .transpose()?;
+    let cursor = parse_cursor(query_value(&pairs, "cursor"), SubscriptionId::parse, SubscriptionId::PREFIX)?;
     let (page, next) = state.store.list_subscriptions(&principal.tenant.id, limit, cursor.as_ref())?;
     let data: Vec<SubscriptionView> = page.iter().map(SubscriptionView::from).collect();
     Ok(json_reply(StatusCode::OK, &SubscriptionPage { data, next_cursor: next.map(|next| next.to_string()) }))

@@ -8,6 +8,7 @@
 
 use crate::api::deliveries::find_delivery;
 use crate::api::error::ApiError;
+use crate::api::request::parse_cursor;
 use crate::api::webhooks::{
     find, rotate as rotate_secret_of, validate_create, validate_patch, CreateBody, PatchBody,
 };
@@ -34,13 +35,7 @@ pub fn list_subscriptions(
     tenant_id: &str,
     cursor: Option<&str>,
 ) -> Result<(Vec<Subscription>, Option<String>), ApiError> {
-    let cursor = cursor
-        .map(|cursor| {
-            SubscriptionId::parse(cursor).ok_or_else(|| {
-                ApiError::validation("cursor is not a cursor this API returned (expected a wh_ id)")
-            })
-        })
-        .transpose()?;
+    let cursor = parse_cursor(cursor, SubscriptionId::parse, SubscriptionId::PREFIX)?;
     let (page, next) = state.store.list_subscriptions(tenant_id, LIST_PAGE, cursor.as_ref())?;
     Ok((page, next.map(|next| next.to_string())))
 }
@@ -116,13 +111,7 @@ pub fn deliveries(
     status: Option<DeliveryState>,
     cursor: Option<&str>,
 ) -> Result<(Vec<Delivery>, Option<String>), ApiError> {
-    let cursor = cursor
-        .map(|cursor| {
-            DeliveryId::parse(cursor).ok_or_else(|| {
-                ApiError::validation("cursor is not a cursor this API returned (expected a dlv_ id)")
-            })
-        })
-        .transpose()?;
+    let cursor = parse_cursor(cursor, DeliveryId::parse, DeliveryId::PREFIX)?;
     let (page, next) = state.store.list_deliveries(&subscription.id, status, LOG_PAGE, cursor.as_ref())?;
     Ok((page, next.map(|next| next.to_string())))
 }
