@@ -767,7 +767,7 @@ async fn create_subscription(
         )
         .await?;
         let count: i32 = tx
-            .query_one(
+            .q1(
                 "SELECT subscriptions FROM tenant_counts WHERE tenant_id = $1 FOR UPDATE",
                 &[&subscription.tenant_id],
             )
@@ -877,7 +877,7 @@ async fn purge_subscription_data(db: Db, id: SubscriptionId) -> Result<(), Store
     loop {
         let removed = transaction!(db, |tx| {
             let gone = tx
-                .query(
+                .q(
                     "DELETE FROM deliveries WHERE id IN \
                      (SELECT id FROM deliveries WHERE subscription_id = $1 LIMIT $2) RETURNING event_id",
                     &[&id.as_str(), &BATCH],
@@ -916,7 +916,7 @@ async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, Stor
         let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
         if !client_ids.is_empty() {
             for row in tx
-                .query(
+                .q(
                     "SELECT client_id, event_id, deliveries, fingerprint FROM idempotency \
                      WHERE tenant_id = $1 AND client_id = ANY($2) AND created_at > $3 FOR UPDATE",
                     &[&tenant_id, &client_ids, &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
@@ -961,7 +961,7 @@ async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, Stor
                 // concurrent request meanwhile (this insert waited for it): run again, and
                 // answer that request's event.
                 let stored_rows = tx
-                    .execute(
+                    .exec(
                         "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
                          VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
                          created_at = EXCLUDED.created_at, event_id = EXCLUDED.event_id, \
@@ -1156,16 +1156,23 @@ async fn claim(
     cap: usize,
 ) -> Result<Claim, StoreError> {
     let now = now_millis();
+    // The delivery (its columns under their own names) and its event (prefixed), in one read.
+    let delivery_and_event = format!(
+        "SELECT {}, e.id AS event_id_found, e.tenant_id AS event_tenant_id, e.event_type AS event_event_type, \
+         e.created_at AS event_created_at, e.body AS event_body, e.live_deliveries AS event_live_deliveries \
+         FROM deliveries d LEFT JOIN events e ON e.id = d.event_id WHERE d.id = $1 FOR UPDATE OF d",
+        DELIVERY_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ")
+    );
     transaction!(db, |tx| {
         // The subscription's row lock orders every claim of this subscription, on every node.
         let subscription = select_subscription(&tx, &subscription_id, true).await?;
-        let row = select_delivery(&tx, &id, true).await?;
+        let found = tx.qopt(&delivery_and_event, &[&id.as_str()]).await?;
+        let row = found.as_ref().map(rows::delivery).transpose()?;
         match (subscription, row) {
             (None, _) => {
                 // Deleted: a delivery a publish wrote meanwhile goes too.
-                let gone = tx
-                    .query("DELETE FROM deliveries WHERE id = $1 RETURNING event_id", &[&id.as_str()])
-                    .await?;
+                let gone =
+                    tx.q("DELETE FROM deliveries WHERE id = $1 RETURNING event_id", &[&id.as_str()]).await?;
                 release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
                 Claim::Stale
             }
@@ -1178,38 +1185,34 @@ async fn claim(
             }
             (Some(_), Some(row)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
             (Some(subscription), Some(row)) => {
-                let mut busy = false;
-                if subscription.is_deliverable() {
-                    let under_way: i64 = tx
-                        .query_one(
-                            "SELECT count(*) FROM deliveries WHERE subscription_id = $1 AND claimed_by IS NOT NULL \
-                             AND claimed_until > $2",
-                            &[&subscription_id.as_str(), &sql_millis(now)],
+                // Claimed only below the cap: the count of live claims and the stamp are one
+                // statement, under the subscription's lock.
+                let claimed = !subscription.is_deliverable()
+                    || tx
+                        .exec(
+                            "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1 AND \
+                             (SELECT count(*) FROM deliveries WHERE subscription_id = $4 AND claimed_by IS NOT NULL \
+                             AND claimed_until > $5) < $6",
+                            &[
+                                &id.as_str(),
+                                &db.0.node,
+                                &sql_millis(now + db.0.lease),
+                                &subscription_id.as_str(),
+                                &sql_millis(now),
+                                &(cap.min(i64::MAX as usize) as i64),
+                            ],
                         )
                         .await?
-                        .get(0);
-                    busy = under_way.max(0) as usize >= cap;
-                    if !busy {
-                        tx.exec(
-                            "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1",
-                            &[&id.as_str(), &db.0.node, &sql_millis(now + db.0.lease)],
-                        )
-                        .await?;
-                    }
-                }
-                let event_row = tx
-                    .query_opt(
-                        "SELECT id, tenant_id, event_type, created_at, body, live_deliveries FROM events WHERE id = $1",
-                        &[&row.delivery.event_id.as_str()],
-                    )
-                    .await?;
-                match (busy, event_row) {
-                    (true, _) => Claim::Busy,
-                    (false, None) => Claim::Stale,
-                    (false, Some(event_row)) => Claim::Ready(Box::new(AttemptContext {
+                        == 1;
+                let event =
+                    found.as_ref().and_then(|found| rows::joined_event(found).transpose()).transpose()?;
+                match (claimed, event) {
+                    (false, _) => Claim::Busy,
+                    (true, None) => Claim::Stale,
+                    (true, Some(event)) => Claim::Ready(Box::new(AttemptContext {
                         delivery: row.delivery,
                         subscription: Arc::new(subscription),
-                        event: Arc::new(rows::event(&event_row)?),
+                        event: Arc::new(event),
                     })),
                 }
             }
@@ -1288,7 +1291,7 @@ async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, 
         let now = now_millis();
         let batch = transaction!(db, |tx| {
             let found = tx
-                .query(
+                .q(
                     &format!(
                         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 AND state = 'held' \
                          LIMIT $2 FOR UPDATE"
@@ -1341,7 +1344,7 @@ async fn expire_held(db: Db, now: Millis, retention: Millis) -> Result<usize, St
     loop {
         let batch = transaction!(db, |tx| {
             let found = tx
-                .query(
+                .q(
                     &format!(
                         "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE state = 'held' AND held_since < $1 \
                          LIMIT $2 FOR UPDATE"
@@ -1373,7 +1376,7 @@ async fn purge_finished(db: Db, now: Millis, retention: Millis) -> Result<usize,
     loop {
         let batch = transaction!(db, |tx| {
             let gone = tx
-                .query(
+                .q(
                     "DELETE FROM deliveries WHERE id IN (SELECT id FROM deliveries WHERE finished_at < $1 \
                      AND state IN ('succeeded', 'failed', 'expired') LIMIT $2) RETURNING event_id",
                     &[&cutoff, &BATCH],
@@ -1392,9 +1395,8 @@ async fn purge_finished(db: Db, now: Millis, retention: Millis) -> Result<usize,
 
 async fn purge_idempotency(db: Db, now: Millis) -> Result<usize, StoreError> {
     let cutoff = sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS));
-    let purged = transaction!(db, |tx| tx
-        .execute("DELETE FROM idempotency WHERE created_at <= $1", &[&cutoff])
-        .await?)?;
+    let purged =
+        transaction!(db, |tx| tx.exec("DELETE FROM idempotency WHERE created_at <= $1", &[&cutoff]).await?)?;
     Ok(purged as usize)
 }
 

@@ -178,6 +178,20 @@ pub fn attempts_json(delivery: &Delivery) -> Value {
     )
 }
 
+/// The event a claim's joined read found (its columns prefixed `event_`, `event_id_found` for the
+/// id), or `None` when the event is gone.
+pub fn joined_event(row: &Row) -> Result<Option<Event>, StoreError> {
+    let Some(id) = get::<Option<String>>(row, "event_id_found")? else { return Ok(None) };
+    Ok(Some(Event {
+        id: event_id(&id)?,
+        tenant_id: get(row, "event_tenant_id")?,
+        event_type: get(row, "event_event_type")?,
+        created_at: get::<i64>(row, "event_created_at")?.max(0) as Millis,
+        body: get(row, "event_body")?,
+        live_deliveries: get::<i32>(row, "event_live_deliveries")?.max(0) as u32,
+    }))
+}
+
 /// An event from a row of `id, tenant_id, event_type, created_at, body, live_deliveries`.
 pub fn event(row: &Row) -> Result<Event, StoreError> {
     Ok(Event {
