@@ -82,6 +82,8 @@ const CONNECT_WAIT: Duration = Duration::from_secs(5);
 pub struct PgStore {
     db: Db,
     runtime: Arc<StoreRuntime>,
+    /// To the publish writers (see [`publish_writer`]).
+    publisher: tokio::sync::mpsc::UnboundedSender<PublishJob>,
 }
 
 /// What every operation needs; cheap to clone into a task.
@@ -278,6 +280,11 @@ impl PgStore {
             status,
         }));
         runtime.spawn(monitor(db.clone(), pg_config.clone(), options.health.clone()));
+        let (publisher, incoming) = tokio::sync::mpsc::unbounded_channel();
+        let incoming = Arc::new(tokio::sync::Mutex::new(incoming));
+        for _ in 0..PUBLISH_WRITERS {
+            runtime.spawn(publish_writer(db.clone(), incoming.clone()));
+        }
         if notify {
             runtime.spawn(listen(pg_config, node, options.notices.clone(), options.health.clone()));
         }
@@ -288,7 +295,7 @@ impl PgStore {
             notifications = notify,
             "PostgreSQL storage ready"
         );
-        Ok(PgStore { db, runtime: Arc::new(StoreRuntime(Some(runtime))) })
+        Ok(PgStore { db, runtime: Arc::new(StoreRuntime(Some(runtime))), publisher })
     }
 
     fn handle(&self) -> &tokio::runtime::Handle {
@@ -315,24 +322,6 @@ impl PgStore {
                 Err(StoreError::Stalled)
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(StoreError::Unavailable),
-        };
-        if let Err(err) = &result {
-            self.db.0.status.count(err);
-        }
-        result
-    }
-
-    /// [`PgStore::block`] for async callers.
-    async fn spawn<T, F>(&self, operation: impl FnOnce(Db) -> F) -> Result<T, StoreError>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
-    {
-        let running = self.handle().spawn(operation(self.db.clone()));
-        let result = match tokio::time::timeout(DURABLE_WAIT, running).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(StoreError::Unavailable),
-            Err(_) => Err(StoreError::Stalled),
         };
         if let Err(err) = &result {
             self.db.0.status.count(err);
@@ -896,123 +885,202 @@ async fn purge_subscription_data(db: Db, id: SubscriptionId) -> Result<(), Store
     }
 }
 
-async fn publish(db: Db, request: PublishRequest) -> Result<Vec<Published>, StoreError> {
+/// Requests one publish transaction takes at most, counted in events: a group commits with one
+/// fsync, so under load many publishers share it (as the sled backend's publish writer does).
+const MAX_GROUP_EVENTS: usize = 128;
+
+/// Tasks storing publish groups at once.
+const PUBLISH_WRITERS: usize = 4;
+
+/// A publish request waiting for its group, and where its answer goes.
+type PublishJob = (PublishRequest, tokio::sync::oneshot::Sender<Result<Vec<Published>, StoreError>>);
+
+/// Takes the publish requests waiting (up to [`MAX_GROUP_EVENTS`] events) and stores them in one
+/// transaction; [`PUBLISH_WRITERS`] of these run at once.
+async fn publish_writer(
+    db: Db,
+    incoming: Arc<tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<PublishJob>>>,
+) {
+    loop {
+        let group = {
+            let mut incoming = incoming.lock().await;
+            let Some(first) = incoming.recv().await else { return };
+            let mut events = first.0.events.len();
+            let mut group = vec![first];
+            while events < MAX_GROUP_EVENTS {
+                match incoming.try_recv() {
+                    Ok(next) => {
+                        events += next.0.events.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            group
+        };
+        let (requests, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let answers = publish_group(db.clone(), requests).await;
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            // A caller that gave up (its request timed out) is fine to ignore.
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+/// Stores several requests in one transaction, each all or nothing (an idempotency conflict
+/// refuses its request alone). When the group fails as a whole, each request is tried alone so
+/// only the one at fault fails.
+async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<Published>, StoreError>> {
+    let grouped = transaction!(db, |tx| {
+        let mut queued = Vec::new();
+        let mut answers = Vec::with_capacity(requests.len());
+        for request in &requests {
+            answers.push(publish_in(&tx, request, &mut queued).await?);
+        }
+        hint(&db, &tx, &queued).await?;
+        (answers, queued)
+    });
+    match grouped {
+        Ok((answers, queued)) => {
+            for notice in queued {
+                announce(&db, notice);
+            }
+            answers
+        }
+        Err(_) if requests.len() > 1 => {
+            let mut answers = Vec::with_capacity(requests.len());
+            for request in requests {
+                let one = transaction!(db, |tx| {
+                    let mut queued = Vec::new();
+                    let answer = publish_in(&tx, &request, &mut queued).await?;
+                    hint(&db, &tx, &queued).await?;
+                    (answer, queued)
+                });
+                answers.push(match one {
+                    Ok((answer, queued)) => {
+                        for notice in queued {
+                            announce(&db, notice);
+                        }
+                        answer
+                    }
+                    Err(err) => Err(err),
+                });
+            }
+            answers
+        }
+        Err(err) => vec![Err(err)],
+    }
+}
+
+/// One request's part of a publish transaction: the tenant's subscriptions, the idempotency
+/// check (a conflict answers `Ok(Err(…))` and writes nothing), the events, their deliveries and
+/// the idempotency rows. The notices of the deliveries it queued are added to `queued`.
+async fn publish_in(
+    tx: &impl GenericClient,
+    request: &PublishRequest,
+    queued: &mut Vec<QueueNotice>,
+) -> Result<Result<Vec<Published>, StoreError>, Failure> {
     let PublishRequest { tenant_id, webhooks_enabled, events, now } = request;
-    let (answers, queued) = transaction!(db, |tx| {
-        let subscriptions: Vec<Subscription> = if webhooks_enabled {
-            tx.q(
-                &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"),
-                &[&tenant_id],
-            )
+    let (webhooks_enabled, now) = (*webhooks_enabled, *now);
+    let subscriptions: Vec<Subscription> = if webhooks_enabled {
+        tx.q(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"), &[&tenant_id])
             .await?
             .iter()
             .map(rows::subscription)
             .collect::<Result<_, _>>()?
-        } else {
-            Vec::new()
-        };
-        // Live idempotency records of this request's client ids, locked for the transaction.
-        let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
-        let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
-        if !client_ids.is_empty() {
-            for row in tx
-                .q(
-                    "SELECT client_id, event_id, deliveries, fingerprint FROM idempotency \
-                     WHERE tenant_id = $1 AND client_id = ANY($2) AND created_at > $3 FOR UPDATE",
-                    &[&tenant_id, &client_ids, &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
-                )
-                .await?
-            {
-                let fingerprint: Option<Vec<u8>> = row.get(3);
-                remembered.insert(
-                    row.get(0),
-                    (
-                        rows::event_id(row.get::<_, &str>(1))?,
-                        row.get::<_, i32>(2).max(0) as u32,
-                        fingerprint.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()),
-                    ),
-                );
-            }
+    } else {
+        Vec::new()
+    };
+    // Live idempotency records of this request's client ids, locked for the transaction.
+    let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
+    let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
+    if !client_ids.is_empty() {
+        for row in tx
+            .q(
+                "SELECT client_id, event_id, deliveries, fingerprint FROM idempotency \
+                 WHERE tenant_id = $1 AND client_id = ANY($2) AND created_at > $3 FOR UPDATE",
+                &[tenant_id, &client_ids, &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+            )
+            .await?
+        {
+            let fingerprint: Option<Vec<u8>> = row.get(3);
+            remembered.insert(
+                row.get(0),
+                (
+                    rows::event_id(row.get::<_, &str>(1))?,
+                    row.get::<_, i32>(2).max(0) as u32,
+                    fingerprint.and_then(|bytes| <[u8; 32]>::try_from(bytes).ok()),
+                ),
+            );
         }
-        let keys: Vec<(Option<&str>, [u8; 32])> =
-            events.iter().map(|event| (event.client_id.as_deref(), event.fingerprint)).collect();
-        let conflict = first_conflict(&keys, |client_id| {
-            Ok::<_, Failure>(remembered.get(client_id).and_then(|(_, _, fingerprint)| *fingerprint))
-        })?;
-        if let Some(conflict) = conflict {
-            return Err(Failure::Store(conflict));
-        }
-        let mut answers = Vec::with_capacity(events.len());
-        let mut queued: Vec<QueueNotice> = Vec::new();
-        for event in &events {
-            if let Some((event_id, deliveries, _)) =
-                event.client_id.as_deref().and_then(|id| remembered.get(id))
-            {
-                answers.push(Published {
-                    event_id: event_id.clone(),
-                    deliveries: *deliveries,
-                    duplicate: true,
-                });
-                continue;
-            }
-            let (stored, deliveries) = fan_out(&tenant_id, event, &subscriptions, now);
-            if let Some(client_id) = &event.client_id {
-                // Replaces only an expired record. A live one not read above was committed by a
-                // concurrent request meanwhile (this insert waited for it): run again, and
-                // answer that request's event.
-                let stored_rows = tx
-                    .exec(
-                        "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
-                         created_at = EXCLUDED.created_at, event_id = EXCLUDED.event_id, \
-                         deliveries = EXCLUDED.deliveries, fingerprint = EXCLUDED.fingerprint \
-                         WHERE idempotency.created_at <= $7",
-                        &[
-                            &tenant_id,
-                            client_id,
-                            &sql_millis(now),
-                            &stored.id.as_str(),
-                            &(deliveries.len() as i32),
-                            &event.fingerprint.as_slice(),
-                            &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS)),
-                        ],
-                    )
-                    .await?;
-                if stored_rows == 0 {
-                    return Err(Failure::Retry);
-                }
-                remembered.insert(
-                    client_id.clone(),
-                    (stored.id.clone(), deliveries.len() as u32, Some(event.fingerprint)),
-                );
-            }
-            // An event nobody subscribed to is answered but not kept: nothing references it.
-            if !deliveries.is_empty() {
-                insert_event(&tx, &stored).await?;
-            }
-            for delivery in &deliveries {
-                store_delivery(&tx, None, delivery, now).await?;
-                if delivery.state == DeliveryState::Pending {
-                    queued.push(QueueNotice::Queued {
-                        subscription_id: delivery.subscription_id.clone(),
-                        due: now,
-                        delivery_id: delivery.id.clone(),
-                    });
-                }
-            }
-            answers.push(Published {
-                event_id: stored.id.clone(),
-                deliveries: deliveries.len() as u32,
-                duplicate: false,
-            });
-        }
-        hint(&db, &tx, &queued).await?;
-        (answers, queued)
-    })?;
-    for notice in queued {
-        announce(&db, notice);
     }
-    Ok(answers)
+    let keys: Vec<(Option<&str>, [u8; 32])> =
+        events.iter().map(|event| (event.client_id.as_deref(), event.fingerprint)).collect();
+    let conflict = first_conflict(&keys, |client_id| {
+        Ok::<_, Failure>(remembered.get(client_id).and_then(|(_, _, fingerprint)| *fingerprint))
+    })?;
+    if let Some(conflict) = conflict {
+        return Ok(Err(conflict));
+    }
+    let mut answers = Vec::with_capacity(events.len());
+    for event in events {
+        if let Some((event_id, deliveries, _)) = event.client_id.as_deref().and_then(|id| remembered.get(id))
+        {
+            answers.push(Published { event_id: event_id.clone(), deliveries: *deliveries, duplicate: true });
+            continue;
+        }
+        let (stored, deliveries) = fan_out(tenant_id, event, &subscriptions, now);
+        if let Some(client_id) = &event.client_id {
+            // Replaces only an expired record. A live one not read above was committed by a
+            // concurrent request meanwhile (this insert waited for it): run again, and
+            // answer that request's event.
+            let stored_rows = tx
+                .exec(
+                    "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO UPDATE SET \
+                     created_at = EXCLUDED.created_at, event_id = EXCLUDED.event_id, \
+                     deliveries = EXCLUDED.deliveries, fingerprint = EXCLUDED.fingerprint \
+                     WHERE idempotency.created_at <= $7",
+                    &[
+                        &tenant_id,
+                        client_id,
+                        &sql_millis(now),
+                        &stored.id.as_str(),
+                        &(deliveries.len() as i32),
+                        &event.fingerprint.as_slice(),
+                        &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS)),
+                    ],
+                )
+                .await?;
+            if stored_rows == 0 {
+                return Err(Failure::Retry);
+            }
+            remembered.insert(
+                client_id.clone(),
+                (stored.id.clone(), deliveries.len() as u32, Some(event.fingerprint)),
+            );
+        }
+        // An event nobody subscribed to is answered but not kept: nothing references it.
+        if !deliveries.is_empty() {
+            insert_event(tx, &stored).await?;
+        }
+        for delivery in &deliveries {
+            store_delivery(tx, None, delivery, now).await?;
+            if delivery.state == DeliveryState::Pending {
+                queued.push(QueueNotice::Queued {
+                    subscription_id: delivery.subscription_id.clone(),
+                    due: now,
+                    delivery_id: delivery.id.clone(),
+                });
+            }
+        }
+        answers.push(Published {
+            event_id: stored.id.clone(),
+            deliveries: deliveries.len() as u32,
+            duplicate: false,
+        });
+    }
+    Ok(Ok(answers))
 }
 
 async fn insert_event(tx: &impl GenericClient, event: &Event) -> Result<(), Failure> {
@@ -1542,7 +1610,19 @@ impl Subscriptions for PgStore {
 
 impl Publishing for PgStore {
     fn publish(&self, request: PublishRequest) -> BoxFuture<'_, Result<Vec<Published>, StoreError>> {
-        Box::pin(self.spawn(move |db| publish(db, request)))
+        Box::pin(async move {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            self.publisher.send((request, reply)).map_err(|_| StoreError::Unavailable)?;
+            let result = match tokio::time::timeout(DURABLE_WAIT, answer).await {
+                Ok(Ok(result)) => result,
+                Ok(Err(_)) => Err(StoreError::Unavailable),
+                Err(_) => Err(StoreError::Stalled),
+            };
+            if let Err(err) = &result {
+                self.db.0.status.count(err);
+            }
+            result
+        })
     }
 }
 
