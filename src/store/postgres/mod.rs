@@ -592,6 +592,18 @@ fn parse_hint(payload: &str, node: &str) -> Vec<QueueNotice> {
         .collect()
 }
 
+/// Marks the transaction an engine write — a claim or recorded outcomes — that need not wait for
+/// its WAL flush (`synchronous_commit = off` for this transaction only): losing one in a server
+/// crash repeats an attempt (at least once), never loses an acknowledged event, as the storage
+/// interface allows engine writes (sled does not wait for them either). Client writes keep
+/// synchronous commit. Skipped on servers without the setting (CockroachDB).
+async fn engine_write(db: &Db, tx: &impl GenericClient) -> Result<(), Failure> {
+    if db.0.notify {
+        tx.exec("SET LOCAL synchronous_commit = off", &[]).await?;
+    }
+    Ok(())
+}
+
 fn announce(db: &Db, notice: QueueNotice) {
     // Without a receiver (no engine) a notice has nobody to wake.
     let _ = db.0.notices.send(notice);
@@ -1232,6 +1244,7 @@ async fn claim(
         DELIVERY_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ")
     );
     transaction!(db, |tx| {
+        engine_write(&db, &tx).await?;
         // The subscription's row lock orders every claim of this subscription, on every node.
         let subscription = select_subscription(&tx, &subscription_id, true).await?;
         let found = tx.qopt(&delivery_and_event, &[&id.as_str()]).await?;
@@ -1315,6 +1328,7 @@ async fn hold(
 
 async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, StoreError> {
     let (disabled, retries) = transaction!(db, |tx| {
+        engine_write(&db, &tx).await?;
         // Lock the subscriptions in one order on every node (no deadlock between recorders).
         let mut touched: BTreeMap<String, Option<Subscription>> = BTreeMap::new();
         for record in &records {
