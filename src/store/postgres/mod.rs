@@ -96,8 +96,10 @@ struct Shared {
     node: String,
     lease: Millis,
     notices: crossbeam_channel::Sender<QueueNotice>,
-    /// False on servers without `NOTIFY` (CockroachDB): other nodes then learn by polling alone.
-    notify: bool,
+    /// True on PostgreSQL itself, false on servers that speak its protocol without `NOTIFY` and
+    /// `synchronous_commit` (CockroachDB): other nodes then learn by polling alone, and engine
+    /// transactions commit as the server does.
+    native: bool,
     status: Arc<Status>,
 }
 
@@ -270,13 +272,13 @@ impl PgStore {
         let node = node_name();
         let status = Arc::new(Status::default());
         status.last_ok.store(now_millis(), Ordering::Relaxed);
-        let notify = runtime.block_on(prepare(&pool, &pg_config))?;
+        let native = runtime.block_on(prepare(&pool, &pg_config))?;
         let db = Db(Arc::new(Shared {
             pool,
             node: node.clone(),
             lease: config.lease.as_millis() as Millis,
             notices: options.notices.clone(),
-            notify,
+            native,
             status,
         }));
         runtime.spawn(monitor(db.clone(), pg_config.clone(), options.health.clone()));
@@ -285,14 +287,14 @@ impl PgStore {
         for _ in 0..PUBLISH_WRITERS {
             runtime.spawn(publish_writer(db.clone(), incoming.clone()));
         }
-        if notify {
+        if native {
             runtime.spawn(listen(pg_config, node, options.notices.clone(), options.health.clone()));
         }
         tracing::info!(
             url = %redact_password(&config.url),
             pool_size = config.pool_size,
             node = %db.0.node,
-            notifications = notify,
+            notifications = native,
             "PostgreSQL storage ready"
         );
         Ok(PgStore { db, runtime: Arc::new(StoreRuntime(Some(runtime))), publisher })
@@ -548,7 +550,7 @@ impl<T: GenericClient> Cached for T {}
 /// Queues hints for other nodes in the transaction (sent at commit), where the server has
 /// `NOTIFY`: a few `NOTIFY`s of at most ~7 kB each, whatever the number of notices.
 async fn hint(db: &Db, tx: &impl GenericClient, notices: &[QueueNotice]) -> Result<(), Failure> {
-    if !db.0.notify || notices.is_empty() {
+    if !db.0.native || notices.is_empty() {
         return Ok(());
     }
     let mut payload = db.0.node.clone();
@@ -598,7 +600,7 @@ fn parse_hint(payload: &str, node: &str) -> Vec<QueueNotice> {
 /// interface allows engine writes (sled does not wait for them either). Client writes keep
 /// synchronous commit. Skipped on servers without the setting (CockroachDB).
 async fn engine_write(db: &Db, tx: &impl GenericClient) -> Result<(), Failure> {
-    if db.0.notify {
+    if db.0.native {
         tx.exec("SET LOCAL synchronous_commit = off", &[]).await?;
     }
     Ok(())
