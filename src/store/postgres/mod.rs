@@ -215,6 +215,21 @@ fn db_error(err: tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// Runs a read of one statement (or of statements that need no common snapshot) on a pooled
+/// connection, without the `BEGIN` and `COMMIT` round trips of a transaction. `$tx` names the
+/// connection inside `$body`.
+macro_rules! read {
+    ($db:expr, |$tx:ident| $body:expr) => {{
+        let attempt: Result<_, Failure> = async {
+            let pooled = $db.0.pool.get().await?;
+            let $tx: &deadpool_postgres::Client = &pooled;
+            Ok($body)
+        }
+        .await;
+        attempt.map_err(Failure::into_store)
+    }};
+}
+
 /// Runs a transaction body, committing it, and runs it again on a retryable failure (with a
 /// short growing pause). `$tx` names the transaction inside `$body`; an early `return` from the
 /// body rolls back.
@@ -793,7 +808,7 @@ async fn subscription(
     tenant_id: String,
     id: SubscriptionId,
 ) -> Result<Option<Subscription>, StoreError> {
-    let found = transaction!(db, |tx| select_subscription(&tx, &id, false).await?)?;
+    let found = read!(db, |tx| select_subscription(tx, &id, false).await?)?;
     Ok(found.filter(|subscription| subscription.tenant_id == tenant_id))
 }
 
@@ -804,7 +819,7 @@ async fn list_subscriptions(
     cursor: Option<SubscriptionId>,
 ) -> Result<Page<Subscription, SubscriptionId>, StoreError> {
     let cursor = cursor.map(|cursor| cursor.to_string());
-    let found = transaction!(db, |tx| {
+    let found = read!(db, |tx| {
         tx.q(
             &format!(
                 "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1 \
@@ -1118,12 +1133,12 @@ async fn delivery(
     subscription_id: SubscriptionId,
     id: DeliveryId,
 ) -> Result<Option<Delivery>, StoreError> {
-    let found = transaction!(db, |tx| select_delivery(&tx, &id, false).await?)?;
+    let found = read!(db, |tx| select_delivery(tx, &id, false).await?)?;
     Ok(found.map(|row| row.delivery).filter(|delivery| delivery.subscription_id == subscription_id))
 }
 
 async fn event(db: Db, id: EventId) -> Result<Option<Event>, StoreError> {
-    let row = transaction!(db, |tx| {
+    let row = read!(db, |tx| {
         tx.qopt(
             "SELECT id, tenant_id, event_type, created_at, body, live_deliveries FROM events WHERE id = $1",
             &[&id.as_str()],
@@ -1142,7 +1157,7 @@ async fn list_deliveries(
 ) -> Result<Page<Delivery, DeliveryId>, StoreError> {
     let cursor = cursor.map(|cursor| cursor.to_string());
     let state = state.map(DeliveryState::as_str);
-    let found = transaction!(db, |tx| {
+    let found = read!(db, |tx| {
         tx.q(
             &format!(
                 "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
@@ -1200,7 +1215,7 @@ async fn redeliver(
 }
 
 async fn subscriptions_with_queue(db: Db) -> Result<Vec<SubscriptionId>, StoreError> {
-    let found = transaction!(db, |tx| {
+    let found = read!(db, |tx| {
         tx.q("SELECT DISTINCT subscription_id FROM deliveries WHERE state = 'pending'", &[]).await?
     })?;
     found.iter().map(|row| rows::subscription_id(row.get::<_, &str>(0))).collect()
@@ -1216,7 +1231,7 @@ async fn queued_after(
         Some((due, id)) => (Some(sql_millis(*due)), Some(id.to_string())),
         None => (None, None),
     };
-    let found = transaction!(db, |tx| {
+    let found = read!(db, |tx| {
         tx.q(
             "SELECT next_attempt_at, id FROM deliveries WHERE subscription_id = $1 AND state = 'pending' \
              AND ($2::BIGINT IS NULL OR (next_attempt_at, id) > ($2, $3)) ORDER BY next_attempt_at, id LIMIT $4",
@@ -1320,7 +1335,7 @@ async fn hold(
         }
     })?;
     // The race with an un-pause: whoever commits a hold re-reads the subscription afterwards.
-    let deliverable = transaction!(db, |tx| select_subscription(&tx, &subscription_id, false).await?)?
+    let deliverable = read!(db, |tx| select_subscription(tx, &subscription_id, false).await?)?
         .is_some_and(|subscription| subscription.is_deliverable());
     if deliverable {
         release_held(db, subscription_id).await?;
@@ -1407,7 +1422,7 @@ async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, 
 }
 
 async fn release_all_deliverable(db: Db) -> Result<usize, StoreError> {
-    let found = transaction!(db, |tx| {
+    let found = read!(db, |tx| {
         tx.q(
             "SELECT DISTINCT d.subscription_id FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id \
              WHERE d.state = 'held' AND s.is_active AND NOT s.is_paused",
@@ -1485,7 +1500,7 @@ async fn purge_idempotency(db: Db, now: Millis) -> Result<usize, StoreError> {
 }
 
 async fn purge_deleted_subscriptions(db: Db) -> Result<usize, StoreError> {
-    let found = transaction!(db, |tx| tx.q("SELECT id FROM deleted_subscriptions", &[]).await?)?;
+    let found = read!(db, |tx| tx.q("SELECT id FROM deleted_subscriptions", &[]).await?)?;
     for row in &found {
         purge_subscription_data(db.clone(), rows::subscription_id(row.get::<_, &str>(0))?).await?;
     }
@@ -1568,7 +1583,7 @@ impl PgStore {
 }
 
 async fn queue_depth(db: Db) -> Result<(usize, usize), StoreError> {
-    let row = transaction!(db, |tx| {
+    let row = read!(db, |tx| {
         tx.q1(
             "SELECT (SELECT count(*) FROM deliveries WHERE state = 'pending'), \
              (SELECT count(*) FROM deliveries WHERE state = 'held')",
@@ -1580,7 +1595,7 @@ async fn queue_depth(db: Db) -> Result<(usize, usize), StoreError> {
 }
 
 async fn database_size(db: Db) -> Result<u64, StoreError> {
-    let row = transaction!(db, |tx| tx.q1("SELECT pg_database_size(current_database())", &[]).await?)?;
+    let row = read!(db, |tx| tx.q1("SELECT pg_database_size(current_database())", &[]).await?)?;
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
