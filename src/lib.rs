@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the TOML file, raw and validated.
 //! - [`model`]: domain types and ids; no I/O.
+//! - [`catalogue`]: the event types the daemon sends itself (operational events, test sends).
 //! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`store`]: the only module that knows sled.
@@ -14,6 +15,7 @@
 //! Dependencies point one way: `api` and `delivery` use `store` and `model`, never each other.
 
 pub mod api;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod daemon;
