@@ -660,7 +660,7 @@ fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, Ap
         )));
     }
     for (index, event) in events.iter().enumerate() {
-        if !config.is_known_event_type(event) {
+        if !config.is_known_event_type(event) && !crate::catalogue::is_operational(event) {
             return Err(ApiError::validation(format!(
                 "events[{index}]: unknown event type {event:?} (known: {})",
                 config.event_types.join(", ")

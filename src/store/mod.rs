@@ -332,6 +332,124 @@ pub(crate) fn fan_out(
     (stored, deliveries)
 }
 
+/// An operational event (`crate::catalogue`) a write caused: a subscription was disabled or
+/// enabled again, or a delivery failed its last attempt. The backend stores it, fanned out, in
+/// the transaction of the write that caused it (an outbox, as for published events), so it is
+/// lost or kept together with its cause. Svix (`endpoint.disabled`,
+/// `message.attempt.exhausted`) sends the same kinds of events.
+#[derive(Debug, Clone)]
+pub(crate) struct Operational {
+    pub tenant_id: String,
+    /// The subscription the event is about.
+    pub about: SubscriptionId,
+    /// Whether the event also goes to `about` when it lists the type: not when `about` is the
+    /// one failing (its own failures must not feed it more work).
+    pub to_itself: bool,
+    pub event: NewEvent,
+}
+
+impl Operational {
+    /// `delivery.exhausted` when this attempt's outcome (`before` → `after`, the attempt that
+    /// ended at `now`) made a delivery fail for good. `None` for a delivery of an operational
+    /// event: two dead endpoints listing `delivery.exhausted` would otherwise feed each other
+    /// forever.
+    pub(crate) fn exhausted(
+        before: &Delivery,
+        after: &Delivery,
+        attempt: &Attempt,
+        now: Millis,
+    ) -> Option<Self> {
+        let gave_up = !before.state.is_finished() && after.state == DeliveryState::Failed;
+        if !gave_up || crate::catalogue::is_operational(&after.event_type) {
+            return None;
+        }
+        let data = crate::catalogue::exhausted_data(&crate::catalogue::Exhausted {
+            webhook_id: after.subscription_id.as_str(),
+            delivery_id: after.id.as_str(),
+            event_id: after.event_id.as_str(),
+            event_type: &after.event_type,
+            attempts: after.attempts_in_round,
+            response_code: attempt.response_code,
+            error: attempt.error.as_deref(),
+        });
+        Some(Self::new(
+            &after.tenant_id,
+            &after.subscription_id,
+            false,
+            crate::catalogue::DELIVERY_EXHAUSTED,
+            &data,
+            now,
+        ))
+    }
+
+    /// `webhook.disabled` (not sent to the subscription itself) or `webhook.enabled` (sent to it
+    /// too, when it lists the type) when a write turned a subscription off or on: `was_active`
+    /// before the write, `after` it.
+    pub(crate) fn activity(was_active: bool, after: &Subscription, now: Millis) -> Option<Self> {
+        use crate::catalogue::{disabled_data, enabled_data, WEBHOOK_DISABLED, WEBHOOK_ENABLED};
+        let at = crate::model::rfc3339(now);
+        match (was_active, after.is_active) {
+            (true, false) => {
+                let reason = after.disable_reason.as_deref().unwrap_or("disabled");
+                let at = after.disabled_at.map(crate::model::rfc3339).unwrap_or(at);
+                let data = disabled_data(after.id.as_str(), &after.url, reason, &at);
+                Some(Self::new(&after.tenant_id, &after.id, false, WEBHOOK_DISABLED, &data, now))
+            }
+            (false, true) => {
+                let data = enabled_data(after.id.as_str(), &after.url, &at);
+                Some(Self::new(&after.tenant_id, &after.id, true, WEBHOOK_ENABLED, &data, now))
+            }
+            _ => None,
+        }
+    }
+
+    fn new(
+        tenant_id: &str,
+        about: &SubscriptionId,
+        to_itself: bool,
+        event_type: &str,
+        data: &serde_json::Value,
+        now: Millis,
+    ) -> Self {
+        let id = EventId::new(now);
+        let body =
+            crate::catalogue::body(id.as_str(), event_type, tenant_id, &crate::model::rfc3339(now), data);
+        Operational {
+            tenant_id: tenant_id.to_owned(),
+            about: about.clone(),
+            to_itself,
+            event: NewEvent {
+                id,
+                event_type: event_type.to_owned(),
+                body,
+                client_id: None,
+                fingerprint: [0; 32],
+            },
+        }
+    }
+
+    /// The event as stored and its deliveries: one per subscription of the tenant that lists
+    /// the type ([`fan_out`]), but `about` only when [`Operational::to_itself`]. `fresh` are
+    /// subscriptions the same write changed, read in their new state (the rest of
+    /// `subscriptions` may be a little older, as at publish).
+    pub(crate) fn fan_out(
+        &self,
+        subscriptions: &[Subscription],
+        fresh: &[&Subscription],
+        now: Millis,
+    ) -> (Event, Vec<Delivery>) {
+        let targets: Vec<Subscription> = subscriptions
+            .iter()
+            .filter(|subscription| self.to_itself || subscription.id != self.about)
+            .map(|subscription| {
+                let newer = fresh.iter().find(|changed| changed.id == subscription.id);
+                newer.map_or_else(|| subscription.clone(), |changed| (*changed).clone())
+            })
+            .collect();
+        fan_out(&self.tenant_id, &self.event, &targets, now)
+    }
+}
+
 /// The idempotency rule every backend applies before storing a request (after the IETF
 /// "Idempotency-Key" draft: the same key with a different payload is a 422): the first event of
 /// request's events — given as (client id, fingerprint) — whose client id was used within
@@ -578,4 +696,83 @@ pub trait Storage:
 impl<T> Storage for T where
     T: Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys
 {
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalogue::{DELIVERY_EXHAUSTED, WEBHOOK_DISABLED, WEBHOOK_ENABLED};
+
+    fn subscription(name: &str, events: &[&str]) -> Subscription {
+        let events = events.iter().map(|event| event.to_string()).collect();
+        Subscription::new("acme", name, "https://a.example/", events, 1)
+    }
+
+    fn failed_attempt() -> Attempt {
+        Attempt { at: 100, duration_ms: 5, response_code: Some(503), error: Some("HTTP 503".into()) }
+    }
+
+    #[test]
+    fn only_a_delivery_that_gives_up_now_is_exhausted_and_never_an_operational_one() {
+        let owner = subscription("owner", &["a.b", WEBHOOK_DISABLED]);
+        let giving_up = AttemptDecision::GiveUp { disable_reason: "gone".into() };
+        for (event_type, before_state, decision, expected) in [
+            ("a.b", DeliveryState::Pending, &giving_up, true),
+            ("a.b", DeliveryState::Held, &giving_up, true),
+            ("a.b", DeliveryState::Pending, &AttemptDecision::Retry { due: 200 }, false),
+            ("a.b", DeliveryState::Pending, &AttemptDecision::Succeeded, false),
+            // Already finished (a duplicate outcome): it gave up before.
+            ("a.b", DeliveryState::Failed, &giving_up, false),
+            (DELIVERY_EXHAUSTED, DeliveryState::Pending, &giving_up, false),
+            (WEBHOOK_DISABLED, DeliveryState::Pending, &giving_up, false),
+        ] {
+            let mut before = Delivery::new(DeliveryId::new(1), &owner, &EventId::new(1), event_type, 10);
+            before.state = before_state;
+            let mut after = before.clone();
+            after.record_attempt(failed_attempt(), decision, 105);
+            let found = Operational::exhausted(&before, &after, &failed_attempt(), 105);
+            assert_eq!(found.is_some(), expected, "{event_type} {before_state:?} {decision:?}");
+            if let Some(found) = found {
+                assert_eq!(found.event.event_type, DELIVERY_EXHAUSTED);
+                assert!(!found.to_itself);
+                let body: serde_json::Value = serde_json::from_slice(&found.event.body).unwrap();
+                assert_eq!(body["data"]["deliveryId"], before.id.as_str());
+                assert_eq!(body["data"]["lastResponseCode"], 503);
+            }
+        }
+    }
+
+    #[test]
+    fn an_activity_change_is_announced_once_each_way() {
+        let mut on = subscription("s", &[]);
+        assert!(Operational::activity(true, &on, 5).is_none());
+        on.disable("gone", 5);
+        let disabled = Operational::activity(true, &on, 6).unwrap();
+        assert_eq!((disabled.event.event_type.as_str(), disabled.to_itself), (WEBHOOK_DISABLED, false));
+        assert!(Operational::activity(false, &on, 6).is_none());
+        on.enable();
+        let enabled = Operational::activity(false, &on, 7).unwrap();
+        assert_eq!((enabled.event.event_type.as_str(), enabled.to_itself), (WEBHOOK_ENABLED, true));
+    }
+
+    #[test]
+    fn the_fan_out_skips_the_failing_one_and_uses_what_the_write_changed() {
+        let mut failing = subscription("failing", &[WEBHOOK_DISABLED, WEBHOOK_ENABLED]);
+        let listener = subscription("listener", &[WEBHOOK_DISABLED, WEBHOOK_ENABLED]);
+        let other = subscription("other", &["a.b"]);
+        let audience = vec![failing.clone(), listener.clone(), other];
+        failing.disable("gone", 5);
+        let disabled = Operational::activity(true, &failing, 5).unwrap();
+        let (event, deliveries) = disabled.fan_out(&audience, &[&failing], 5);
+        assert_eq!(event.live_deliveries, 1);
+        assert_eq!(deliveries.iter().map(|d| &d.subscription_id).collect::<Vec<_>>(), [&listener.id]);
+
+        // Enabled again: it hears it too, as the write left it (deliverable, so pending).
+        let stale = vec![failing.clone(), listener.clone()];
+        failing.enable();
+        let enabled = Operational::activity(false, &failing, 6).unwrap();
+        let (_, deliveries) = enabled.fan_out(&stale, &[&failing], 6);
+        assert_eq!(deliveries.len(), 2);
+        assert!(deliveries.iter().all(|delivery| delivery.state == DeliveryState::Pending));
+    }
 }

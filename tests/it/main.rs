@@ -13,6 +13,7 @@ mod errors;
 mod faults;
 mod nodes;
 mod openapi;
+mod operational;
 mod packaging;
 mod portal;
 mod retention;

@@ -17,6 +17,7 @@ use crate::store::embedded::index::{move_indexes, store_delivery, Indexes};
 use crate::store::embedded::{
     abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, StoreError, Trees, WriteClass,
 };
+use crate::store::Operational;
 
 /// Most log index entries examined for one page of a filtered listing, so a rare status on a
 /// busy subscription costs a bounded scan; the page then ends early with a cursor.
@@ -102,6 +103,7 @@ impl Trees {
     /// transaction that turned it off: two 410s racing for one subscription disable it once).
     pub(crate) fn record_attempts(&self, records: &[AttemptRecord]) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
+        let audiences = self.operational_audiences(records)?;
         let writes = self.subscription_cache.lock_writes();
         let updated = (
             &self.deliveries,
@@ -110,11 +112,13 @@ impl Trees {
             &self.subscription_deliveries,
             &self.finished,
             &self.subscriptions,
+            &self.events,
         )
-            .transaction(|(deliveries, queue, held, log, finished, subscriptions)| {
+            .transaction(|(deliveries, queue, held, log, finished, subscriptions, events)| {
                 let indexes = Indexes { queue, held, log, finished };
                 let mut touched: HashMap<&SubscriptionId, Option<Subscription>> = HashMap::new();
                 let mut disabled = 0;
+                let mut operational = Vec::new();
                 for record in records {
                     let AttemptRecord { subscription_id, due, delivery_id, attempt, decision } = record;
                     // The attempt ended here: a finished delivery finished then.
@@ -128,6 +132,7 @@ impl Trees {
                     let mut after = before.clone();
                     after.record_attempt(attempt.clone(), decision, ended);
                     store_delivery(deliveries, &indexes, Some(&before), &after, ended)?;
+                    operational.extend(Operational::exhausted(&before, &after, attempt, ended));
                     // The key the job was made for, if the record had moved on meanwhile.
                     if after.state != DeliveryState::Pending || after.next_attempt_at != Some(*due) {
                         queue.remove(job_key)?;
@@ -141,8 +146,26 @@ impl Trees {
                         }
                     };
                     if let Some(subscription) = subscription {
-                        disabled += usize::from(subscription.apply_outcome(attempt, decision));
+                        if subscription.apply_outcome(attempt, decision) {
+                            disabled += 1;
+                            operational.extend(Operational::activity(true, subscription, ended));
+                        }
                     }
+                }
+                let fresh: Vec<&Subscription> = touched.values().flatten().collect();
+                let mut created = Vec::with_capacity(operational.len());
+                for event in &operational {
+                    let Some(audience) = audiences.get(&event.tenant_id) else { continue };
+                    let at = event.event.id.created_at();
+                    let (stored, fanned) = event.fan_out(audience, &fresh, at);
+                    if fanned.is_empty() {
+                        continue;
+                    }
+                    events.insert(stored.id.as_bytes(), encode(&stored))?;
+                    for delivery in &fanned {
+                        store_delivery(deliveries, &indexes, None, delivery, at)?;
+                    }
+                    created.push((stored, fanned));
                 }
                 let mut updated = Vec::with_capacity(touched.len());
                 for (subscription_id, subscription) in touched {
@@ -151,14 +174,15 @@ impl Trees {
                         updated.push(subscription);
                     }
                 }
-                Ok((updated, disabled))
+                Ok((updated, disabled, created))
             })?;
-        let (updated, disabled) = updated;
+        let (updated, disabled, created) = updated;
         // Still under the write lock: the cache changes in commit order.
         for subscription in &updated {
             self.subscription_cache.refresh(subscription);
         }
         drop(writes);
+        self.operational_stored(created)?;
         for record in records {
             if let AttemptDecision::Retry { due } = record.decision {
                 self.announce(QueueNotice::Queued {
@@ -169,6 +193,46 @@ impl Trees {
             }
         }
         Ok(disabled)
+    }
+
+    /// The subscriptions of every tenant an outcome of `records` may send an operational event
+    /// to (only an attempt that gives up can: `delivery.exhausted`, `webhook.disabled`), read
+    /// before the transaction as publish reads them.
+    fn operational_audiences(
+        &self,
+        records: &[AttemptRecord],
+    ) -> Result<HashMap<String, Vec<Subscription>>, StoreError> {
+        let mut audiences = HashMap::new();
+        for record in records {
+            if !matches!(record.decision, AttemptDecision::GiveUp { .. }) {
+                continue;
+            }
+            let Some(subscription) = self.cached_subscription(&record.subscription_id)? else { continue };
+            if !audiences.contains_key(&subscription.tenant_id) {
+                let audience = self.tenant_subscriptions(&subscription.tenant_id)?;
+                audiences.insert(subscription.tenant_id.clone(), audience);
+            }
+        }
+        Ok(audiences)
+    }
+
+    /// After a transaction stored operational events: what publish does after its commit (the
+    /// event cache, the release check of what was held, the queue notices).
+    pub(super) fn operational_stored(&self, created: Vec<(Event, Vec<Delivery>)>) -> Result<(), StoreError> {
+        for (event, deliveries) in created {
+            for delivery in &deliveries {
+                match delivery.state {
+                    DeliveryState::Pending => self.announce(QueueNotice::Queued {
+                        subscription_id: delivery.subscription_id.clone(),
+                        due: delivery.created_at,
+                        delivery_id: delivery.id.clone(),
+                    }),
+                    _ => self.release_if_deliverable(&delivery.subscription_id)?,
+                }
+            }
+            self.event_cache.put(Arc::new(event));
+        }
+        Ok(())
     }
 
     /// Moves a queued delivery to `held` (its subscription is paused or disabled).

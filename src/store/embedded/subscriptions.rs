@@ -7,7 +7,9 @@ use sled::Transactional;
 
 use crate::model::{Subscription, SubscriptionId};
 use crate::store::embedded::codec::{decode, encode};
+use crate::store::embedded::index::{store_delivery, Indexes};
 use crate::store::embedded::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
+use crate::store::Operational;
 
 fn read_count(
     counts: &TransactionalTree,
@@ -136,21 +138,47 @@ impl Trees {
         change: impl Fn(&mut Subscription),
     ) -> Result<Option<Subscription>, StoreError> {
         self.admit(WriteClass::Client)?;
+        // Who would hear of a disable or re-enable (`webhook.disabled`, `webhook.enabled`).
+        let audience = self.tenant_subscriptions(tenant_id)?;
         let writes = self.subscription_cache.lock_writes();
-        let outcome = self.subscriptions.transaction(|subscriptions| {
-            let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
-            let before: Subscription = abort_on(decode(&bytes))?;
-            if before.tenant_id != tenant_id {
-                return Ok(None);
-            }
-            let mut after = before.clone();
-            change(&mut after);
-            subscriptions.insert(id.as_bytes(), encode(&after))?;
-            Ok(Some((before.is_deliverable(), after)))
-        })?;
-        let Some((was_deliverable, after)) = outcome else { return Ok(None) };
+        let trees = (
+            &self.subscriptions,
+            &self.events,
+            &self.deliveries,
+            &self.queue,
+            &self.held,
+            &self.subscription_deliveries,
+            &self.finished,
+        );
+        let outcome =
+            trees.transaction(|(subscriptions, events, deliveries, queue, held, log, finished)| {
+                let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
+                let before: Subscription = abort_on(decode(&bytes))?;
+                if before.tenant_id != tenant_id {
+                    return Ok(None);
+                }
+                let mut after = before.clone();
+                change(&mut after);
+                subscriptions.insert(id.as_bytes(), encode(&after))?;
+                let now = crate::model::now_millis();
+                let mut created = None;
+                if let Some(event) = Operational::activity(before.is_active, &after, now) {
+                    let (stored, fanned) = event.fan_out(&audience, &[&after], now);
+                    if !fanned.is_empty() {
+                        let indexes = Indexes { queue, held, log, finished };
+                        events.insert(stored.id.as_bytes(), encode(&stored))?;
+                        for delivery in &fanned {
+                            store_delivery(deliveries, &indexes, None, delivery, now)?;
+                        }
+                        created = Some((stored, fanned));
+                    }
+                }
+                Ok(Some((before.is_deliverable(), after, created)))
+            })?;
+        let Some((was_deliverable, after, created)) = outcome else { return Ok(None) };
         self.subscription_cache.refresh(&after);
         drop(writes);
+        self.operational_stored(created.into_iter().collect())?;
         if !was_deliverable && after.is_deliverable() {
             self.release_held(&after.id)?;
         }

@@ -42,10 +42,10 @@ use crate::model::{
     now_millis, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
 use crate::store::{
-    fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork, Outcomes,
-    Page, PublishRequest, Published, Publishing, QueueNotice, Retention, SharedKeys, StorageFigures,
-    StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals, DURABLE_WAIT, IDEMPOTENCY_WINDOW_MS,
-    PROBE_OVERDUE,
+    fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork,
+    Operational, Outcomes, Page, PublishRequest, Published, Publishing, QueueNotice, Retention, SharedKeys,
+    StorageFigures, StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals, DURABLE_WAIT,
+    IDEMPOTENCY_WINDOW_MS, PROBE_OVERDUE,
 };
 use rows::{sql_millis, sql_millis_opt, DeliveryRow, DELIVERY_COLUMNS, SUBSCRIPTION_COLUMNS};
 
@@ -848,12 +848,18 @@ async fn update_subscription(
                 let mut after = before.clone();
                 change(&mut after);
                 write_subscription(&tx, &after).await?;
-                Some((before.is_deliverable(), after))
+                let mut queued = Vec::new();
+                let operational = Operational::activity(before.is_active, &after, now_millis());
+                store_operational(&db, &tx, operational.as_slice(), &[&after], &mut queued).await?;
+                Some((before.is_deliverable(), after, queued))
             }
             _ => None,
         }
     })?;
-    let Some((was_deliverable, after)) = outcome else { return Ok(None) };
+    let Some((was_deliverable, after, queued)) = outcome else { return Ok(None) };
+    for notice in queued {
+        announce(&db, notice);
+    }
     if !was_deliverable && after.is_deliverable() {
         release_held(db, after.id.clone()).await?;
     }
@@ -1346,6 +1352,7 @@ async fn hold(
 async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, StoreError> {
     let (disabled, retries) = transaction!(db, |tx| {
         engine_write(&db, &tx).await?;
+        // Retries and operational deliveries, announced after the commit.
         // Lock the subscriptions in one order on every node (no deadlock between recorders).
         let mut touched: BTreeMap<String, Option<Subscription>> = BTreeMap::new();
         for record in &records {
@@ -1358,7 +1365,8 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
             }
         }
         let mut disabled = 0;
-        let mut retries = Vec::new();
+        let mut queued = Vec::new();
+        let mut operational = Vec::new();
         for record in &records {
             let AttemptRecord { subscription_id, delivery_id, attempt, decision, .. } = record;
             let ended = attempt.at + Millis::from(attempt.duration_ms);
@@ -1366,22 +1374,83 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
             let mut after = before.delivery.clone();
             after.record_attempt(attempt.clone(), decision, ended);
             store_delivery(&tx, Some(&before), &after, ended).await?;
+            operational.extend(Operational::exhausted(&before.delivery, &after, attempt, ended));
             if let Some(Some(subscription)) = touched.get_mut(subscription_id.as_str()) {
-                disabled += usize::from(subscription.apply_outcome(attempt, decision));
+                if subscription.apply_outcome(attempt, decision) {
+                    disabled += 1;
+                    operational.extend(Operational::activity(true, subscription, ended));
+                }
             }
             if let crate::lifecycle::AttemptDecision::Retry { due } = decision {
-                retries.push((subscription_id.clone(), *due, delivery_id.clone()));
+                queued.push(QueueNotice::Queued {
+                    subscription_id: subscription_id.clone(),
+                    due: *due,
+                    delivery_id: delivery_id.clone(),
+                });
             }
         }
         for subscription in touched.values().flatten() {
             write_subscription(&tx, subscription).await?;
         }
-        (disabled, retries)
+        let fresh: Vec<&Subscription> = touched.values().flatten().collect();
+        store_operational(&db, &tx, &operational, &fresh, &mut queued).await?;
+        (disabled, queued)
     })?;
-    for (subscription_id, due, delivery_id) in retries {
-        announce(&db, QueueNotice::Queued { subscription_id, due, delivery_id });
+    for notice in retries {
+        announce(&db, notice);
     }
     Ok(disabled)
+}
+
+/// Stores operational events in the transaction of the write that caused them, fanned out to
+/// their tenant's subscriptions (read here, as publish reads them; `fresh` are those this
+/// transaction changed), and hints the nodes of the deliveries they queued (added to `queued`,
+/// to announce after the commit).
+async fn store_operational(
+    db: &Db,
+    tx: &impl GenericClient,
+    operational: &[Operational],
+    fresh: &[&Subscription],
+    queued: &mut Vec<QueueNotice>,
+) -> Result<(), Failure> {
+    let mut audiences: HashMap<&str, Vec<Subscription>> = HashMap::new();
+    let mut hints = Vec::new();
+    for event in operational {
+        let tenant_id = event.tenant_id.as_str();
+        if !audiences.contains_key(tenant_id) {
+            let audience = tx
+                .q(
+                    &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"),
+                    &[&tenant_id],
+                )
+                .await?
+                .iter()
+                .map(rows::subscription)
+                .collect::<Result<_, _>>()?;
+            audiences.insert(tenant_id, audience);
+        }
+        let at = event.event.id.created_at();
+        let (stored, fanned) = event.fan_out(&audiences[tenant_id], fresh, at);
+        if fanned.is_empty() {
+            continue;
+        }
+        insert_event(tx, &stored).await?;
+        for delivery in &fanned {
+            store_delivery(tx, None, delivery, at).await?;
+            if delivery.state == DeliveryState::Pending {
+                hints.push(QueueNotice::Queued {
+                    subscription_id: delivery.subscription_id.clone(),
+                    due: at,
+                    delivery_id: delivery.id.clone(),
+                });
+            }
+        }
+    }
+    if !hints.is_empty() {
+        hint(db, tx, &hints).await?;
+    }
+    queued.extend(hints);
+    Ok(())
 }
 
 async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, StoreError> {
