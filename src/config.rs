@@ -632,14 +632,15 @@ fn validate_storage(
             })?;
             let parsed = url::Url::parse(&url)
                 .ok()
-                .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"))
-                .filter(|_| url.parse::<tokio_postgres::Config>().is_ok());
+                .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"));
             if parsed.is_none() {
                 return Err(invalid(
                     "storage.url",
                     format!("{} is not a URL like \"postgres://user@host:5432/db\"", redact_password(&url)),
                 ));
             }
+            // What the backend will read of it: the driver's settings, `sslmode`, `sslrootcert`.
+            crate::store::check_postgres_url(&url).map_err(|err| invalid("storage.url", err.to_string()))?;
             if !(1..=1024).contains(&raw.pool_size) {
                 return Err(invalid("storage.pool_size", "must be between 1 and 1024"));
             }

@@ -158,6 +158,13 @@ pub fn open(
     }
 }
 
+/// Checks a PostgreSQL URL as the backend will read it (the driver's settings and libpq's
+/// `sslmode` and `sslrootcert`, whose file must hold a CA certificate), without connecting: for
+/// config validation. The error names what is wrong and never shows the password.
+pub fn check_postgres_url(url: &str) -> Result<(), StoreError> {
+    postgres::check_url(url)
+}
+
 /// One record moving between backends (`migrate-storage`).
 #[derive(Debug, Clone)]
 pub enum Exported {

@@ -314,3 +314,41 @@ fn migrate_storage_moves_a_sled_install_to_postgres() {
     receiver.wait_for(4, LONG);
     served.stop("TERM");
 }
+
+/// `sslmode`/`sslrootcert` in the URL, in libpq's words: a server that takes TLS connections
+/// only is reached with its CA; without TLS, or without a CA that signed its certificate, the
+/// daemon refuses to start and says why.
+#[test]
+fn the_database_connection_is_encrypted_and_verified_when_the_url_asks() {
+    let (cluster, ca) = PgCluster::start_tls();
+    let base = cluster.url();
+    let verified = format!("{base}?sslmode=verify-full&sslrootcert={}", ca.display());
+    let daemon = TestDaemon::with(Setup { storage: Storage::Postgres(verified), ..Setup::default() });
+    let receiver = Receiver::start();
+    let body = json!({ "name": "tls", "url": receiver.url("/hook"), "events": ["message.received"] });
+    daemon.create_subscription(ACME_KEY, body);
+    daemon.publish(ACME_KEY, "message.received", json!({}));
+    receiver.wait_for(1, LONG);
+    let plaintext = cluster.psql(
+        "SELECT count(*) FILTER (WHERE NOT s.ssl), count(*) FILTER (WHERE s.ssl) FROM pg_stat_ssl s \
+         JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'client backend'",
+    );
+    let (unencrypted, encrypted) = plaintext.split_once('|').unwrap();
+    assert_eq!(unencrypted, "0", "every connection is TLS");
+    assert!(encrypted.parse::<u32>().unwrap() >= 2, "the daemon's connections are there: {plaintext}");
+
+    let refused = |url: String| {
+        let config = Setup { storage: Storage::Postgres(url), ..Setup::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let config = atender_webhooks::Config::parse(&config.config_text(dir.path(), "127.0.0.1:0")).unwrap();
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        match runtime.block_on(atender_webhooks::Daemon::start(config)) {
+            Ok(_) => panic!("the daemon started"),
+            Err(err) => format!("{err:#}"),
+        }
+    };
+    let without_tls = refused(base.clone());
+    assert!(without_tls.contains("no encryption"), "{without_tls}");
+    let unknown_ca = refused(format!("{base}?sslmode=require"));
+    assert!(unknown_ca.contains("certificate"), "{unknown_ca}");
+}

@@ -114,14 +114,83 @@ impl PgCluster {
     }
 
     fn start_with(fsync: bool) -> PgCluster {
+        let cluster = PgCluster::copy_template(fsync);
+        cluster.start_server();
+        cluster
+    }
+
+    fn copy_template(fsync: bool) -> PgCluster {
         let dir = tempfile::Builder::new().prefix("atender-pg").tempdir().unwrap();
         let status =
             Command::new("cp").arg("-a").arg(template().join("data")).arg(dir.path()).status().unwrap();
         assert!(status.success(), "cannot copy the template cluster");
         chown_postgres(dir.path());
-        let cluster = PgCluster { dir, port: free_port(), fsync };
+        PgCluster { dir, port: free_port(), fsync }
+    }
+
+    /// Starts a fresh cluster that accepts TLS connections only (`hostssl` in `pg_hba.conf`),
+    /// with a server certificate for 127.0.0.1 signed by a CA of its own; returns the CA
+    /// certificate's PEM file. Needs the `openssl` command (`.ci/run` installs it).
+    pub fn start_tls() -> (PgCluster, PathBuf) {
+        let cluster = PgCluster::copy_template(false);
+        let dir = cluster.dir.path();
+        let openssl = |args: &[&str]| {
+            let output = Command::new("openssl").args(args).current_dir(dir).output().unwrap_or_else(|err| {
+                panic!("openssl is needed for the TLS test ({err}); .ci/run installs it (Debian: openssl)")
+            });
+            assert!(output.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"],
+                &ec[..],
+                &["-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=atender test CA", "-days", "2"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[&["req"], &ec[..], &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]]
+                .concat(),
+        );
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ]);
+        chown_postgres(dir);
+        std::fs::set_permissions(dir.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let data = cluster.data();
+        let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+        std::io::Write::write_all(
+            &mut conf,
+            format!(
+                "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                dir.join("server.crt").display(),
+                dir.join("server.key").display()
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        std::fs::write(data.join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+            .unwrap();
         cluster.start_server();
-        cluster
+        let ca = dir.join("ca.crt");
+        (cluster, ca)
     }
 
     fn data(&self) -> PathBuf {

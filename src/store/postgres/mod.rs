@@ -24,6 +24,7 @@
 //! it, so they never need the caller to be inside a runtime.
 
 mod rows;
+mod tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -34,7 +35,7 @@ use std::time::Duration;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::Row;
 
 use crate::config::{redact_password, PostgresConfig};
 use crate::health::Health;
@@ -203,16 +204,30 @@ impl Failure {
 /// [`StoreError::Unavailable`]; anything else is [`StoreError::Io`] (logged, 503).
 fn db_error(err: tokio_postgres::Error) -> StoreError {
     let Some(code) = err.code() else {
-        // No SQLSTATE: the connection itself (closed, refused, I/O).
-        return StoreError::Unreachable(err.to_string());
+        // No SQLSTATE: the connection itself (closed, refused, I/O, TLS).
+        return StoreError::Unreachable(describe(&err));
     };
     let class = &code.code()[..2];
     match class {
-        // connection exception, operator intervention (shutdown, crash), insufficient resources
-        "08" | "57" | "53" => StoreError::Unreachable(err.to_string()),
+        // connection exception, operator intervention (shutdown, crash), insufficient resources;
+        // 28: invalid authorization (pg_hba.conf refuses, a wrong password)
+        "08" | "57" | "53" | "28" => StoreError::Unreachable(describe(&err)),
         "40" => StoreError::Unavailable,
-        _ => StoreError::Io(format!("PostgreSQL: {err}")),
+        _ => StoreError::Io(format!("PostgreSQL: {}", describe(&err))),
     }
+}
+
+/// The driver's error with its causes: its own text is only the kind ("db error", "error
+/// performing TLS handshake"); the server's message or the TLS failure is in the source chain.
+fn describe(err: &tokio_postgres::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Runs a read of one statement (or of statements that need no common snapshot) on a pooled
@@ -256,6 +271,11 @@ macro_rules! transaction {
     }};
 }
 
+/// [`crate::store::check_postgres_url`].
+pub(crate) fn check_url(url: &str) -> Result<(), StoreError> {
+    tls::connection(url).map(drop)
+}
+
 impl PgStore {
     /// Connects to the database of `config.url`, applies the schema migrations (several nodes
     /// may start at once: a node that loses the race reads the winner's result), and starts
@@ -267,13 +287,10 @@ impl PgStore {
             .enable_all()
             .build()
             .map_err(|err| StoreError::Io(format!("cannot start the storage runtime: {err}")))?;
-        let pg_config: tokio_postgres::Config = config
-            .url
-            .parse()
-            .map_err(|err| StoreError::Io(format!("{}: {err}", redact_password(&config.url))))?;
+        let server = tls::connection(&config.url)?;
         let manager = Manager::from_config(
-            pg_config.clone(),
-            NoTls,
+            server.config.clone(),
+            server.tls.clone(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -287,7 +304,8 @@ impl PgStore {
         let node = node_name();
         let status = Arc::new(Status::default());
         status.last_ok.store(now_millis(), Ordering::Relaxed);
-        let native = runtime.block_on(prepare(&pool, &pg_config))?;
+        let native = runtime.block_on(prepare(&pool, &server))?;
+
         let db = Db(Arc::new(Shared {
             pool,
             node: node.clone(),
@@ -296,17 +314,19 @@ impl PgStore {
             native,
             status,
         }));
-        runtime.spawn(monitor(db.clone(), pg_config.clone(), options.health.clone()));
+        runtime.spawn(monitor(db.clone(), server.clone(), options.health.clone()));
         let (publisher, incoming) = tokio::sync::mpsc::unbounded_channel();
         let incoming = Arc::new(tokio::sync::Mutex::new(incoming));
         for _ in 0..PUBLISH_WRITERS {
             runtime.spawn(publish_writer(db.clone(), incoming.clone()));
         }
+        let tls = server.encrypted;
         if native {
-            runtime.spawn(listen(pg_config, node, options.notices.clone(), options.health.clone()));
+            runtime.spawn(listen(server, node, options.notices.clone(), options.health.clone()));
         }
         tracing::info!(
             url = %redact_password(&config.url),
+            tls,
             pool_size = config.pool_size,
             node = %db.0.node,
             notifications = native,
@@ -358,11 +378,14 @@ fn node_name() -> String {
 
 /// Applies the migrations (retrying when another node applies them at the same moment) and
 /// finds out whether the server takes `NOTIFY`.
-async fn prepare(pool: &Pool, pg_config: &tokio_postgres::Config) -> Result<bool, StoreError> {
+async fn prepare(pool: &Pool, server: &tls::Connection) -> Result<bool, StoreError> {
     let mut tries = 0;
     loop {
-        let (mut client, connection) =
-            pg_config.connect(NoTls).await.map_err(|err| StoreError::Unreachable(err.to_string()))?;
+        let (mut client, connection) = server
+            .config
+            .connect(server.tls.clone())
+            .await
+            .map_err(|err| StoreError::Unreachable(describe(&err)))?;
         let driver = tokio::spawn(connection);
         let applied =
             migrations::runner().set_migration_table_name(MIGRATION_TABLE).run_async(&mut client).await;
@@ -401,7 +424,7 @@ async fn prepare(pool: &Pool, pg_config: &tokio_postgres::Config) -> Result<bool
 /// Checks the server every [`PROBE_PERIOD`] (a `SELECT 1` through the pool) for `/readyz`.
 /// The check runs on a connection of its own, so a pool busy with work never reads as a lost
 /// server.
-async fn monitor(db: Db, pg_config: tokio_postgres::Config, health: Arc<Health>) {
+async fn monitor(db: Db, server: tls::Connection, health: Arc<Health>) {
     let beat = health.register("storage-monitor", Duration::from_secs(30));
     let signal = health.shutdown_signal().clone();
     let mut shutdown = Box::pin(async move { signal.raised().await });
@@ -410,7 +433,7 @@ async fn monitor(db: Db, pg_config: tokio_postgres::Config, health: Arc<Health>)
         beat.busy();
         let check = async {
             if connection.as_ref().is_none_or(|client| client.is_closed()) {
-                let (client, driver) = pg_config.connect(NoTls).await?;
+                let (client, driver) = server.config.connect(server.tls.clone()).await?;
                 tokio::spawn(driver);
                 connection = Some(client);
             }
@@ -457,7 +480,7 @@ async fn monitor(db: Db, pg_config: tokio_postgres::Config, health: Arc<Health>)
 /// Listens for other nodes' `NOTIFY` hints and turns them into local rescans; reconnects after
 /// a lost connection. Hints from this node are skipped (it announced them already).
 async fn listen(
-    pg_config: tokio_postgres::Config,
+    server: tls::Connection,
     node: String,
     notices: crossbeam_channel::Sender<QueueNotice>,
     health: Arc<Health>,
@@ -468,7 +491,7 @@ async fn listen(
     let shutdown = health.shutdown_signal().clone();
     while !shutdown.is_raised() {
         let connected = async {
-            let (client, mut connection) = pg_config.connect(NoTls).await?;
+            let (client, mut connection) = server.config.connect(server.tls.clone()).await?;
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             let statement = format!("LISTEN {NOTIFY_CHANNEL}");
             let listening = client.batch_execute(&statement);
