@@ -15,6 +15,8 @@ mod nodes;
 mod openapi;
 mod packaging;
 mod portal;
+mod probe;
+mod recovery;
 mod retention;
 mod smoke;
 mod webhooks;
