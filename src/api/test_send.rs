@@ -15,7 +15,7 @@ use crate::api::webhooks::find;
 use crate::api::ApiState;
 use crate::catalogue::{self, WEBHOOK_TEST};
 use crate::config::Scope;
-use crate::model::{now_millis, rfc3339, DeliveryId, EventId};
+use crate::model::{now_millis, rfc3339, DeliveryId, EventId, Subscription};
 use crate::probe::{TestMessage, TestOutcome, TestSendError};
 
 /// The message of the 429 `test_in_progress` answer.
@@ -88,6 +88,15 @@ pub async fn test(state: ApiState, headers: HeaderMap, id: String) -> Result<Res
     let config = state.config.current();
     let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
     let subscription = find(&state, &principal.tenant.id, &id)?;
+    let outcome = send_test(&state, &subscription)?;
+    Ok(json_reply(StatusCode::OK, &TestResult::from(outcome)))
+}
+
+/// Sends a fresh `webhook.test` event to `subscription` now and returns how it went (the
+/// endpoint's and the portal's button's work). Blocks for the exchange, at most
+/// `probe::MAX_TEST_TIMEOUT`. Errors: 429 `test_in_progress` while another test send to the
+/// subscription is under way on this daemon.
+pub(crate) fn send_test(state: &ApiState, subscription: &Subscription) -> Result<TestOutcome, ApiError> {
     let now = now_millis();
     let (event_id, delivery_id) = (EventId::new(now), DeliveryId::new(now));
     let body = catalogue::body(
@@ -98,8 +107,7 @@ pub async fn test(state: ApiState, headers: HeaderMap, id: String) -> Result<Res
         &catalogue::test_data(subscription.id.as_str()),
     );
     let message = TestMessage { delivery_id: &delivery_id, event_type: WEBHOOK_TEST, body: &body };
-    let outcome = state.test_send.send(&subscription, &message).map_err(|err| match err {
+    state.test_send.send(subscription, &message).map_err(|err| match err {
         TestSendError::Busy => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "test_in_progress", BUSY_MESSAGE),
-    })?;
-    Ok(json_reply(StatusCode::OK, &TestResult::from(outcome)))
+    })
 }
