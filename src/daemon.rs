@@ -56,8 +56,13 @@ impl Daemon {
             Engine::start(store.clone(), notices_rx, config.clone(), metrics.clone(), health.clone())
                 .context("cannot start the delivery engine")?;
         tracing::info!(workers = config.current().delivery.workers, "delivery engine running");
-        let state =
-            ApiState { config: config.clone(), store: store.clone(), metrics, health: health.clone() };
+        let state = ApiState {
+            config: config.clone(),
+            store: store.clone(),
+            metrics,
+            health: health.clone(),
+            test_send: engine.test_sender(),
+        };
         // The server stops taking connections on the daemon's one shutdown signal.
         let shutdown = health.shutdown_signal().clone();
         let server = tokio::spawn(

@@ -5,6 +5,7 @@
 //! - [`catalogue`]: the event types the daemon sends itself (operational events, test sends).
 //! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
+//! - [`probe`]: the test-send interface, which the API calls and the delivery engine implements.
 //! - [`store`]: the only module that knows sled.
 //! - [`api`]: the only module that knows warp and JSON shapes.
 //! - [`portal`]: the tenant portal, web pages served under `/portal/` (uses `api`'s validation).
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod net_policy;
 pub mod portal;
+pub mod probe;
 pub mod store;
 
 pub use config::Config;

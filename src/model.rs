@@ -24,6 +24,76 @@ pub fn rfc3339(at: Millis) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// An RFC 3339 `date-time` (`2026-05-11T09:00:00Z`, `2026-05-11T11:00:00.250+02:00`) as Unix
+/// milliseconds, negative before 1970; `None` when `text` is not one. RFC 3339 §5.6: a time
+/// offset is required (`Z` or `±HH:MM`), `T` and `Z` may be lower case, a fraction of a second
+/// may have any number of digits (read to the millisecond, rounded down), and a leap second
+/// (`:60`) reads as the last millisecond of its minute. The date must exist (no 31 April, 29
+/// February only in leap years). Years 0000–9999.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    fn digits(text: &str) -> Option<i64> {
+        (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok())?
+    }
+    let bytes = text.as_bytes();
+    // Every valid one is ASCII, and byte slicing below needs char boundaries.
+    if !text.is_ascii()
+        || bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't')
+    {
+        return None;
+    }
+    if bytes[13] != b':' || bytes[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (digits(&text[0..4])?, digits(&text[5..7])?, digits(&text[8..10])?);
+    let (hour, minute, second) = (digits(&text[11..13])?, digits(&text[14..16])?, digits(&text[17..19])?);
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let end = fraction.find(|c: char| !c.is_ascii_digit()).unwrap_or(fraction.len());
+        if end == 0 {
+            return None;
+        }
+        millis = format!("{:0<3}", &fraction[..end.min(3)]).parse::<i64>().ok()?;
+        rest = &fraction[end..];
+    }
+    let offset_minutes = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && matches!(&rest[..1], "+" | "-") && &rest[3..4] == ":" => {
+            let (hours, minutes) = (digits(&rest[1..3])?, digits(&rest[4..6])?);
+            if hours > 23 || minutes > 59 {
+                return None;
+            }
+            let sign = if rest.starts_with('-') { -1 } else { 1 };
+            sign * (hours * 60 + minutes)
+        }
+        _ => return None,
+    };
+    let leap_year = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap_year => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if day < 1 || day > days_in_month || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let (second, millis) = if second == 60 { (59, 999) } else { (second, millis) };
+    // Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil).
+    let shifted_year = if month <= 2 { year - 1 } else { year };
+    let era = shifted_year.div_euclid(400);
+    let year_of_era = shifted_year - era * 400;
+    let day_of_year = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    let days = era * 146_097 + day_of_era - 719_468;
+    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
+    Some(seconds * 1000 + millis)
+}
+
 /// A new ULID made at `at` for id kind `slot`, greater than every one made before for that
 /// slot by this process: listings promise newest first by id, and two ids made within one
 /// millisecond must not sort at random.
@@ -84,6 +154,14 @@ macro_rules! typed_id {
 
             pub fn as_bytes(&self) -> &[u8] {
                 self.0.as_bytes()
+            }
+
+            /// The smallest id of this kind [`Self::new`] could make at `at` (Unix ms; a time
+            /// past the ULID range, year 10889, counts as its end): the bound of a range of ids
+            /// by creation time, e.g. `first_at(since) <= id < first_at(until)`. Never stored.
+            pub fn first_at(at: Millis) -> Self {
+                const MAX_ULID_MILLIS: Millis = (1 << 48) - 1;
+                $name(format!("{}{}", $prefix, ulid::Ulid::from_parts(at.min(MAX_ULID_MILLIS), 0)))
             }
 
             /// The creation time encoded in the id (Unix ms).
@@ -406,6 +484,61 @@ mod tests {
     #[test]
     fn rfc3339_is_utc_seconds() {
         assert_eq!(rfc3339(1_778_490_000_000), "2026-05-11T09:00:00Z");
+    }
+
+    #[test]
+    fn rfc3339_parses_what_it_formats_and_every_offset() {
+        for at in [0, 1_778_490_000_000, 951_782_400_000, 4_102_444_799_000] {
+            assert_eq!(parse_rfc3339(&rfc3339(at)), Some(at as i64), "{}", rfc3339(at));
+        }
+        for (text, expected) in [
+            ("2026-05-11T09:00:00Z", 1_778_490_000_000),
+            ("2026-05-11t09:00:00z", 1_778_490_000_000),
+            ("2026-05-11T11:00:00+02:00", 1_778_490_000_000),
+            ("2026-05-11T04:30:00-04:30", 1_778_490_000_000),
+            ("2026-05-11T09:00:00.25Z", 1_778_490_000_250),
+            ("2026-05-11T09:00:00.123456789Z", 1_778_490_000_123),
+            ("2026-05-11T09:00:60Z", 1_778_490_059_999),
+            ("2000-02-29T00:00:00Z", 951_782_400_000),
+            ("1969-12-31T23:59:59Z", -1000),
+            ("0000-01-01T00:00:00Z", -62_167_219_200_000),
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(expected), "{text}");
+        }
+        for bad in [
+            "",
+            "2026-05-11",
+            "2026-05-11T09:00:00",
+            "2026-05-11 09:00:00Z",
+            "2026-05-11T09:00Z",
+            "2026-05-11T09:00:00.Z",
+            "2026-05-11T09:00:00+0200",
+            "2026-05-11T09:00:00+24:00",
+            "2026-13-01T00:00:00Z",
+            "2026-04-31T00:00:00Z",
+            "2026-02-29T00:00:00Z",
+            "1900-02-29T00:00:00Z",
+            "2026-05-11T24:00:00Z",
+            "2026-05-11T09:60:00Z",
+            "2026-05-11T09:00:61Z",
+            "+2026-05-11T09:00:00Z",
+            "2026-05-11T09:00:00Zjunk",
+            "2026-05-11T09:00:0\u{e9}Z",
+            "yesterday at noon, roughly",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn first_at_bounds_the_ids_made_from_that_millisecond_on() {
+        let at = 200_000_000_009_000;
+        let bound = DeliveryId::first_at(at);
+        assert_eq!(bound.created_at(), at);
+        assert_eq!(DeliveryId::parse(bound.as_str()), Some(bound.clone()));
+        let made = DeliveryId::new(at);
+        assert!(DeliveryId::first_at(at - 1) < made && bound <= made && made < DeliveryId::first_at(at + 1));
+        assert_eq!(DeliveryId::first_at(u64::MAX).created_at(), (1 << 48) - 1);
     }
 }
 

@@ -1,7 +1,8 @@
 //! `/v1/webhooks/:id/deliveries`: the delivery log of a subscription, one delivery with its
-//! payload, and redelivery.
+//! payload, and redelivery; `/v1/webhooks/:id/recover`: redelivery of the failed and expired
+//! ones of a time range.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::ToSchema;
 use warp::http::{HeaderMap, StatusCode};
@@ -9,13 +10,18 @@ use warp::reply::Response;
 
 use crate::api::error::ApiError;
 use crate::api::openapi::{
-    fields, DeliveryListQuery, DeliveryPath, NotFound, SubscriptionPath, ValidationFailed,
+    fields, DeliveryListQuery, DeliveryPath, NotFound, PayloadTooLarge, SubscriptionPath,
+    UnsupportedMediaType, ValidationFailed,
 };
-use crate::api::request::{authorize, json_reply, page_limit, parse_cursor, parse_query, query_value, Gate};
-use crate::api::webhooks::find;
+use crate::api::request::{
+    authorize, json_reply, page_limit, parse_cursor, parse_query, query_value, require_json, Gate,
+};
+use crate::api::webhooks::{find, present};
 use crate::api::ApiState;
 use crate::config::Scope;
-use crate::model::{rfc3339, Attempt, Delivery, DeliveryId, DeliveryState, SubscriptionId};
+use crate::model::{
+    now_millis, parse_rfc3339, rfc3339, Attempt, Delivery, DeliveryId, DeliveryState, Millis, SubscriptionId,
+};
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -198,6 +204,121 @@ pub async fn redeliver(
     Ok(json_reply(StatusCode::ACCEPTED, &DeliveryView::new(&delivery, None)))
 }
 
+/// `POST /v1/webhooks/:id/recover`'s body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(as = RecoverDeliveries)]
+struct RecoverBody {
+    /// The start of the range (included): deliveries created at or after it. RFC 3339 with an
+    /// offset (`Z` or `±HH:MM`), fractions of a second read to the millisecond.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(required = true, value_type = String, format = DateTime, examples("2026-05-11T09:00:00Z"))]
+    since: Option<String>,
+    /// The end of the range (excluded): deliveries created before it; default now. Must be
+    /// after `since`.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String, format = DateTime, examples("2026-05-11T10:00:00Z"))]
+    until: Option<String>,
+}
+
+/// What a recovery queued.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Recovered, description = "How many deliveries were queued again")]
+struct Recovered {
+    /// Failed and expired deliveries queued again (held again, for a paused or disabled
+    /// subscription); those pending, held or succeeded are not counted
+    queued: u64,
+}
+
+/// `POST /v1/webhooks/:id/recover` with `{"since": "<RFC 3339>", "until": "<RFC 3339>"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/webhooks/{id}/recover",
+    operation_id = "recoverDeliveries",
+    tag = "deliveries",
+    summary = "Queue again the failed and expired deliveries of a time range",
+    description = "Every `failed` or `expired` delivery of the subscription created at or after `since` \
+        and before `until` (default: now) starts a fresh round of attempts with its own id and body, as \
+        redeliver does: `pending`, or `held` while the subscription is paused or disabled. Deliveries \
+        pending, held or succeeded are left alone, so repeating a recovery queues nothing twice. Answers \
+        once every queued delivery is stored (in batches of 500, each durable); after a 503 part-way, \
+        call again to finish.",
+    params(SubscriptionPath),
+    request_body = RecoverBody,
+    responses(
+        (status = 202, description = "Queued; `queued` counts the deliveries queued or held again", body = Recovered),
+        (status = 400, response = ValidationFailed),
+        (status = 404, response = NotFound),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+    ),
+)]
+pub async fn recover(
+    state: ApiState,
+    headers: HeaderMap,
+    id: String,
+    body: Vec<u8>,
+) -> Result<Response, ApiError> {
+    let config = state.config.current();
+    let principal = authorize(&config, &headers, Scope::WebhooksWrite, Gate::Webhooks)?;
+    // The subscription first: an unknown id is 404 whatever the body, as schemathesis expects
+    // of a schema-valid body whose range the schema cannot check.
+    let subscription = find(&state, &principal.tenant.id, &id)?;
+    let body: RecoverBody = require_json(&headers, &body)?;
+    let (since, until) = recovery_range(body.since.as_deref(), body.until.as_deref(), now_millis())?;
+    let queued = state.store.recover(&subscription, since, until)?;
+    tracing::info!(
+        tenant = %principal.tenant.id,
+        subscription = %subscription.id,
+        since = %rfc3339(since),
+        until = %rfc3339(until),
+        queued,
+        "deliveries recovered"
+    );
+    Ok(json_reply(StatusCode::ACCEPTED, &Recovered { queued: queued as u64 }))
+}
+
+/// The range `[since, until)` of a recovery in Unix ms, from the body's RFC 3339 times; `until`
+/// defaults to `now` (or to `since`, an empty range, when `since` is later). Times before 1970
+/// count as 1970 (no delivery is older). 400 naming the field when `since` is missing, a time
+/// does not parse, or `until` is not after `since`.
+fn recovery_range(
+    since: Option<&str>,
+    until: Option<&str>,
+    now: Millis,
+) -> Result<(Millis, Millis), ApiError> {
+    let time = |field: &str, text: &str| -> Result<Millis, ApiError> {
+        let at = parse_rfc3339(text).ok_or_else(|| {
+            ApiError::validation(format!(
+                "{field} must be an RFC 3339 time with an offset, such as 2026-05-11T09:00:00Z or \
+                 2026-05-11T11:00:00+02:00 (got {text:?})"
+            ))
+        })?;
+        Ok(at.max(0) as Millis)
+    };
+    let since = since.ok_or_else(|| {
+        ApiError::validation(
+            "since is required: the start of the range to recover, an RFC 3339 time such as 2026-05-11T09:00:00Z",
+        )
+    })?;
+    let since = time("since", since)?;
+    let until = match until {
+        Some(text) => {
+            let until = time("until", text)?;
+            if until <= since {
+                return Err(ApiError::validation(format!(
+                    "until must be after since (since is {}, until {})",
+                    rfc3339(since),
+                    rfc3339(until)
+                )));
+            }
+            until
+        }
+        None => now.max(since),
+    };
+    Ok((since, until))
+}
+
 /// A delivery of the subscription, or 404 for unknown, malformed and other subscriptions' ids.
 pub(crate) fn find_delivery(
     state: &ApiState,
@@ -206,4 +327,41 @@ pub(crate) fn find_delivery(
 ) -> Result<Delivery, ApiError> {
     let delivery_id = DeliveryId::parse(delivery_id).ok_or_else(|| ApiError::not_found("delivery"))?;
     state.store.delivery(subscription_id, &delivery_id)?.ok_or_else(|| ApiError::not_found("delivery"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Millis = 1_778_490_000_000; // 2026-05-11T09:00:00Z
+
+    #[test]
+    fn a_recovery_range_is_half_open_and_until_defaults_to_now() {
+        let range = |since, until| recovery_range(since, until, NOW);
+        assert_eq!(range(Some("2026-05-11T08:00:00Z"), None).unwrap(), (NOW - 3_600_000, NOW));
+        assert_eq!(
+            range(Some("2026-05-11T08:00:00Z"), Some("2026-05-11T10:30:00+02:00")).unwrap(),
+            (NOW - 3_600_000, NOW - 1_800_000)
+        );
+        // In the future: an empty range when until is left out, not an error.
+        assert_eq!(range(Some("2026-05-12T09:00:00Z"), None).unwrap(), (NOW + 86_400_000, NOW + 86_400_000));
+        // Before 1970 counts as 1970.
+        assert_eq!(range(Some("1960-01-01T00:00:00Z"), Some("1970-01-01T00:00:01Z")).unwrap(), (0, 1000));
+    }
+
+    #[test]
+    fn a_bad_recovery_range_names_its_field() {
+        for (since, until, expected) in [
+            (None, None, "since is required"),
+            (Some("yesterday"), None, "since must be an RFC 3339 time"),
+            (Some("2026-05-11T08:00:00"), None, "since must be an RFC 3339 time"),
+            (Some("2026-05-11T08:00:00Z"), Some("2026-05-11"), "until must be an RFC 3339 time"),
+            (Some("2026-05-11T08:00:00Z"), Some("2026-05-11T08:00:00Z"), "until must be after since"),
+            (Some("2026-05-11T08:00:00Z"), Some("2026-05-11T07:00:00Z"), "until must be after since"),
+        ] {
+            let err = recovery_range(since, until, NOW).unwrap_err();
+            assert_eq!(err.code, "validation_failed");
+            assert!(err.message.starts_with(expected), "{since:?} {until:?}: {}", err.message);
+        }
+    }
 }

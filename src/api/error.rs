@@ -12,7 +12,7 @@ use warp::{Rejection, Reply};
 use crate::store::StoreError;
 
 /// Every code the API answers with.
-pub const ERROR_CODES: [&str; 11] = [
+pub const ERROR_CODES: [&str; 12] = [
     "validation_failed",
     "unauthorized",
     "insufficient_scope",
@@ -24,6 +24,7 @@ pub const ERROR_CODES: [&str; 11] = [
     "limit_exceeded",
     "idempotency_conflict",
     "unavailable",
+    "test_in_progress",
 ];
 
 /// The body of every error answer.

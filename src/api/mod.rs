@@ -1,5 +1,5 @@
 //! The HTTP API: the only module that knows warp and the JSON shapes. One file per resource
-//! (`webhooks`, `deliveries`, `events`, `ops`), shared request plumbing in `request`, the error
+//! (`webhooks`, `deliveries`, `events`, `ops`, `test_send`), shared request plumbing in `request`, the error
 //! shape in `error`, the OpenAPI document in `openapi`, and the one list of routes, which the
 //! router, the document and the 405 `Allow` header all read, in `routes`.
 //!
@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod ops;
 pub mod request;
 pub mod routes;
+pub mod test_send;
 pub mod webhooks;
 
 use std::sync::Arc;
@@ -40,6 +41,9 @@ pub struct ApiState {
     pub store: Arc<dyn Storage>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
+    /// Test sends (`POST /v1/webhooks/{id}/test`), made by the delivery engine, which the API
+    /// knows only through this trait.
+    pub test_send: Arc<dyn crate::probe::TestSend>,
 }
 
 /// Which configured body limit an endpoint uses.

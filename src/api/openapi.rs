@@ -237,10 +237,12 @@ pub enum ErrorAnswer {
     IdempotencyConflict,
     /// 503 `unavailable`.
     Unavailable,
+    /// 429 `test_in_progress` (`POST /v1/webhooks/{id}/test`).
+    TestInProgress,
 }
 
 impl ErrorAnswer {
-    const ALL: [ErrorAnswer; 11] = [
+    const ALL: [ErrorAnswer; 12] = [
         ErrorAnswer::ValidationFailed,
         ErrorAnswer::Unauthorized,
         ErrorAnswer::Forbidden,
@@ -252,6 +254,7 @@ impl ErrorAnswer {
         ErrorAnswer::LimitExceeded,
         ErrorAnswer::IdempotencyConflict,
         ErrorAnswer::Unavailable,
+        ErrorAnswer::TestInProgress,
     ];
 
     /// (component name, status, description, example code, example message).
@@ -341,6 +344,14 @@ impl ErrorAnswer {
                 "unavailable",
                 "storage is unavailable; retry shortly",
             ),
+            ErrorAnswer::TestInProgress => (
+                "TestInProgress",
+                "429",
+                "A test send to this subscription is still under way (at most one at a time per \
+                 subscription); wait for its answer (`test_in_progress`)",
+                "test_in_progress",
+                crate::api::test_send::BUSY_MESSAGE,
+            ),
         }
     }
 
@@ -392,7 +403,8 @@ error_answers!(
     PayloadTooLarge,
     UnsupportedMediaType,
     LimitExceeded,
-    IdempotencyConflict
+    IdempotencyConflict,
+    TestInProgress
 );
 
 /// The `enum` of the `Error` schema's `code`.

@@ -14,7 +14,8 @@ use warp::Filter;
 
 use crate::api::request::Gate;
 use crate::api::{
-    body, deliveries, events, off_workers, ops, query, webhooks, with_body, with_body_off, ApiState, BodyKind,
+    body, deliveries, events, off_workers, ops, query, test_send, webhooks, with_body, with_body_off,
+    ApiState, BodyKind,
 };
 use crate::config::Scope;
 
@@ -270,6 +271,15 @@ pub const ROUTES: &[Route] = &[
             })
             .boxed()
     }),
+    Route::of::<test_send::__path_test>(Key(WebhooksWrite, Webhooks), |state, matched| {
+        matched
+            .and(with_state(&state))
+            .and(headers())
+            .then(|path: PathParams, state, headers| {
+                off_workers(test_send::test(state, headers, path.get("id")))
+            })
+            .boxed()
+    }),
     Route::of::<deliveries::__path_list>(Key(WebhooksRead, Webhooks), |state, matched| {
         matched
             .and(with_state(&state))
@@ -295,6 +305,16 @@ pub const ROUTES: &[Route] = &[
             .and(headers())
             .then(|path: PathParams, state, headers| {
                 off_workers(deliveries::redeliver(state, headers, path.get("id"), path.get("deliveryId")))
+            })
+            .boxed()
+    }),
+    Route::of::<deliveries::__path_recover>(Key(WebhooksWrite, Webhooks), |state, matched| {
+        matched
+            .and(with_state(&state))
+            .and(headers())
+            .and(body(state, BodyKind::Subscription))
+            .then(|path: PathParams, state, headers, body| {
+                with_body_off(body, move |body| deliveries::recover(state, headers, path.get("id"), body))
             })
             .boxed()
     }),
@@ -364,6 +384,8 @@ mod tests {
         assert_eq!(allowed_methods("/v1/webhooks"), [Method::POST, Method::GET]);
         assert_eq!(allowed_methods("/v1/webhooks/wh_x"), [Method::GET, Method::PATCH, Method::DELETE]);
         assert_eq!(allowed_methods("/v1/webhooks/wh_x/deliveries/dlv_y/redeliver"), [Method::POST]);
+        assert_eq!(allowed_methods("/v1/webhooks/wh_x/test"), [Method::POST]);
+        assert_eq!(allowed_methods("/v1/webhooks/wh_x/recover"), [Method::POST]);
         assert!(allowed_methods("/v1/webhooks//deliveries").is_empty());
         assert!(allowed_methods("/v1/nothing").is_empty());
     }

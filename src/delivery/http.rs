@@ -268,8 +268,34 @@ pub struct Outcome {
 /// `Content-Type` entries in `headers` are skipped: the body is always JSON. The outcome follows
 /// the status line; a failure while reading the discarded body does not change it.
 pub fn post(agent: &Agent, url: &str, headers: &[(String, String)], body: &[u8]) -> Outcome {
+    post_bounded(agent, url, headers, body, None)
+}
+
+/// [`post`] bounded by `timeout` instead of the agent's own (`delivery.timeout`), for this
+/// request only: the same agent, pool and address guard. A test send uses it to stay within
+/// the API's deadline whatever `delivery.timeout` says.
+pub fn post_within(
+    agent: &Agent,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Duration,
+) -> Outcome {
+    post_bounded(agent, url, headers, body, Some(timeout))
+}
+
+fn post_bounded(
+    agent: &Agent,
+    url: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+    timeout: Option<Duration>,
+) -> Outcome {
     let started = Instant::now();
     let mut request = agent.post(url).header("Content-Type", "application/json");
+    if let Some(timeout) = timeout {
+        request = request.config().timeout_global(Some(timeout)).timeout_connect(Some(timeout)).build();
+    }
     for (name, value) in headers {
         if !name.eq_ignore_ascii_case("content-type") {
             request = request.header(name.as_str(), value.as_str());
@@ -531,6 +557,23 @@ mod tests {
         assert!(out.error.as_deref().unwrap().starts_with("timed out"), "{out:?}");
         assert!(out.duration >= Duration::from_millis(250), "{out:?}");
         assert!(out.duration < Duration::from_secs(2), "{out:?}");
+    }
+
+    #[test]
+    fn post_within_bounds_one_request_below_the_agents_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        thread::spawn(move || {
+            let held: Vec<TcpStream> = listener.incoming().take(2).flatten().collect();
+            thread::sleep(Duration::from_secs(8));
+            drop(held);
+        });
+        // The agent would wait 30 s; this request gives up after 300 ms.
+        let agent = agent(true, Duration::from_secs(30));
+        let out =
+            post_within(&agent, &format!("http://127.0.0.1:{port}/"), &[], b"{}", Duration::from_millis(300));
+        assert_eq!(out.result, AttemptResult::Timeout, "{out:?}");
+        assert!(out.duration < Duration::from_secs(5), "{out:?}");
     }
 
     #[test]

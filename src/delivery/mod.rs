@@ -8,6 +8,7 @@ mod janitor;
 mod recorder;
 mod scheduler;
 pub mod signer;
+pub mod test_send;
 pub mod wheel;
 mod worker;
 
@@ -67,6 +68,7 @@ pub struct Engine {
     workers_exited: crossbeam_channel::Receiver<()>,
     worker_count: usize,
     health: Arc<Health>,
+    test_sender: Arc<test_send::TestSender>,
 }
 
 impl Engine {
@@ -91,6 +93,7 @@ impl Engine {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let (outcomes_tx, outcomes_rx) = crossbeam_channel::unbounded();
         let (exited_tx, workers_exited) = crossbeam_channel::unbounded();
+        let test_sender = Arc::new(test_send::TestSender::new(agent.clone(), current.delivery.timeout));
         let context = Arc::new(worker::WorkerContext {
             store: store.clone(),
             config: config.clone(),
@@ -133,7 +136,13 @@ impl Engine {
             workers_exited,
             worker_count: current.delivery.workers,
             health,
+            test_sender,
         })
+    }
+
+    /// Test sends through the engine's agent (`POST /v1/webhooks/{id}/test`), for the API.
+    pub fn test_sender(&self) -> Arc<dyn crate::probe::TestSend> {
+        self.test_sender.clone()
     }
 
     /// Stops dispatching, lets attempts in flight finish within `grace`, and returns whether

@@ -191,7 +191,7 @@ pub fn decide(
 
 /// The signed headers of one attempt. Ours come last so custom headers (already validated not
 /// to use these names) can never override them.
-fn delivery_headers(
+pub(super) fn delivery_headers(
     subscription: &Subscription,
     delivery_id: &DeliveryId,
     event_type: &str,

@@ -160,3 +160,30 @@ pub fn recent_deliveries(
         cursor = next;
     }
 }
+
+/// `POST /v1/webhooks/:id/test`: one test send to the subscription now and how it went; 429
+/// `test_in_progress` while another is under way. Blocks for the exchange (at most 10 s).
+pub fn test_send(
+    state: &ApiState,
+    subscription: &Subscription,
+) -> Result<crate::probe::TestOutcome, ApiError> {
+    crate::api::test_send::send_test(state, subscription)
+}
+
+/// The windows the portal offers to recover, in hours back from now (an hour to a week; older
+/// deliveries are usually purged by `delivery_retention`, 7 days by default).
+pub const RECOVER_HOURS: [u64; 4] = [1, 24, 72, 168];
+
+/// `POST /v1/webhooks/:id/recover` for the last `hours` (text from the form, one of
+/// [`RECOVER_HOURS`], else 400): queues again the failed and expired deliveries created since
+/// then; returns how many. Durable when it returns.
+pub fn recover(state: &ApiState, subscription: &Subscription, hours: &str) -> Result<usize, ApiError> {
+    let hours = hours.parse::<u64>().ok().filter(|hours| RECOVER_HOURS.contains(hours)).ok_or_else(|| {
+        let choices: Vec<String> = RECOVER_HOURS.iter().map(u64::to_string).collect();
+        ApiError::validation(format!("hours must be one of {} (got {hours:?})", choices.join(", ")))
+    })?;
+    let now = now_millis();
+    let recovered = state.store.recover(subscription, now.saturating_sub(hours * 3_600_000), now)?;
+    tracing::info!(tenant = %subscription.tenant_id, id = %subscription.id, hours, recovered, "deliveries recovered in the portal");
+    Ok(recovered)
+}

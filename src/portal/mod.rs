@@ -379,6 +379,8 @@ enum Route {
     Deliveries(String),
     Delivery(String, String),
     Redeliver(String, String),
+    Test(String),
+    Recover(String),
 }
 
 impl Route {
@@ -402,6 +404,8 @@ impl Route {
             ["webhooks", id, "rotate"] => (Route::Rotate((*id).to_owned()), post),
             ["webhooks", id, "delete"] if get => (Route::ConfirmDelete((*id).to_owned()), true),
             ["webhooks", id, "delete"] => (Route::Delete((*id).to_owned()), post),
+            ["webhooks", id, "test"] => (Route::Test((*id).to_owned()), post),
+            ["webhooks", id, "recover"] => (Route::Recover((*id).to_owned()), post),
             ["webhooks", id, "deliveries"] => (Route::Deliveries((*id).to_owned()), get),
             ["webhooks", id, "deliveries", delivery] => {
                 (Route::Delivery((*id).to_owned(), (*delivery).to_owned()), get)
@@ -582,6 +586,17 @@ impl Request {
                     "/portal/webhooks/{}/deliveries/{}?done={done}",
                     subscription.id, delivery.id
                 )))
+            }
+            Route::Test(id) => {
+                let subscription = data::subscription(state, tenant_id, &id)?;
+                let outcome = data::test_send(state, &subscription)?;
+                Ok(html(StatusCode::OK, pages::tested(&self.context(), &subscription, &outcome)))
+            }
+            Route::Recover(id) => {
+                let subscription = data::subscription(state, tenant_id, &id)?;
+                let hours = self.form.get("hours");
+                let recovered = data::recover(state, &subscription, hours)?;
+                Ok(html(StatusCode::OK, pages::recovered(&self.context(), &subscription, hours, recovered)))
             }
         }
     }

@@ -280,6 +280,66 @@ pub fn rotated(context: &Context, subscription: &Subscription, secret: &str) -> 
     )
 }
 
+/// `POST /portal/webhooks/:id/test`: how the test send went.
+pub fn tested(context: &Context, subscription: &Subscription, outcome: &crate::probe::TestOutcome) -> Markup {
+    let base = format!("/portal/webhooks/{}", subscription.id);
+    layout(
+        Some(context),
+        "Test event sent",
+        html! {
+            h1 { "Test event to " (subscription.name) }
+            @if outcome.succeeded {
+                div class="notice" role="status" { "Your endpoint accepted the test event." }
+            } @else {
+                (error_box("Your endpoint did not accept the test event."))
+            }
+            dl class="facts" {
+                dt { "URL" } dd class="url" { (subscription.url) }
+                dt { "Response" } dd {
+                    @match outcome.response_code {
+                        Some(code) => { "HTTP " (code) }
+                        None => { span class="muted" { "no answer" } }
+                    }
+                }
+                dt { "Duration" } dd { (outcome.duration_ms) " ms" }
+                @if let Some(error) = &outcome.error { dt { "Error" } dd class="error-text" { (error) } }
+            }
+            p { "A signed " code { "webhook.test" } " event was sent once: it is not retried, not in the delivery log, and does not change the subscription's failure count." }
+            p { a class="button" href=(base) { "Back to the subscription" } }
+        },
+    )
+}
+
+/// `POST /portal/webhooks/:id/recover`: how many deliveries were queued again.
+pub fn recovered(context: &Context, subscription: &Subscription, hours: &str, recovered: usize) -> Markup {
+    let base = format!("/portal/webhooks/{}", subscription.id);
+    let label = hours.parse().map(hours_label).unwrap_or_default();
+    layout(
+        Some(context),
+        "Deliveries recovered",
+        html! {
+            h1 { "Recovered deliveries of " (subscription.name) }
+            div class="notice" role="status" {
+                (recovered) " failed or expired " (if recovered == 1 { "delivery" } else { "deliveries" })
+                " of the last " (label) " queued again"
+                @if !subscription.is_deliverable() && recovered > 0 { ", held until the subscription is resumed or re-enabled" }
+                "."
+            }
+            p { "Deliveries already pending, held or succeeded were left as they were." }
+            p { a class="button" href=(format!("{base}/deliveries")) { "Delivery log" } }
+        },
+    )
+}
+
+/// "hour", "24 hours", "7 days": a recovery window in words.
+fn hours_label(hours: u64) -> String {
+    match hours {
+        1 => "hour".to_owned(),
+        hours if hours % 24 == 0 && hours > 72 => format!("{} days", hours / 24),
+        hours => format!("{hours} hours"),
+    }
+}
+
 /// Messages shown after a change (`?done=…`), by their fixed key.
 pub fn done_message(key: &str) -> Option<&'static str> {
     Some(match key {
@@ -352,6 +412,7 @@ pub fn subscription(
                         }
                     }
                     (action_button(context, &format!("{base}/rotate"), "Rotate secret", ""))
+                    (action_button(context, &format!("{base}/test"), "Send test event", ""))
                     a class="button danger" href=(format!("{base}/delete")) { "Delete…" }
                 }
             }
@@ -436,6 +497,18 @@ pub fn deliveries(
                     }
                 }
                 button type="submit" { "Filter" }
+            }
+            @if !context.read_only {
+                form class="filter" method="post" action=(format!("{base}/recover")) {
+                    (csrf(context))
+                    label for="hours" { "Send again every failed or expired delivery of the last" }
+                    select id="hours" name="hours" {
+                        @for hours in crate::portal::data::RECOVER_HOURS {
+                            option value=(hours) selected[hours == 24] { (hours_label(hours)) }
+                        }
+                    }
+                    button type="submit" { "Recover" }
+                }
             }
             @if page.is_empty() {
                 p { "No deliveries." }

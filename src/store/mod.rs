@@ -6,7 +6,7 @@
 //! | --- | --- | --- |
 //! | [`Subscriptions`] | `api::webhooks` | create under the tenant's limit, read, list, update, delete |
 //! | [`Publishing`] | `api::events` | store events with their fan-out deliveries (an outbox) |
-//! | [`DeliveryLog`] | `api::deliveries` | a subscription's deliveries, their events, redeliver |
+//! | [`DeliveryLog`] | `api::deliveries` | a subscription's deliveries, their events, redeliver, recover |
 //! | [`DueWork`] | `delivery::scheduler`, `delivery::worker` | what is due, what an attempt needs, hold |
 //! | [`Outcomes`] | `delivery::recorder` | record attempt outcomes |
 //! | [`Retention`] | `delivery::janitor` | expiry, purges, recovery after a crash |
@@ -15,8 +15,8 @@
 //!
 //! [`Storage`] is all of them, the handle [`open`] returns. Its rules, for every backend:
 //! - **Durable on `Ok`.** A client write ([`Subscriptions`] changes, [`Publishing::publish`],
-//!   [`DeliveryLog::redeliver`]) returns `Ok` only once it is durable, so the API may answer 2xx
-//!   (the guide's "acknowledged means stored"). Engine writes need not wait: losing one means an
+//!   [`DeliveryLog::redeliver`], each batch of [`DeliveryLog::recover`]) returns `Ok` only
+//!   once it is durable, so the API may answer 2xx (the guide's "acknowledged means stored"). Engine writes need not wait: losing one means an
 //!   attempt is repeated (at least once), never lost.
 //! - **An outbox.** An event, its deliveries and their queue entries are stored together or not
 //!   at all, and every state change of a delivery moves its queue entries in the same write.
@@ -571,7 +571,26 @@ pub trait DeliveryLog: Send + Sync {
         subscription: &Subscription,
         delivery_id: &DeliveryId,
     ) -> Result<Option<Delivery>, StoreError>;
+
+    /// Queues again every `failed` or `expired` delivery of `subscription` created in
+    /// `since <= created < until` (Unix ms; the creation time in the delivery's id,
+    /// `DeliveryId::first_at` bounds), each as [`DeliveryLog::redeliver`] does: a fresh round
+    /// of retries, held instead while the subscription (as stored when the batch runs) is paused
+    /// or disabled. Deliveries pending, held or succeeded are left as they are, so calling it
+    /// again for the same range queues nothing twice (Svix's "recover failed messages").
+    /// Returns how many deliveries were queued or held again.
+    ///
+    /// Works in batches of at most [`RECOVER_BATCH`] deliveries, each one transaction, durable
+    /// before the next begins, so a large recovery never holds one giant transaction; the
+    /// engine is told after each batch ([`QueueNotice::Rescan`]). An error part-way leaves the
+    /// batches before it done; calling again finishes the rest. A subscription deleted
+    /// meanwhile recovers nothing more.
+    fn recover(&self, subscription: &Subscription, since: Millis, until: Millis)
+        -> Result<usize, StoreError>;
 }
+
+/// Most deliveries one transaction of [`DeliveryLog::recover`] queues again.
+pub const RECOVER_BATCH: usize = 500;
 
 /// Due work, for the scheduler and the workers (`delivery`).
 pub trait DueWork: Send + Sync {

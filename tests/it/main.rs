@@ -16,6 +16,8 @@ mod openapi;
 mod operational;
 mod packaging;
 mod portal;
+mod probe;
+mod recovery;
 mod retention;
 mod smoke;
 mod webhooks;

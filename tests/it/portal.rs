@@ -705,3 +705,67 @@ fn newest_delivery_status(daemon: &TestDaemon, id: &str) -> String {
     let log = daemon.call("GET", &format!("/v1/webhooks/{id}/deliveries"), ACME_KEY, None).json();
     log["data"][0]["status"].as_str().unwrap_or_default().to_owned()
 }
+
+#[test]
+fn the_portal_sends_test_events_and_recovers_failed_deliveries() {
+    let daemon = TestDaemon::start();
+    let receiver = Receiver::answering(Answer::status(500));
+    let body = json!({ "name": "tested", "url": receiver.url("/hook"), "events": ["message.received"], "maxRetries": 0 });
+    let id = daemon.create_subscription(ACME_KEY, body)["id"].as_str().unwrap().to_owned();
+    daemon.publish(ACME_KEY, "message.received", json!({}));
+    wait_until("the delivery failed", Duration::from_secs(15), || {
+        newest_delivery_status(&daemon, &id) == "failed"
+    });
+    // The failure disabled the subscription; enabled again, a recovery sends at once.
+    let reply =
+        daemon.call("PATCH", &format!("/v1/webhooks/{id}"), ACME_KEY, Some(json!({ "isActive": true })));
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let cookie = session(&daemon, ACME_KEY, false);
+    let base = format!("/portal/webhooks/{id}");
+
+    // The subscription page has the button; its answer is the outcome, nothing is stored.
+    let subscription_page = page(&daemon, &base, &cookie);
+    assert!(
+        subscription_page.text.contains(&format!("action=\"{base}/test\"")),
+        "{}",
+        subscription_page.text
+    );
+    let csrf = csrf_of(&subscription_page.text);
+    let failed = post_form(&daemon, &format!("{base}/test"), &cookie, &[("csrf", &csrf)]);
+    assert_eq!(failed.status, 200, "{}", failed.text);
+    assert!(failed.text.contains("did not accept") && failed.text.contains("HTTP 500"), "{}", failed.text);
+    receiver.set_default(Answer::status(200));
+    let accepted = post_form(&daemon, &format!("{base}/test"), &cookie, &[("csrf", &csrf)]);
+    assert!(accepted.text.contains("Your endpoint accepted the test event."), "{}", accepted.text);
+    assert_eq!(receiver.received().iter().filter(|r| r.json()["event"] == "webhook.test").count(), 2);
+    assert_eq!(newest_delivery_status(&daemon, &id), "failed", "the test sends are not in the log");
+
+    // The delivery log has the recovery form; a window it does not offer is refused.
+    let log_page = page(&daemon, &format!("{base}/deliveries"), &cookie);
+    assert!(log_page.text.contains(&format!("action=\"{base}/recover\"")), "{}", log_page.text);
+    let refused = post_form(&daemon, &format!("{base}/recover"), &cookie, &[("csrf", &csrf), ("hours", "5")]);
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert!(refused.text.contains("hours must be one of 1, 24, 72, 168"), "{}", refused.text);
+    assert_eq!(newest_delivery_status(&daemon, &id), "failed");
+    let recovered =
+        post_form(&daemon, &format!("{base}/recover"), &cookie, &[("csrf", &csrf), ("hours", "24")]);
+    assert_eq!(recovered.status, 200, "{}", recovered.text);
+    assert!(
+        recovered.text.contains("1 failed or expired delivery of the last 24 hours queued again"),
+        "{}",
+        recovered.text
+    );
+    wait_until("the recovered delivery succeeded", Duration::from_secs(15), || {
+        newest_delivery_status(&daemon, &id) == "succeeded"
+    });
+
+    // A read-only session has neither control, and the server refuses both.
+    let read_only = session(&daemon, ACME_KEY, true);
+    assert!(!page(&daemon, &base, &read_only).text.contains("/test\""));
+    assert!(!page(&daemon, &format!("{base}/deliveries"), &read_only).text.contains("/recover\""));
+    for action in ["test", "recover"] {
+        let reply =
+            post_form(&daemon, &format!("{base}/{action}"), &read_only, &[("csrf", &csrf), ("hours", "24")]);
+        assert_eq!(reply.status, 403, "{action}: {}", reply.text);
+    }
+}

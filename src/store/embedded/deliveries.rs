@@ -17,11 +17,20 @@ use crate::store::embedded::index::{move_indexes, store_delivery, Indexes};
 use crate::store::embedded::{
     abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, StoreError, Trees, WriteClass,
 };
-use crate::store::Operational;
+use crate::store::{Operational, RECOVER_BATCH};
 
 /// Most log index entries examined for one page of a filtered listing, so a rare status on a
 /// busy subscription costs a bounded scan; the page then ends early with a cursor.
 const MAX_SCANNED_PER_PAGE: usize = 10_000;
+
+/// What one batch of a recovery did ([`Trees::recover_batch`]).
+#[derive(Debug)]
+pub(crate) struct RecoveredBatch {
+    /// Deliveries queued or held again.
+    pub(crate) recovered: usize,
+    /// The last log key examined, when the range goes on after it: the next batch starts there.
+    pub(crate) next: Option<Vec<u8>>,
+}
 
 impl Trees {
     /// Subscriptions that have at least one queued delivery (one seek per subscription).
@@ -473,6 +482,78 @@ impl Trees {
             }
         }
         Ok(result)
+    }
+
+    /// One batch of `DeliveryLog::recover`: the subscription's delivery log entries in
+    /// `(start, end)` (`end` excluded), up to [`RECOVER_BATCH`] of them `failed` or `expired`
+    /// (examining at most [`MAX_SCANNED_PER_PAGE`] entries), are redelivered in one
+    /// transaction — pending, or held while the subscription as stored now is not deliverable.
+    /// Returns how many were queued or held again, and the last log key examined when the
+    /// range goes on past it. Not yet durable: the caller waits for that.
+    pub(crate) fn recover_batch(
+        &self,
+        subscription_id: &SubscriptionId,
+        start: Bound<Vec<u8>>,
+        end: &[u8],
+    ) -> Result<RecoveredBatch, StoreError> {
+        self.admit(WriteClass::Client)?;
+        let Some(subscription) = self.subscription_by_id(subscription_id)? else {
+            return Ok(RecoveredBatch { recovered: 0, next: None });
+        };
+        let deliverable = subscription.is_deliverable();
+        let recoverable = [keys::state_byte(DeliveryState::Failed), keys::state_byte(DeliveryState::Expired)];
+        let mut candidates = Vec::new();
+        let mut last_examined = None;
+        let mut more = false;
+        let range = self.subscription_deliveries.range::<Vec<u8>, _>((start, Bound::Excluded(end.to_vec())));
+        for (scanned, entry) in range.enumerate() {
+            if candidates.len() == RECOVER_BATCH || scanned == MAX_SCANNED_PER_PAGE {
+                more = true;
+                break;
+            }
+            let (key, state) = entry?;
+            if state.first().is_some_and(|state| recoverable.contains(state)) {
+                candidates.extend(keys::delivery_of(&key));
+            }
+            last_examined = Some(key.to_vec());
+        }
+        let now = crate::model::now_millis();
+        let (queued, held) = if candidates.is_empty() {
+            (0, 0)
+        } else {
+            (&self.deliveries, &self.queue, &self.held, &self.subscription_deliveries, &self.finished)
+                .transaction(|(deliveries, queue, held, log, finished)| {
+                    let indexes = Indexes { queue, held, log, finished };
+                    let (mut queued, mut kept) = (0usize, 0usize);
+                    for delivery_id in &candidates {
+                        let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
+                        let before: Delivery = abort_on(decode(&bytes))?;
+                        // Re-read in the transaction: only what is failed or expired now.
+                        if before.subscription_id != *subscription_id
+                            || !matches!(before.state, DeliveryState::Failed | DeliveryState::Expired)
+                        {
+                            continue;
+                        }
+                        let mut after = before.clone();
+                        if after.redeliver(deliverable, now) {
+                            store_delivery(deliveries, &indexes, Some(&before), &after, now)?;
+                            match after.state {
+                                DeliveryState::Pending => queued += 1,
+                                _ => kept += 1,
+                            }
+                        }
+                    }
+                    Ok((queued, kept))
+                })?
+        };
+        if queued > 0 {
+            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.clone() });
+        }
+        if held > 0 {
+            // The subscription may have been resumed since it was read: as `hold` does.
+            self.release_if_deliverable(subscription_id)?;
+        }
+        Ok(RecoveredBatch { recovered: queued + held, next: if more { last_examined } else { None } })
     }
 
     pub(crate) fn delivery(&self, delivery_id: &DeliveryId) -> Result<Option<Delivery>, StoreError> {

@@ -383,6 +383,32 @@ impl DeliveryLog for SledStore {
     ) -> Result<Option<Delivery>, StoreError> {
         self.client_write(|trees| trees.redeliver(subscription, delivery_id))
     }
+
+    fn recover(
+        &self,
+        subscription: &Subscription,
+        since: Millis,
+        until: Millis,
+    ) -> Result<usize, StoreError> {
+        if since >= until {
+            return Ok(0);
+        }
+        // The subscription's delivery log entries, by delivery id: by creation time.
+        let id = &subscription.id;
+        let end = keys::subscription_delivery(id, &DeliveryId::first_at(until));
+        let mut start =
+            std::ops::Bound::Included(keys::subscription_delivery(id, &DeliveryId::first_at(since)));
+        let mut recovered = 0;
+        loop {
+            // Each batch durable before the next.
+            let batch = self.client_write(|trees| trees.recover_batch(id, start.clone(), &end))?;
+            recovered += batch.recovered;
+            match batch.next {
+                Some(last_examined) => start = std::ops::Bound::Excluded(last_examined),
+                None => return Ok(recovered),
+            }
+        }
+    }
 }
 
 impl DueWork for SledStore {

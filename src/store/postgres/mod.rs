@@ -46,7 +46,7 @@ use crate::store::{
     fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork,
     Operational, Outcomes, Page, PublishRequest, Published, Publishing, QueueNotice, Retention, SharedKeys,
     StorageFigures, StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals, DURABLE_WAIT,
-    IDEMPOTENCY_WINDOW_MS, PROBE_OVERDUE,
+    IDEMPOTENCY_WINDOW_MS, PROBE_OVERDUE, RECOVER_BATCH,
 };
 use rows::{sql_millis, sql_millis_opt, DeliveryRow, DELIVERY_COLUMNS, SUBSCRIPTION_COLUMNS};
 
@@ -1243,6 +1243,69 @@ async fn redeliver(
     Ok(result)
 }
 
+/// One batch of [`DeliveryLog::recover`]: up to [`RECOVER_BATCH`] of the subscription's
+/// `failed` and `expired` deliveries with `from <= id < until`, after `cursor` (the last id of
+/// the previous batch), redelivered in one transaction — pending, or held while the
+/// subscription is not deliverable. The subscription's row is locked first, as a claim and an
+/// update lock it: a pause or resume commits wholly before or after the batch (a resume's
+/// release then finds what the batch held). Returns how many were queued or held again, and
+/// the last id examined when a full batch leaves more to look at.
+async fn recover_batch(
+    db: Db,
+    subscription_id: SubscriptionId,
+    from: DeliveryId,
+    until: DeliveryId,
+    cursor: Option<DeliveryId>,
+) -> Result<(usize, Option<DeliveryId>), StoreError> {
+    let now = now_millis();
+    let cursor = cursor.map(|cursor| cursor.to_string());
+    transaction!(db, |tx| {
+        let Some(subscription) = select_subscription(&tx, &subscription_id, true).await? else {
+            return Ok((0, None, false));
+        };
+        let found = tx
+            .q(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE subscription_id = $1 \
+                     AND id >= $2 AND id < $3 AND ($4::TEXT IS NULL OR id > $4) \
+                     AND state IN ('failed', 'expired') ORDER BY id LIMIT $5 FOR UPDATE"
+                ),
+                &[
+                    &subscription_id.as_str(),
+                    &from.as_str(),
+                    &until.as_str(),
+                    &cursor,
+                    &(RECOVER_BATCH as i64),
+                ],
+            )
+            .await?;
+        let mut recovered = 0;
+        let mut queued = false;
+        let mut last = None;
+        for row in &found {
+            let before = rows::delivery(row)?;
+            let mut after = before.delivery.clone();
+            if after.redeliver(subscription.is_deliverable(), now) {
+                store_delivery(&tx, Some(&before), &after, now).await?;
+                recovered += 1;
+                queued |= after.state == DeliveryState::Pending;
+            }
+            last = Some(after.id);
+        }
+        if queued {
+            hint(&db, &tx, &[QueueNotice::Rescan { subscription_id: subscription_id.clone() }]).await?;
+        }
+        let more = found.len() == RECOVER_BATCH;
+        (recovered, if more { last } else { None }, queued)
+    })
+    .map(|(recovered, next, queued)| {
+        if queued {
+            announce(&db, QueueNotice::Rescan { subscription_id });
+        }
+        (recovered, next)
+    })
+}
+
 async fn subscriptions_with_queue(db: Db) -> Result<Vec<SubscriptionId>, StoreError> {
     let found = read!(db, |tx| {
         tx.q("SELECT DISTINCT subscription_id FROM deliveries WHERE state = 'pending'", &[]).await?
@@ -1782,6 +1845,32 @@ impl DeliveryLog for PgStore {
     ) -> Result<Option<Delivery>, StoreError> {
         let (subscription, delivery_id) = (subscription.clone(), delivery_id.clone());
         self.block(move |db| redeliver(db, subscription, delivery_id))
+    }
+
+    fn recover(
+        &self,
+        subscription: &Subscription,
+        since: Millis,
+        until: Millis,
+    ) -> Result<usize, StoreError> {
+        if since >= until {
+            return Ok(0);
+        }
+        // By delivery id, which sorts by creation time (the `deliveries_log` index).
+        let (from, until) = (DeliveryId::first_at(since), DeliveryId::first_at(until));
+        let mut cursor = None;
+        let mut recovered = 0;
+        loop {
+            // One transaction per batch, each committed (durable) and bounded by DURABLE_WAIT.
+            let (subscription_id, from, until) = (subscription.id.clone(), from.clone(), until.clone());
+            let (batch, next) =
+                self.block(move |db| recover_batch(db, subscription_id, from, until, cursor))?;
+            recovered += batch;
+            match next {
+                Some(last_examined) => cursor = Some(last_examined),
+                None => return Ok(recovered),
+            }
+        }
     }
 }
 
