@@ -4,7 +4,7 @@
 //! Parsing happens in two stages, like ripgrep's flags: [`RawConfig`] stays as close to the file
 //! as possible, and [`Config::from_raw`] checks every value and names the key that is wrong.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::event_schema::DataSchema;
 
 /// The development default used by `serve` without `--config`: loopback only, data in
 /// `./atender-data`, and one demo tenant whose key is generated at start-up.
@@ -216,11 +218,17 @@ pub fn redact_password(url: &str) -> String {
     }
 }
 
-/// `[events]`: the catalogue of event types subscriptions may name.
+/// `[events]`: the catalogue of event types subscriptions may name and clients may publish.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawEvents {
     pub types: Vec<String>,
+    /// `[events.descriptions]`: what a type means, by type name (shown by `GET /v1/event-types`;
+    /// the five default types have built-in ones).
+    pub descriptions: BTreeMap<String, String>,
+    /// `[events.schemas]`: the JSON Schema file a type's `data` must satisfy, by type name. A
+    /// relative path is relative to the config file's directory.
+    pub schemas: BTreeMap<String, PathBuf>,
 }
 
 impl Default for RawEvents {
@@ -235,9 +243,24 @@ impl Default for RawEvents {
             ]
             .map(String::from)
             .to_vec(),
+            descriptions: BTreeMap::new(),
+            schemas: BTreeMap::new(),
         }
     }
 }
+
+/// The descriptions of the five default event types (the user guide's examples), used when
+/// `[events.descriptions]` gives none.
+pub const BUILT_IN_DESCRIPTIONS: [(&str, &str); 5] = [
+    ("message.received", "A message from a customer arrived in a conversation."),
+    ("message.sent", "A message was sent to a customer in a conversation."),
+    ("conversation.created", "A new conversation was started."),
+    ("conversation.resolved", "A conversation was resolved."),
+    ("sla.breached", "A conversation breached its service-level agreement (SLA)."),
+];
+
+/// Longest event type description, in characters.
+pub const DESCRIPTION_CHARS: usize = 1000;
 
 /// `[portal]`: the tenant portal served under `/portal/`.
 #[derive(Debug, Deserialize, Default)]
@@ -323,10 +346,22 @@ pub struct Config {
     pub storage: StorageBackend,
     /// Known event types, in the order the file lists them.
     pub event_types: Vec<String>,
+    /// What each of `event_types` means and what its `data` must satisfy, by name (every name of
+    /// `event_types` has an entry).
+    pub event_details: HashMap<String, EventTypeDetails>,
     pub tenants: HashMap<String, Arc<Tenant>>,
     /// API keys by the SHA-256 digest of the plain key.
     pub api_keys: HashMap<[u8; 32], ApiKey>,
     pub portal: PortalConfig,
+}
+
+/// One configured event type's entry in the catalogue.
+#[derive(Debug, Clone, Default)]
+pub struct EventTypeDetails {
+    /// `[events.descriptions]`, or the built-in one of a default type; `None` when neither.
+    pub description: Option<String>,
+    /// `[events.schemas]`, compiled: a published event's `data` must satisfy it.
+    pub schema: Option<DataSchema>,
 }
 
 /// `[portal]`, typed.
@@ -388,17 +423,27 @@ pub struct ApiKey {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file (and the schema files it names, relative paths
+    /// relative to the file's directory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text)
+        let mut raw = Config::raw(&text)?;
+        let dir = path.parent().unwrap_or(Path::new(""));
+        for schema in raw.events.schemas.values_mut() {
+            *schema = dir.join(&*schema);
+        }
+        Config::from_raw(raw)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text (relative schema paths are relative to the working
+    /// directory).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|err| ConfigError::Syntax(err.to_string()))?;
-        Config::from_raw(raw)
+        Config::from_raw(Config::raw(text)?)
+    }
+
+    fn raw(text: &str) -> Result<RawConfig, ConfigError> {
+        toml::from_str(text).map_err(|err| ConfigError::Syntax(err.to_string()))
     }
 
     /// Checks every value of the raw form.
@@ -422,6 +467,7 @@ impl Config {
         }
         let storage = validate_storage(&raw.storage, &delivery, std::env::var(STORAGE_URL_ENV).ok())?;
         let event_types = validate_event_types(&raw.events.types)?;
+        let event_details = validate_event_details(&raw.events, &event_types)?;
         let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
         let portal = validate_portal(&raw.portal)?;
         Ok(Config {
@@ -434,6 +480,7 @@ impl Config {
             min_free_bytes: raw.storage.min_free_bytes,
             storage,
             event_types,
+            event_details,
             tenants,
             api_keys,
             portal,
@@ -445,8 +492,35 @@ impl Config {
         self.api_keys.get(&key_digest(plain_key))
     }
 
+    /// Whether `event_type` is in the configured catalogue (`[events] types`): the types
+    /// clients may publish.
     pub fn is_known_event_type(&self, event_type: &str) -> bool {
         self.event_types.iter().any(|known| known == event_type)
+    }
+
+    /// Whether a subscription may list `event_type`: a configured type, or one the daemon sends
+    /// itself (`catalogue::OPERATIONAL`).
+    pub fn is_subscribable_event_type(&self, event_type: &str) -> bool {
+        self.is_known_event_type(event_type) || crate::catalogue::is_operational(event_type)
+    }
+
+    /// What `event_type` means: its configured or built-in description, or an operational
+    /// type's; `None` for an unknown type or one without a description.
+    pub fn event_description(&self, event_type: &str) -> Option<&str> {
+        match self.event_details.get(event_type) {
+            Some(details) => details.description.as_deref(),
+            None => crate::catalogue::OPERATIONAL
+                .iter()
+                .find(|known| known.name == event_type)
+                .map(|known| known.description),
+        }
+    }
+
+    /// Every type a subscription may list, in catalogue order: the configured ones, then the
+    /// operational ones.
+    pub fn subscribable_event_types(&self) -> impl Iterator<Item = &str> {
+        let operational = crate::catalogue::OPERATIONAL.iter().map(|known| known.name);
+        self.event_types.iter().map(String::as_str).chain(operational)
     }
 }
 
@@ -605,8 +679,64 @@ fn validate_event_types(types: &[String]) -> Result<Vec<String>, ConfigError> {
         if !seen.insert(name.as_str()) {
             return Err(invalid("events.types", format!("{name:?} is listed twice")));
         }
+        if crate::catalogue::is_operational(name) {
+            return Err(invalid(
+                "events.types",
+                format!("{name:?} is an event type the daemon sends itself (subscriptions may list it without configuring it); remove it"),
+            ));
+        }
     }
     Ok(types.to_vec())
+}
+
+/// `[events.descriptions]` and `[events.schemas]`: every key names a type of `types`; each
+/// description is a visible line; each schema file is read and compiled now, so a bad one is
+/// refused by `check-config` and by a reload (which keeps the running config).
+fn validate_event_details(
+    raw: &RawEvents,
+    types: &[String],
+) -> Result<HashMap<String, EventTypeDetails>, ConfigError> {
+    let key_of = |table: &str, name: &str| format!("events.{table}.{name:?}");
+    let check_listed = |table: &str, name: &str| {
+        if types.iter().any(|known| known == name) {
+            return Ok(());
+        }
+        let reason = if crate::catalogue::is_operational(name) {
+            "is an event type the daemon sends itself; its description and schema are built in".to_owned()
+        } else {
+            format!("is not an event type of events.types (known: {})", types.join(", "))
+        };
+        Err(invalid(key_of(table, name), reason))
+    };
+    let mut details: HashMap<String, EventTypeDetails> = types
+        .iter()
+        .map(|name| {
+            let built_in = BUILT_IN_DESCRIPTIONS.iter().find(|(known, _)| known == name);
+            let description = built_in.map(|(_, description)| (*description).to_owned());
+            (name.clone(), EventTypeDetails { description, schema: None })
+        })
+        .collect();
+    for (name, description) in &raw.descriptions {
+        check_listed("descriptions", name)?;
+        let length = description.chars().count();
+        if description.trim().is_empty()
+            || length > DESCRIPTION_CHARS
+            || description.chars().any(char::is_control)
+        {
+            return Err(invalid(
+                key_of("descriptions", name),
+                format!("must be 1-{DESCRIPTION_CHARS} characters, not blank, without control characters (one line)"),
+            ));
+        }
+        details.entry(name.clone()).or_default().description = Some(description.clone());
+    }
+    for (name, path) in &raw.schemas {
+        check_listed("schemas", name)?;
+        let schema =
+            DataSchema::load(path).map_err(|err| invalid(key_of("schemas", name), err.to_string()))?;
+        details.entry(name.clone()).or_default().schema = Some(schema);
+    }
+    Ok(details)
 }
 
 /// `[storage]`: the backend and its settings. `env_url` is `ATENDER_STORAGE_URL`, which takes the
@@ -840,6 +970,101 @@ mod tests {
         for (text, expected) in cases {
             let error = error_of(text);
             assert!(error.contains(expected), "config {text:?} gave {error:?}, expected {expected:?}");
+        }
+    }
+
+    #[test]
+    fn default_types_have_built_in_descriptions_and_configured_ones_win() {
+        let defaults = Config::parse("").unwrap();
+        for name in &defaults.event_types {
+            let details = &defaults.event_details[name];
+            assert!(details.description.as_deref().is_some_and(|text| !text.is_empty()), "{name}");
+            assert!(details.schema.is_none(), "{name}");
+        }
+        let text = "[events]\ntypes = [\"message.received\", \"invoice.paid\"]\n[events.descriptions]\n\"invoice.paid\" = \"An invoice was paid.\"\n\"message.received\" = \"Ours.\"";
+        let config = Config::parse(text).unwrap();
+        assert_eq!(config.event_details["invoice.paid"].description.as_deref(), Some("An invoice was paid."));
+        assert_eq!(config.event_details["message.received"].description.as_deref(), Some("Ours."));
+        let bare = Config::parse("[events]\ntypes = [\"invoice.paid\"]").unwrap();
+        assert_eq!(bare.event_details["invoice.paid"].description, None);
+        assert!(bare.is_subscribable_event_type("webhook.disabled"));
+        assert!(!bare.is_known_event_type("webhook.disabled"));
+        assert_eq!(
+            bare.subscribable_event_types().collect::<Vec<_>>(),
+            ["invoice.paid", "webhook.disabled", "webhook.enabled", "delivery.exhausted", "webhook.test"]
+        );
+    }
+
+    #[test]
+    fn bad_descriptions_and_operational_names_name_their_key() {
+        let cases = [
+            (
+                "[events.descriptions]\n\"invoice.paid\" = \"x\"",
+                "events.descriptions.\"invoice.paid\": is not an event type of events.types",
+            ),
+            (
+                "[events.descriptions]\n\"webhook.disabled\" = \"x\"",
+                "events.descriptions.\"webhook.disabled\": is an event type the daemon sends itself",
+            ),
+            (
+                "[events.descriptions]\n\"sla.breached\" = \"  \"",
+                "events.descriptions.\"sla.breached\": must be 1-1000 characters",
+            ),
+            (
+                "[events.descriptions]\n\"sla.breached\" = \"a\\nb\"",
+                "events.descriptions.\"sla.breached\": must be",
+            ),
+            (
+                "[events]\ntypes = [\"webhook.test\"]",
+                "events.types: \"webhook.test\" is an event type the daemon sends itself",
+            ),
+            (
+                "[events.schemas]\n\"invoice.paid\" = \"/x.json\"",
+                "events.schemas.\"invoice.paid\": is not an event type",
+            ),
+            ("[events.colours]\n\"sla.breached\" = 1", "unknown field `colours`"),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "config {text:?} gave {error:?}, expected {expected:?}");
+        }
+    }
+
+    #[test]
+    fn schema_files_are_compiled_at_load_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schemas")).unwrap();
+        std::fs::write(
+            dir.path().join("schemas/message.json"),
+            r#"{"type": "object", "required": ["text"]}"#,
+        )
+        .unwrap();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, "[events.schemas]\n\"message.received\" = \"schemas/message.json\"\n")
+            .unwrap();
+        let config = Config::load(&config_path).unwrap();
+        let schema = config.event_details["message.received"].schema.as_ref().expect("compiled");
+        assert_eq!(schema.document()["required"], serde_json::json!(["text"]));
+        assert_eq!(schema.path(), dir.path().join("schemas/message.json"));
+        assert!(config.event_details["message.sent"].schema.is_none());
+
+        // Each kind of bad file is refused, naming the type and the file.
+        for (contents, reason) in [
+            (None, "cannot read it"),
+            (Some("{ not json"), "is not JSON"),
+            (Some(r#"{"type": "objekt"}"#), "is not a valid JSON Schema"),
+            (Some(r#"{"$ref": "https://schemas.example.com/remote.json"}"#), "is not a valid JSON Schema"),
+        ] {
+            let file = dir.path().join("schemas/bad.json");
+            let _ = std::fs::remove_file(&file);
+            if let Some(contents) = contents {
+                std::fs::write(&file, contents).unwrap();
+            }
+            std::fs::write(&config_path, "[events.schemas]\n\"sla.breached\" = \"schemas/bad.json\"\n")
+                .unwrap();
+            let error = Config::load(&config_path).unwrap_err().to_string();
+            assert!(error.starts_with("events.schemas.\"sla.breached\": "), "{error}");
+            assert!(error.contains("bad.json") && error.contains(reason), "{reason}: {error}");
         }
     }
 

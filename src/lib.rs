@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML file, raw and validated.
 //! - [`model`]: domain types and ids; no I/O.
 //! - [`catalogue`]: the event types the daemon sends itself (operational events, test sends).
+//! - [`event_schema`]: the JSON Schemas configured event types' `data` must satisfy.
 //! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`probe`]: the test-send interface, which the API calls and the delivery engine implements.
@@ -21,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod delivery;
+pub mod event_schema;
 pub mod health;
 pub mod lifecycle;
 pub mod metrics;

@@ -14,6 +14,7 @@ use crate::api::openapi::{
 use crate::api::request::{authorize, json_reply, require_json, Gate};
 use crate::api::ApiState;
 use crate::config::{Config, Scope};
+use crate::event_schema::DataMismatch;
 use crate::model::{now_millis, rfc3339, EventId, Millis};
 use crate::store::{NewEvent, PublishRequest, Published};
 
@@ -27,7 +28,7 @@ pub const CLIENT_ID_BYTES: std::ops::RangeInclusive<usize> = 1..=255;
 #[serde(deny_unknown_fields)]
 #[schema(as = PublishEvent)]
 struct EventBody {
-    #[schema(value_type = openapi::EventType)]
+    #[schema(value_type = openapi::PublishableEventType)]
     event: String,
     // Absent means `{}`; an explicit `null` is kept (as JSON `null`) so it can be refused.
     #[serde(default, deserialize_with = "present")]
@@ -98,7 +99,10 @@ struct BatchView<'a> {
     tag = "events",
     summary = "Publish an event",
     description = "Answered once the event and one delivery per matching subscription of the tenant are \
-        on disk; a paused or disabled subscription gets its delivery as `held`. Repeating an `id` within 24 \
+        on disk; a paused or disabled subscription gets its delivery as `held`. The event type must be a \
+        configured one (not one the daemon sends itself), and `data` must satisfy the type's JSON Schema \
+        when the catalogue gives one (GET /v1/event-types): otherwise 400, naming the failing JSON \
+        Pointer (`data/text: want string, but got number`). Repeating an `id` within 24 \
         hours with the same event type and data answers the first result and creates nothing; with another \
         type or data it is refused with 422 `idempotency_conflict`. A tenant with webhooks turned off gets \
         `deliveries: 0`.",
@@ -136,7 +140,7 @@ pub async fn publish(state: ApiState, headers: HeaderMap, body: Vec<u8>) -> Resu
     tag = "events",
     summary = "Publish several events at once",
     description = "All or nothing: one invalid event refuses the whole batch (the message names it, as in \
-        `events[3].event`). Answers one result per event, in the order given.",
+        `events[3].event` or `events[3].data/text`). Answers one result per event, in the order given.",
     request_body = BatchBody,
     responses(
         (status = 202, description = "Accepted and stored", body = BatchView),
@@ -193,6 +197,14 @@ fn prepare(
     now: Millis,
     at: &str,
 ) -> Result<NewEvent, ApiError> {
+    if crate::catalogue::is_operational(&body.event) {
+        return Err(ApiError::validation(format!(
+            "{at}event: {:?} is an event type the daemon sends itself (an operational event); it cannot \
+             be published (publishable: {})",
+            body.event,
+            config.event_types.join(", ")
+        )));
+    }
     if !config.is_known_event_type(&body.event) {
         return Err(ApiError::validation(format!(
             "{at}event: unknown event type {:?} (known: {})",
@@ -216,6 +228,10 @@ fn prepare(
         let given = if data.get().trim() == "null" { ", not null (omit it for {})" } else { "" };
         return Err(ApiError::validation(format!("{at}data must be a JSON object{given}")));
     }
+    // Only a type with a schema pays for parsing `data`; the others keep its raw bytes as sent.
+    if let Some(schema) = config.event_details.get(&body.event).and_then(|details| details.schema.as_ref()) {
+        schema.check(&data).map_err(|mismatch| schema_mismatch(at, &body.event, &mismatch))?;
+    }
     let fingerprint = match &body.id {
         Some(_) => fingerprint(&body.event, &data),
         None => [0; 32],
@@ -231,6 +247,20 @@ fn prepare(
     let rendered = serde_json::to_vec(&payload)
         .map_err(|_| ApiError::validation(format!("{at}data is not valid JSON")))?;
     Ok(NewEvent { id, event_type: body.event, body: rendered, client_id: body.id, fingerprint })
+}
+
+/// The 400 for `data` that fails its type's schema: `data/text: want string, but got number`
+/// (`events[3].data/text: …` in a batch), with the JSON Pointer (RFC 6901) of the value at fault.
+fn schema_mismatch(at: &str, event_type: &str, mismatch: &DataMismatch) -> ApiError {
+    let others = match mismatch.others {
+        0 => String::new(),
+        1 => "; 1 more problem".to_owned(),
+        n => format!("; {n} more problems"),
+    };
+    ApiError::validation(format!(
+        "{at}data{}: {}{others} (data must satisfy the JSON Schema of {event_type:?}; see GET /v1/event-types)",
+        mismatch.pointer, mismatch.reason
+    ))
 }
 
 /// SHA-256 over the event type, a zero byte and the canonical form of `data` (object keys

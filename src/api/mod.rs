@@ -1,5 +1,5 @@
 //! The HTTP API: the only module that knows warp and the JSON shapes. One file per resource
-//! (`webhooks`, `deliveries`, `events`, `ops`, `test_send`), shared request plumbing in `request`, the error
+//! (`webhooks`, `deliveries`, `events`, `event_types`, `ops`, `test_send`), shared request plumbing in `request`, the error
 //! shape in `error`, the OpenAPI document in `openapi`, and the one list of routes, which the
 //! router, the document and the 405 `Allow` header all read, in `routes`.
 //!
@@ -9,6 +9,7 @@
 
 pub mod deliveries;
 pub mod error;
+pub mod event_types;
 pub mod events;
 pub mod openapi;
 pub mod ops;

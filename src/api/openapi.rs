@@ -36,12 +36,17 @@ use crate::api::webhooks::{
 };
 use crate::model::{DeliveryId, DeliveryState, EventId, LastDeliveryStatus, SubscriptionId};
 
-/// The document served by a daemon whose catalogue is `event_types`: the `EventType` schema,
-/// which every event-type field refers to, lists them as its `enum`, so a generated request
-/// (schemathesis) or a client generator knows which values are accepted.
+/// The document served by a daemon whose configured catalogue is `event_types`: the
+/// `EventType` schema, which every event-type field refers to, lists them and the operational
+/// types the daemon sends itself (`catalogue::OPERATIONAL`) as its `enum`; the
+/// `PublishableEventType` schema of a publish body's `event` lists only the configured ones. So
+/// a generated request (schemathesis) or a client generator knows which values are accepted.
 pub fn document_for(event_types: &[String]) -> Value {
     let mut document = serde_json::to_value(document()).expect("an OpenAPI document serializes");
-    document["components"]["schemas"][EventType::name().as_ref()]["enum"] = json!(event_types);
+    let operational = crate::catalogue::OPERATIONAL.iter().map(|known| known.name.to_owned());
+    let subscribable: Vec<String> = event_types.iter().cloned().chain(operational).collect();
+    document["components"]["schemas"][EventType::name().as_ref()]["enum"] = json!(subscribable);
+    document["components"]["schemas"][PublishableEventType::name().as_ref()]["enum"] = json!(event_types);
     refuse_reserved_header_names(&mut document);
     document
 }
@@ -91,6 +96,7 @@ pub fn document() -> OpenApi {
     let mut components = ComponentsBuilder::new()
         .security_scheme(BEARER_AUTH, bearer_auth())
         .schema_from::<EventType>()
+        .schema_from::<PublishableEventType>()
         .schema_from::<DeliveryStateSchema>()
         .schema_from::<Secret>()
         .schema_from::<DeliveryPayload>()
@@ -125,6 +131,10 @@ pub fn document() -> OpenApi {
             tag("webhooks", "Subscriptions of the calling key's tenant"),
             tag("deliveries", "The delivery log of a subscription, and redelivery"),
             tag("events", "Publishing events (called by the Atender application)"),
+            tag(
+                "event-types",
+                "The event catalogue: the types subscriptions may list, their meaning and data schemas",
+            ),
             tag("portal", "Links to the tenant portal, the web page served under /portal/"),
             tag("operations", "Health, readiness, metrics and this document; no key needed"),
         ]))
@@ -435,15 +445,33 @@ macro_rules! component {
     };
 }
 
-const EVENT_TYPE_DESCRIPTION: &str = "An event type from the configured catalogue (`[events] types`); \
-the default catalogue is message.received, message.sent, conversation.created, \
-conversation.resolved, sla.breached. Unknown types are refused with 400.";
+const EVENT_TYPE_DESCRIPTION: &str = "An event type of the catalogue (GET /v1/event-types): one \
+of the configured types (`[events] types`; the default catalogue is message.received, message.sent, \
+conversation.created, conversation.resolved, sla.breached) or one the daemon sends itself \
+(webhook.disabled, webhook.enabled, delivery.exhausted, webhook.test), which subscriptions may \
+list but clients cannot publish. Unknown types are refused with 400.";
+
+const PUBLISHABLE_EVENT_TYPE_DESCRIPTION: &str = "A configured event type (`[events] types`; GET \
+/v1/event-types lists them with `operational: false`). The types the daemon sends itself \
+(webhook.disabled, webhook.enabled, delivery.exhausted, webhook.test) and unknown types are \
+refused with 400.";
 
 component!(
-    /// An event type; [`document_for`] adds the running catalogue as its `enum`.
+    /// An event type; [`document_for`] adds the running catalogue, operational types included,
+    /// as its `enum`.
     EventType as "EventType" => ObjectBuilder::new()
         .schema_type(Type::String)
         .description(Some(EVENT_TYPE_DESCRIPTION))
+        .examples(["message.received"])
+        .build()
+);
+
+component!(
+    /// An event type a client may publish; [`document_for`] adds the configured catalogue as
+    /// its `enum`.
+    PublishableEventType as "PublishableEventType" => ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(PUBLISHABLE_EVENT_TYPE_DESCRIPTION))
         .examples(["message.received"])
         .build()
 );
@@ -661,7 +689,22 @@ pub mod fields {
 
     /// An event's `data` in a publish body.
     pub fn event_data() -> Object {
-        json_object("Delivered byte for byte as the payload's `data`; absent means {} (null is refused).")
+        json_object(
+            "Delivered byte for byte as the payload's `data`; absent means {} (null is refused). When the \
+             catalogue gives the event type a JSON Schema (`schema` in GET /v1/event-types), `data` must \
+             satisfy it, or the event is refused with 400 naming the failing JSON Pointer (`data/text`).",
+        )
+    }
+
+    /// An event type's `schema` in the catalogue: a JSON Schema (an object or a boolean), or null.
+    pub fn data_schema() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Object, Type::Boolean, Type::Null]))
+            .description(Some(
+                "The JSON Schema (2020-12 unless its `$schema` says otherwise) a published event's `data` \
+                 must satisfy, as the config's schema file holds it; null when there is none",
+            ))
+            .build()
     }
 
     /// An event's client `id` (idempotency key) in a publish body.
@@ -793,6 +836,17 @@ pub struct SubscriptionListQuery;
 impl IntoParams for SubscriptionListQuery {
     fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
         vec![limit(), cursor(SubscriptionId::PREFIX)]
+    }
+}
+
+/// `?limit=&cursor=` of the event catalogue.
+pub struct EventTypeListQuery;
+
+impl IntoParams for EventTypeListQuery {
+    fn into_params(_: impl Fn() -> Option<ParameterIn>) -> Vec<Parameter> {
+        let description = "The `nextCursor` of the previous page (an event type); anything else is refused \
+            with 400.";
+        vec![limit(), query("cursor", description, Ref::from_schema_name(EventType::name()))]
     }
 }
 
@@ -933,7 +987,21 @@ mod tests {
     #[test]
     fn the_catalogue_is_the_event_type_enum() {
         let doc = document_for(&["a.b".to_owned(), "c.d".to_owned()]);
-        assert_eq!(doc["components"]["schemas"]["EventType"]["enum"], json!(["a.b", "c.d"]));
+        assert_eq!(
+            doc["components"]["schemas"]["EventType"]["enum"],
+            json!([
+                "a.b",
+                "c.d",
+                "webhook.disabled",
+                "webhook.enabled",
+                "delivery.exhausted",
+                "webhook.test"
+            ])
+        );
+        // A publish body names only what may be published: the configured types.
+        assert_eq!(doc["components"]["schemas"]["PublishableEventType"]["enum"], json!(["a.b", "c.d"]));
+        let event = &doc["components"]["schemas"]["PublishEvent"]["properties"]["event"];
+        assert_eq!(event["$ref"], "#/components/schemas/PublishableEventType");
     }
 
     #[test]

@@ -12,10 +12,10 @@ use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
 use warp::Filter;
 
-use crate::api::request::Gate;
+use crate::api::request::{respond, Gate};
 use crate::api::{
-    body, deliveries, events, off_workers, ops, query, test_send, webhooks, with_body, with_body_off,
-    ApiState, BodyKind,
+    body, deliveries, event_types, events, off_workers, ops, query, test_send, webhooks, with_body,
+    with_body_off, ApiState, BodyKind,
 };
 use crate::config::Scope;
 
@@ -339,6 +339,15 @@ pub const ROUTES: &[Route] = &[
             .then(|_, state, headers, body| {
                 with_body(body, move |body| events::publish_batch(state, headers, body))
             })
+            .boxed()
+    }),
+    Route::of::<event_types::__path_list>(Key(WebhooksRead, Webhooks), |state, matched| {
+        // Read from the config in force: no storage call, so no blocking pool.
+        matched
+            .and(with_state(&state))
+            .and(headers())
+            .and(query())
+            .map(|_, state, headers, query| respond(event_types::list(state, headers, query)))
             .boxed()
     }),
     Route::of::<ops::__path_openapi>(Open, |state, matched| {

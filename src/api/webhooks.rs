@@ -660,10 +660,11 @@ fn validate_events(config: &Config, events: &[String]) -> Result<Vec<String>, Ap
         )));
     }
     for (index, event) in events.iter().enumerate() {
-        if !config.is_known_event_type(event) && !crate::catalogue::is_operational(event) {
+        // The configured types and the operational ones the daemon sends itself.
+        if !config.is_subscribable_event_type(event) {
             return Err(ApiError::validation(format!(
                 "events[{index}]: unknown event type {event:?} (known: {})",
-                config.event_types.join(", ")
+                config.subscribable_event_types().collect::<Vec<_>>().join(", ")
             )));
         }
         if events[..index].contains(event) {

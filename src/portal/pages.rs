@@ -171,11 +171,18 @@ pub fn subscription_form(
             input id="url" name="url" type="url" required value=(fields.url) placeholder="https://your-server.example.com/atender-webhooks";
             fieldset {
                 legend { "Events" }
-                @for event in &config.event_types {
+                // Every type a subscription may list (the operational ones too: a form without
+                // them would drop them from a subscription on save), each with its description.
+                @for event in config.subscribable_event_types() {
                     @let id = format!("event-{}", event.replace('.', "-"));
                     div class="check" {
-                        input id=(id) type="checkbox" name="events" value=(event) checked[fields.events.contains(event)];
-                        label for=(id) { (event) }
+                        input id=(id) type="checkbox" name="events" value=(event) checked[fields.events.iter().any(|listed| listed == event)];
+                        label for=(id) {
+                            (event)
+                            @if let Some(description) = config.event_description(event) {
+                                span class="hint" { " — " (description) }
+                            }
+                        }
                     }
                 }
             }
@@ -636,6 +643,28 @@ mod tests {
     use crate::model::{Attempt, Delivery};
 
     const XSS: &str = "<img src=x onerror=alert(1)>";
+
+    #[test]
+    fn the_form_lists_every_subscribable_type_with_its_description() {
+        let text = format!(
+            "[events]\ntypes = [\"invoice.paid\"]\n[events.descriptions]\n\"invoice.paid\" = \"{XSS}\""
+        );
+        let config = Config::parse(&text).unwrap();
+        let subscription =
+            Subscription::new("acme", "hook", "https://x.example/", vec!["webhook.disabled".into()], 0);
+        let context = Context { tenant_id: "acme", read_only: false, csrf: "token" };
+        let form =
+            subscription_form(&context, &config, &fields_of(&subscription), "/portal/x", "Save", false)
+                .into_string();
+        assert!(form.contains(r#"value="invoice.paid">"#), "{form}");
+        // An operational type a subscription lists stays checked, so saving the form keeps it.
+        assert!(form.contains(r#"value="webhook.disabled" checked"#), "{form}");
+        for known in crate::catalogue::OPERATIONAL {
+            assert!(form.contains(&format!(r#"value="{}""#, known.name)), "{}", known.name);
+        }
+        assert!(form.contains("One of your webhooks was disabled"), "{form}");
+        assert!(!form.contains("<img") && form.contains("&lt;img"), "{form}");
+    }
 
     /// Error texts and reasons cannot be set by a tenant through the API, so the HTTP tests
     /// cannot reach them: every tenant-visible string is checked here instead.

@@ -5,6 +5,7 @@ mod pg;
 mod process;
 mod support;
 
+mod catalogue;
 mod cli;
 mod crash;
 mod delivery;
