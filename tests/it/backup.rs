@@ -289,3 +289,23 @@ fn a_backup_refuses_a_held_data_dir_a_missing_one_and_a_postgres_config() {
     refused.assert_code(1);
     assert!(refused.stderr.contains("pg_dump") && refused.stderr.contains("pg_basebackup"), "{refused:#?}");
 }
+
+#[test]
+fn backup_and_restore_are_listed_with_their_flags() {
+    let out = run_binary(&["--help"]);
+    out.assert_success();
+    for command in ["backup", "restore"] {
+        assert!(out.stdout.lines().any(|line| line.trim_start().starts_with(command)), "{}", out.stdout);
+    }
+    for (command, flags) in [("backup", ["--to", "--config"]), ("restore", ["--from", "--data-dir"])] {
+        let out = run_binary(&[command, "--help"]);
+        out.assert_success();
+        for flag in flags {
+            assert!(out.stdout.contains(flag), "{command} --help does not mention {flag}:\n{}", out.stdout);
+        }
+    }
+    // Both flags of restore are required: a usage error (2) names what is missing.
+    let usage = run_binary(&["restore", "--from", "x"]);
+    usage.assert_code(2);
+    assert!(usage.stderr.contains("--data-dir"), "{usage:#?}");
+}
