@@ -474,6 +474,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_backup_that_fails_or_does_not_read_back_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("backup");
+        let failed = write_atomically(&to, |file| {
+            std::io::Write::write_all(file, b"half a backup")?;
+            bail!("the daemon went away")
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the daemon went away");
+        let garbage = write_atomically(&to, |file| {
+            std::io::Write::write_all(file, b"not a backup at all, but long enough to read")?;
+            Ok("test")
+        });
+        let message = format!("{:#}", garbage.unwrap_err());
+        assert!(
+            message.contains("does not read back") && message.contains("not a valid backup"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the file nor its .tmp");
+        assert!(write_atomically(dir.path(), |_| Ok("test"))
+            .unwrap_err()
+            .to_string()
+            .contains("is a directory"));
+    }
+
+    #[test]
     fn single_line_keeps_the_location_and_message_of_a_toml_error() {
         let error = Config::parse("bogus = 1\n").unwrap_err().to_string();
         assert!(error.contains('\n'), "the raw error is multi-line: {error:?}");

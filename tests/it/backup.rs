@@ -230,6 +230,8 @@ fn a_backup_without_a_daemon_reads_the_data_dir_and_restore_refuses_what_it_cann
     // The intact file restores, and a daemon on it has everything.
     let data = scratch.path().join("data");
     run_binary(&["restore", "--from", path_text(&file), "--data-dir", path_text(&data)]).assert_success();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o700, "the restored data dir is the owner's only");
     let restored = Served::start_with_file(scratch, config_for(target_dir(&data), &data), &[]);
     let logged = logged_event_ids(&restored, &subscription);
     assert_eq!(logged, published.iter().cloned().collect::<HashSet<_>>());
@@ -308,4 +310,62 @@ fn backup_and_restore_are_listed_with_their_flags() {
     let usage = run_binary(&["restore", "--from", "x"]);
     usage.assert_code(2);
     assert!(usage.stderr.contains("--data-dir"), "{usage:#?}");
+}
+
+/// A tmpfs of `size` mounted at `path` for one test (needs root, as the fault tests do),
+/// unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs", path_text(path)])
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs (the test needs root)");
+        Tmpfs(path.to_owned())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_backup_onto_a_full_disk_fails_leaving_no_file_and_the_daemon_unharmed() {
+    let receiver = Receiver::start();
+    let mut daemon = Served::start(&sled(), &[]);
+    subscribe(&daemon, &receiver.url("/a"));
+    let blob = "x".repeat(4096);
+    for n in 0..200 {
+        let body = json!({ "event": "message.received", "data": { "n": n, "blob": blob } });
+        let reply = daemon.call("POST", "/v1/events", ACME_KEY, Some(body));
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let config = daemon.config_path.clone();
+
+    // About 1 MB of backup onto 256 KiB.
+    let full = Tmpfs::mount(&daemon.dir.path().join("full"), "256k");
+    let file = full.0.join("backup.atwb");
+    let refused = run_binary(&["backup", "--to", path_text(&file), "--config", path_text(&config)]);
+    refused.assert_code(1);
+    assert!(refused.stderr.contains("No space left on device"), "{refused:#?}");
+    let left: Vec<_> = std::fs::read_dir(&full.0).unwrap().collect();
+    assert!(left.is_empty(), "the temporary file is removed: {left:?}");
+
+    // The daemon goes on, and the next backup elsewhere succeeds.
+    let reply =
+        daemon.call("POST", "/v1/events", ACME_KEY, Some(json!({ "event": "message.received", "data": {} })));
+    assert_eq!(reply.status, 202, "{}", reply.text);
+    let file = daemon.dir.path().join("backup.atwb");
+    let backup = run_binary(&["backup", "--to", path_text(&file), "--config", path_text(&config)]);
+    backup.assert_success();
+    assert!(backup.stdout.contains("201 events"), "{backup:#?}");
+    let health = daemon.call("GET", "/healthz", ACME_KEY, None);
+    assert_eq!(health.status, 200, "{}", health.text);
+    drop(full);
+    daemon.stop("TERM");
 }

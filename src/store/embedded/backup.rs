@@ -546,7 +546,9 @@ pub(in crate::store) fn restore(file: &Path, dir: &Path) -> Result<RestoreSummar
     plan.settle();
 
     let created = !dir.exists();
-    std::fs::create_dir_all(dir)
+    // Owner only, as the packaged unit's data dir: the records hold signing secrets.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
         .map_err(|err| BackupError::Target(format!("cannot create {}: {err}", dir.display())))?;
     let written = write_marker(dir).and_then(|()| restore_into(&mut open()?, dir, &plan, backup));
     match written {
