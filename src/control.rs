@@ -73,7 +73,7 @@ impl ControlServer {
     pub fn start(
         data_dir: &Path,
         store: Arc<dyn Backups>,
-        health: &Health,
+        health: &Arc<Health>,
     ) -> std::io::Result<ControlServer> {
         let path = socket_path(data_dir);
         match std::fs::symlink_metadata(&path) {
@@ -92,8 +92,11 @@ impl ControlServer {
         })?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         listener.set_nonblocking(true)?;
-        let beat = health.register("control", PROGRESS_LIMIT);
-        std::thread::Builder::new().name("control".into()).spawn(move || serve(listener, store, beat))?;
+        let health = health.clone();
+        // Registered by the thread itself: a thread that never started is no dead thread.
+        std::thread::Builder::new()
+            .name("control".into())
+            .spawn(move || serve(listener, store, health.register("control", PROGRESS_LIMIT)))?;
         Ok(ControlServer { path })
     }
 
@@ -371,7 +374,7 @@ mod tests {
     #[test]
     fn a_stale_socket_is_replaced_and_a_stranger_file_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let health = Health::default();
+        let health = Arc::new(Health::default());
         let stale = UnixListener::bind(socket_path(dir.path())).unwrap();
         drop(stale);
         assert!(request_backup(dir.path(), &mut Vec::new()).unwrap().is_none(), "refused: no daemon");

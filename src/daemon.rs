@@ -50,14 +50,22 @@ impl Daemon {
             })?;
         tracing::info!(data_dir = %config.data_dir.display(), "storage open");
         // Only the process holding sled's lock can copy the data: it serves `backup` itself.
-        // PostgreSQL is backed up with its own tools.
+        // PostgreSQL is backed up with its own tools. Without the socket the daemon still
+        // delivers (its job); `backup` then fails, saying no daemon answers, and this line
+        // says why.
         let control = match &config.storage {
             crate::config::StorageBackend::Sled => {
                 let backups: Arc<dyn crate::store::Backups> = store.clone();
-                let control = ControlServer::start(&config.data_dir, backups, &health)
-                    .context("cannot open the control socket (used by `atender-webhooks backup`)")?;
-                tracing::info!(socket = %control.path().display(), "control socket open (backups)");
-                Some(control)
+                match ControlServer::start(&config.data_dir, backups, &health) {
+                    Ok(control) => {
+                        tracing::info!(socket = %control.path().display(), "control socket open (backups)");
+                        Some(control)
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "no control socket: `atender-webhooks backup` cannot reach this daemon until it is restarted with one");
+                        None
+                    }
+                }
             }
             crate::config::StorageBackend::Postgres(_) => None,
         };

@@ -258,12 +258,21 @@ fn a_backup_refuses_a_held_data_dir_a_missing_one_and_a_postgres_config() {
     let file = daemon.dir.path().join("backup.atwb");
     let config = daemon.config_path.clone();
 
-    // The daemon holds sled's lock; without its socket nothing can copy the data.
-    std::fs::remove_file(daemon.dir.path().join("data/control.sock")).unwrap();
+    // A file in the socket's place is never removed: the daemon starts without a socket and
+    // says why; it holds sled's lock, so nothing can copy the data, and backup says so.
+    daemon.stop("TERM");
+    std::fs::write(daemon.dir.path().join("data/control.sock"), b"not a socket").unwrap();
+    let mut daemon = daemon.restart(&[]);
+    daemon.process.wait_for_stderr("no control socket", Duration::from_secs(5));
     let refused = run_binary(&["backup", "--to", path_text(&file), "--config", path_text(&config)]);
     refused.assert_code(1);
-    assert!(refused.stderr.contains("is in use by another process"), "{refused:#?}");
+    assert!(
+        refused.stderr.contains("is in use by another process")
+            && refused.stderr.contains("its log says why"),
+        "{refused:#?}"
+    );
     assert!(!file.exists() && !Path::new(&format!("{}.tmp", file.display())).exists(), "no file left behind");
+    assert_eq!(std::fs::read(daemon.dir.path().join("data/control.sock")).unwrap(), b"not a socket");
 
     // A destination whose directory does not exist.
     let nowhere = daemon.dir.path().join("no/such/dir/backup.atwb");
