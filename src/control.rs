@@ -371,6 +371,44 @@ mod tests {
         }
     }
 
+    /// A store whose backup sends one piece, says so, and goes on once the daemon is
+    /// stopping (or after a deadline, so a broken test cannot hang).
+    struct Slow(crossbeam_channel::Sender<()>, Arc<Health>);
+
+    impl Backups for Slow {
+        fn backup(&self, out: &mut dyn Write) -> Result<BackupSummary, BackupError> {
+            out.write_all(b"first").map_err(BackupError::Write)?;
+            let _ = self.0.send(());
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !self.1.shutting_down() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            out.write_all(b"second").map_err(BackupError::Write)?;
+            Ok(BackupSummary::default())
+        }
+    }
+
+    #[test]
+    fn a_shutdown_abandons_a_backup_under_way_and_tells_the_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let health = Arc::new(Health::default());
+        let (started, first_sent) = crossbeam_channel::bounded(1);
+        let server =
+            ControlServer::start(dir.path(), Arc::new(Slow(started, health.clone())), &health).unwrap();
+        let data_dir = dir.path().to_owned();
+        let client = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            (request_backup(&data_dir, &mut out), out)
+        });
+        first_sent.recv_timeout(Duration::from_secs(10)).unwrap();
+        health.begin_shutdown();
+        let (result, out) = client.join().unwrap();
+        assert_eq!(out, b"first");
+        let err = result.unwrap_err().to_string();
+        assert!(err.ends_with("cannot write the backup: the daemon is shutting down"), "{err}");
+        drop(server);
+    }
+
     #[test]
     fn a_stale_socket_is_replaced_and_a_stranger_file_is_not() {
         let dir = tempfile::tempdir().unwrap();
