@@ -1,8 +1,9 @@
 //! The command line: clap's raw form (`Cli`), and one function per command. `serve` wires the
-//! daemon to the process: signals, systemd readiness, the embedded development default.
+//! daemon to the process: signals, systemd readiness, the embedded development default;
+//! `backup` and `restore` write their files so that a half file never has the final name.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -57,6 +58,31 @@ pub enum Command {
         /// The configuration file the daemon will run on after the move.
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// Write a backup of the embedded store to FILE while the daemon runs (through its control
+    /// socket, <data_dir>/control.sock), or from the data dir itself when no daemon runs there.
+    /// Every event acknowledged before the backup began is in it. FILE appears only complete
+    /// (written as FILE.tmp, synced, then renamed). For [storage] backend = "postgres" use
+    /// pg_dump or pg_basebackup instead.
+    Backup {
+        /// Where to write the backup (replaced if it exists).
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+        /// The daemon's configuration file (its data_dir); without it, the embedded development
+        /// default (./atender-data).
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Restore a backup into a new or empty data dir, then start a daemon on it (set data_dir
+    /// in its configuration). The file is checked whole first: a truncated or damaged backup
+    /// writes nothing.
+    Restore {
+        /// The backup file (made by `backup`).
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+        /// The data dir to create; must not exist or be empty.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
     },
     /// Generate a new API key: prints the key once and the TOML lines that store its digest.
     Keygen {
@@ -122,6 +148,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
+        Command::Backup { to, config } => backup(&to, config.as_deref()),
+        Command::Restore { from, data_dir } => restore(&from, &data_dir),
         Command::Keygen { tenant, scopes, name } => keygen(&tenant, &scopes, &name),
         Command::Sign { secret, id, timestamp } => {
             let mut body = Vec::new();
@@ -141,6 +169,110 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `backup --to FILE [--config FILE]`: through the running daemon's control socket, or from
+/// the data dir when no daemon runs on it; FILE only ever appears complete and checked.
+fn backup(to: &Path, config_path: Option<&Path>) -> anyhow::Result<()> {
+    let config = match config_path {
+        Some(path) => Config::load(path).with_context(|| format!("{} is not valid", path.display()))?,
+        None => development_config()?.0,
+    };
+    if let crate::config::StorageBackend::Postgres(_) = config.storage {
+        bail!("{}", crate::store::POSTGRES_BACKUP_ADVICE);
+    }
+    let data_dir = &config.data_dir;
+    let (summary, source) = write_atomically(to, |file| {
+        if crate::control::request_backup(data_dir, file)?.is_some() {
+            return Ok("the running daemon");
+        }
+        // No daemon: sled's lock guarantees nobody else has the data dir while we read it.
+        match crate::store::backup_data_dir(data_dir, file) {
+            Ok(_) => Ok("the data dir (no daemon was running)"),
+            Err(crate::store::BackupError::Store(err)) if err.to_string().contains("lock") => bail!(
+                "{} is in use by another process, but no daemon answers on {}: if it is the daemon, its log says why it has no control socket; otherwise stop that process ({err})",
+                data_dir.display(),
+                crate::control::socket_path(data_dir).display()
+            ),
+            Err(err) => Err(err).with_context(|| format!("cannot back up {}", data_dir.display())),
+        }
+    })?;
+    println!(
+        "backed up {} subscriptions, {} events, {} deliveries and {} idempotency ids ({} bytes) from {} of {} into {}",
+        summary.subscriptions,
+        summary.events,
+        summary.deliveries,
+        summary.idempotency_ids,
+        summary.bytes,
+        source,
+        data_dir.display(),
+        to.display()
+    );
+    Ok(())
+}
+
+/// Writes `to` as `<to>.tmp` (mode 0600: a backup holds secrets) through `write`, syncs it,
+/// checks it whole ([`crate::store::verify_backup`]), renames it over `to` and syncs the
+/// directory: `to` is never a partial file. On any failure the temporary file is removed.
+fn write_atomically(
+    to: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> anyhow::Result<&'static str>,
+) -> anyhow::Result<(crate::store::BackupSummary, &'static str)> {
+    if to.is_dir() {
+        bail!("--to {} is a directory; name the backup file", to.display());
+    }
+    let mut temp_name = to.as_os_str().to_owned();
+    temp_name.push(".tmp");
+    let temp = PathBuf::from(temp_name);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp).with_context(|| format!("cannot create {}", temp.display()))?;
+    let written = (|| {
+        let source = write(&mut file)?;
+        file.sync_all().with_context(|| format!("cannot write {}", temp.display()))?;
+        drop(file);
+        let mut check =
+            std::fs::File::open(&temp).with_context(|| format!("cannot read {}", temp.display()))?;
+        let summary = crate::store::verify_backup(&mut check)
+            .with_context(|| format!("the backup written to {} does not read back", temp.display()))?;
+        std::fs::rename(&temp, to)
+            .with_context(|| format!("cannot rename {} to {}", temp.display(), to.display()))?;
+        let parent = to.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        std::fs::File::open(parent)
+            .and_then(|dir| dir.sync_all())
+            .with_context(|| format!("cannot sync {}", parent.display()))?;
+        Ok((summary, source))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written
+}
+
+/// `restore --from FILE --data-dir DIR`.
+fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
+    let summary = crate::store::restore_backup(from, data_dir)
+        .with_context(|| format!("cannot restore {} into {}", from.display(), data_dir.display()))?;
+    let began = std::time::UNIX_EPOCH + Duration::from_millis(summary.backup.began_at);
+    let mut line = format!(
+        "restored {} subscriptions, {} events, {} deliveries and {} idempotency ids from {} (backup begun at {}) into {}",
+        summary.subscriptions,
+        summary.events,
+        summary.deliveries,
+        summary.idempotency_ids,
+        from.display(),
+        humantime::format_rfc3339_seconds(began),
+        data_dir.display()
+    );
+    if summary.skipped_deliveries + summary.skipped_events > 0 {
+        line.push_str(&format!(
+            "; left out {} deliveries and {} events the backup caught half made (acknowledged after it began, or of a subscription deleted meanwhile)",
+            summary.skipped_deliveries, summary.skipped_events
+        ));
+    }
+    println!("{line}");
+    Ok(())
 }
 
 /// A new API key: `sa_live_` + 40 base62 characters from the OS CSPRNG.
@@ -340,6 +472,31 @@ fn init_tracing(format: LogFormat) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_backup_that_fails_or_does_not_read_back_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("backup");
+        let failed = write_atomically(&to, |file| {
+            std::io::Write::write_all(file, b"half a backup")?;
+            bail!("the daemon went away")
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the daemon went away");
+        let garbage = write_atomically(&to, |file| {
+            std::io::Write::write_all(file, b"not a backup at all, but long enough to read")?;
+            Ok("test")
+        });
+        let message = format!("{:#}", garbage.unwrap_err());
+        assert!(
+            message.contains("does not read back") && message.contains("not a valid backup"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "neither the file nor its .tmp");
+        assert!(write_atomically(dir.path(), |_| Ok("test"))
+            .unwrap_err()
+            .to_string()
+            .contains("is a directory"));
+    }
 
     #[test]
     fn single_line_keeps_the_location_and_message_of_a_toml_error() {

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, ApiState};
 use crate::config::{Config, SharedConfig};
+use crate::control::ControlServer;
 use crate::delivery::Engine;
 use crate::health::Health;
 use crate::metrics::Metrics;
@@ -23,6 +24,8 @@ pub struct Daemon {
     health: Arc<Health>,
     engine: Engine,
     server: JoinHandle<()>,
+    /// The control socket (backups), on the embedded backend only.
+    control: Option<ControlServer>,
 }
 
 impl Daemon {
@@ -46,6 +49,26 @@ impl Daemon {
                 }
             })?;
         tracing::info!(data_dir = %config.data_dir.display(), "storage open");
+        // Only the process holding sled's lock can copy the data: it serves `backup` itself.
+        // PostgreSQL is backed up with its own tools. Without the socket the daemon still
+        // delivers (its job); `backup` then fails, saying no daemon answers, and this line
+        // says why.
+        let control = match &config.storage {
+            crate::config::StorageBackend::Sled => {
+                let backups: Arc<dyn crate::store::Backups> = store.clone();
+                match ControlServer::start(&config.data_dir, backups, &health) {
+                    Ok(control) => {
+                        tracing::info!(socket = %control.path().display(), "control socket open (backups)");
+                        Some(control)
+                    }
+                    Err(err) => {
+                        tracing::error!(error = %err, "no control socket: `atender-webhooks backup` cannot reach this daemon until it is restarted with one");
+                        None
+                    }
+                }
+            }
+            crate::config::StorageBackend::Postgres(_) => None,
+        };
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -72,7 +95,7 @@ impl Daemon {
                 .run(),
         );
         tracing::info!(%local_addr, "listening");
-        Ok(Daemon { local_addr, config, store, health, engine, server })
+        Ok(Daemon { local_addr, config, store, health, engine, server, control })
     }
 
     /// The address the API actually listens on.
@@ -127,6 +150,9 @@ impl Daemon {
         let deadline = tokio::time::Instant::now() + grace;
         // One signal: the server stops accepting, the engine's threads stop taking work.
         self.health.begin_shutdown();
+        // Its file goes at once; its thread stops on the signal (a backup under way is told
+        // why and abandoned).
+        drop(self.control);
         let server_done = tokio::time::timeout_at(deadline, self.server).await.is_ok();
         let engine = self.engine;
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -12,6 +12,7 @@
 //! - [`portal`]: the tenant portal, web pages served under `/portal/` (uses `api`'s validation).
 //! - [`delivery`]: the only module that makes outbound HTTP.
 //! - [`metrics`], [`health`]: shared observability state.
+//! - [`control`]: the control socket in the data dir, through which `backup` reaches the daemon.
 //! - [`daemon`]: wires them together; [`cli`]: the command line.
 //!
 //! Dependencies point one way: `api` and `delivery` use `store` and `model`, never each other.
@@ -20,6 +21,7 @@ pub mod api;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod delivery;
 pub mod event_schema;

@@ -12,6 +12,7 @@
 //! | [`Retention`] | `delivery::janitor` | expiry, purges, recovery after a crash |
 //! | [`Vitals`] | `api::ops`, `daemon` | storage status, counters, the last flush |
 //! | [`SharedKeys`] | `portal` | a key every node shares (the portal's signing key) |
+//! | [`Backups`] | `control` | a consistent backup of a running store, as a byte stream |
 //!
 //! [`Storage`] is all of them, the handle [`open`] returns. Its rules, for every backend:
 //! - **Durable on `Ok`.** A client write ([`Subscriptions`] changes, [`Publishing::publish`],
@@ -715,13 +716,118 @@ pub trait SharedKeys: Send + Sync {
 
 /// Every part of the interface: what [`open`] returns.
 pub trait Storage:
-    Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys
+    Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys + Backups
 {
 }
 
 impl<T> Storage for T where
-    T: Subscriptions + Publishing + DeliveryLog + DueWork + Outcomes + Retention + Vitals + SharedKeys
+    T: Subscriptions
+        + Publishing
+        + DeliveryLog
+        + DueWork
+        + Outcomes
+        + Retention
+        + Vitals
+        + SharedKeys
+        + Backups
 {
+}
+
+/// Backups of a running store, for the control socket (`control`). The file format, what a
+/// backup holds and why it is consistent: `store/embedded/backup.rs` and ARCHITECTURE.md
+/// ("Backups").
+pub trait Backups: Send + Sync {
+    /// Writes a backup of everything stored to `out` while the store keeps serving: every
+    /// event acknowledged before the call is in it with all its deliveries. Reads only; `out`
+    /// sees the whole file or an error (then what was written is no backup: the trailer is
+    /// missing). [`BackupError::Unsupported`] on a backend whose own tools make backups
+    /// (PostgreSQL: `pg_dump`, `pg_basebackup`).
+    fn backup(&self, out: &mut dyn std::io::Write) -> Result<BackupSummary, BackupError>;
+}
+
+/// What a backup holds (from its trailer), or what a restore wrote.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// When the backup began (Unix ms): every event acknowledged before it is in the backup.
+    pub began_at: Millis,
+    pub subscriptions: u64,
+    pub events: u64,
+    pub deliveries: u64,
+    pub idempotency_ids: u64,
+    /// Bytes of the backup file.
+    pub bytes: u64,
+}
+
+/// What a restore wrote, and what it left out of the backup because the backup caught it
+/// half made (records of events acknowledged after the backup began; see ARCHITECTURE.md).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreSummary {
+    /// The backup's own figures (its trailer).
+    pub backup: BackupSummary,
+    pub subscriptions: u64,
+    pub events: u64,
+    pub deliveries: u64,
+    pub idempotency_ids: u64,
+    /// Deliveries left out: their event or subscription is not in the backup.
+    pub skipped_deliveries: u64,
+    /// Events left out: no delivery in the backup references them.
+    pub skipped_events: u64,
+}
+
+/// Why a backup or a restore did not complete. A restore refuses a bad file before it writes
+/// anything.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// Reading the store failed, or a stored record does not decode.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The backup's destination refused bytes (disk full, the client went away).
+    #[error("cannot write the backup: {0}")]
+    Write(std::io::Error),
+    /// The backup file could not be read.
+    #[error("cannot read the backup: {0}")]
+    Read(std::io::Error),
+    /// The file is not a complete, intact backup of a format this version reads: truncated,
+    /// a byte changed, another kind of file.
+    #[error("not a valid backup: {0}")]
+    Invalid(String),
+    /// The restore target is not an empty directory, or cannot be made.
+    #[error("{0}")]
+    Target(String),
+    /// This backend is backed up with its own tools.
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// What `backup` answers for a PostgreSQL store (the CLI refuses with it before connecting).
+pub const POSTGRES_BACKUP_ADVICE: &str = "this daemon stores its data in PostgreSQL ([storage] backend = \"postgres\"): back up the database with PostgreSQL's own tools (pg_dump for a logical copy, pg_basebackup with WAL archiving for point-in-time recovery); `atender-webhooks backup` copies the embedded sled store only";
+
+/// Writes a backup of the sled data dir `data_dir` while no daemon runs on it (sled's file
+/// lock makes sure: a dir in use answers [`BackupError::Store`] naming the lock). The same
+/// file as [`Backups::backup`] of a running daemon.
+pub fn backup_data_dir(data_dir: &Path, out: &mut dyn std::io::Write) -> Result<BackupSummary, BackupError> {
+    if !data_dir.join("db").exists() {
+        return Err(BackupError::Store(StoreError::Io(format!(
+            "{} holds no sled database",
+            data_dir.display()
+        ))));
+    }
+    let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
+    SledStore::open_with(data_dir, &options)?.backup(out)
+}
+
+/// Reads a whole backup and checks it (format, every record decodes, counts and SHA-256 of
+/// the trailer) without writing anything: its summary, or why it is no backup.
+pub fn verify_backup(file: &mut dyn std::io::Read) -> Result<BackupSummary, BackupError> {
+    embedded::backup::verify(file)
+}
+
+/// Restores the backup `file` into `data_dir`, which must not exist or be empty, as a sled
+/// data dir a daemon can start on; every secondary index is rebuilt from the records. The file
+/// is checked whole first (a truncated or damaged file writes nothing); a failure while
+/// writing leaves `data_dir` as empty as it was found.
+pub fn restore_backup(file: &Path, data_dir: &Path) -> Result<RestoreSummary, BackupError> {
+    embedded::backup::restore(file, data_dir)
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ mod pg;
 mod process;
 mod support;
 
+mod backup;
 mod catalogue;
 mod cli;
 mod crash;

@@ -1,5 +1,5 @@
 //! packaging/: the systemd unit passes `systemd-analyze verify` and keeps its hardening (offline
-//! `systemd-analyze security`), the maintainer scripts are valid shell with the token cargo-deb
+//! `systemd-analyze security`), so do the backup service and timer, the maintainer scripts are valid shell with the token cargo-deb
 //! fills in, and every file `[package.metadata.deb]` packages exists.
 
 use std::path::{Path, PathBuf};
@@ -8,6 +8,8 @@ use std::process::Command;
 use crate::process::{repo_path, run, Finished, BIN};
 
 const UNIT: &str = "packaging/atender-webhooks.service";
+const BACKUP_UNIT: &str = "packaging/atender-webhooks-backup.service";
+const BACKUP_TIMER: &str = "packaging/atender-webhooks-backup.timer";
 const PACKAGED_EXEC_START: &str =
     "ExecStart=/usr/bin/atender-webhooks serve --config /etc/atender-webhooks/config.toml";
 
@@ -46,6 +48,32 @@ fn the_unit_passes_systemd_analyze_verify() {
     out.assert_success();
     // verify exits 0 on some problems (an unknown key, a bad value) and only prints them.
     assert!(out.stderr.trim().is_empty() && out.stdout.trim().is_empty(), "verify complained: {out:#?}");
+}
+
+/// The backup service and its timer, as packaged, verified together (the timer names the
+/// service) with the service starting the binary this test run built.
+#[test]
+fn the_backup_units_pass_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = std::fs::read_to_string(repo_path(BACKUP_UNIT)).unwrap();
+    let packaged =
+        "ExecStart=/usr/bin/atender-webhooks backup --config /etc/atender-webhooks/config.toml --to ";
+    assert!(service.contains(packaged), "the backup unit must back up the packaged config's data");
+    let service_path = dir.path().join("atender-webhooks-backup.service");
+    std::fs::write(
+        &service_path,
+        service.replace("ExecStart=/usr/bin/atender-webhooks ", &format!("ExecStart={BIN} ")),
+    )
+    .unwrap();
+    let timer_path = dir.path().join("atender-webhooks-backup.timer");
+    std::fs::copy(repo_path(BACKUP_TIMER), &timer_path).unwrap();
+    let out = systemd_analyze(&["verify", service_path.to_str().unwrap(), timer_path.to_str().unwrap()]);
+    out.assert_success();
+    assert!(out.stderr.trim().is_empty() && out.stdout.trim().is_empty(), "verify complained: {out:#?}");
+    // It runs as the daemon's user (the control socket is 0600) and without a network.
+    for setting in ["User=atender-webhooks", "Type=oneshot", "PrivateNetwork=yes", "UMask=0077"] {
+        assert!(service.lines().any(|line| line.trim() == setting), "{BACKUP_UNIT} lacks {setting}");
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! (`crate::store`'s traits) on top, waiting for durability where the interface promises it
 //! and counting every error it returns.
 
+pub(super) mod backup;
 mod cache;
 mod codec;
 mod commit;
@@ -112,8 +113,21 @@ impl SledStore {
     }
 
     /// Opens (or creates) the database in `dir` and starts its group-commit, publish-writer and
-    /// storage-monitor threads.
+    /// storage-monitor threads. [`StoreError::Corrupt`] when `dir` holds an interrupted restore
+    /// (`backup::RESTORE_MARKER`): serving half a backup would look like lost data.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<SledStore, StoreError> {
+        if dir.join(backup::RESTORE_MARKER).exists() {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds an interrupted restore (the file {} is there): restore the backup again into an empty directory",
+                dir.display(),
+                backup::RESTORE_MARKER
+            )));
+        }
+        SledStore::open_unchecked(dir, options)
+    }
+
+    /// [`SledStore::open_with`] without the restore check, for the restore itself.
+    fn open_unchecked(dir: &Path, options: &StoreOptions) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(dir)
             .map_err(|err| StoreError::Io(format!("cannot create {}: {err}", dir.display())))?;
         remove_unfinished_snapshots(dir)?;
@@ -519,6 +533,18 @@ impl SharedKeys for SledStore {
             }
             Err(err) => Err(io(err)),
         }
+    }
+}
+
+/// A backup of the running store (format and consistency: `backup.rs`). Reads only, so it
+/// needs no admission by the space guard, and a failure is the backup's, never the store's:
+/// nothing is counted as a storage error.
+impl crate::store::Backups for SledStore {
+    fn backup(
+        &self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<crate::store::BackupSummary, crate::store::BackupError> {
+        backup::write(&self.trees, out)
     }
 }
 

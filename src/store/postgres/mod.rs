@@ -1971,6 +1971,18 @@ impl SharedKeys for PgStore {
     }
 }
 
+/// PostgreSQL is backed up with its own tools, which also see a consistent snapshot of the
+/// whole database: `pg_dump` (logical) or `pg_basebackup` with WAL archiving (physical,
+/// point-in-time recovery).
+impl crate::store::Backups for PgStore {
+    fn backup(
+        &self,
+        _out: &mut dyn std::io::Write,
+    ) -> Result<crate::store::BackupSummary, crate::store::BackupError> {
+        Err(crate::store::BackupError::Unsupported(crate::store::POSTGRES_BACKUP_ADVICE.to_owned()))
+    }
+}
+
 impl Vitals for PgStore {
     fn status(&self) -> (&'static str, Option<String>) {
         let status = &self.db.0.status;
