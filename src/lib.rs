@@ -3,6 +3,7 @@
 //! - [`config`]: the TOML file, raw and validated.
 //! - [`model`]: domain types and ids; no I/O.
 //! - [`catalogue`]: the event types the daemon sends itself (operational events, test sends).
+//! - [`secrets`]: the master key and the sealed form of subscription secrets at rest.
 //! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`store`]: the only module that knows sled.
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod net_policy;
 pub mod portal;
+pub mod secrets;
 pub mod store;
 
 pub use config::Config;
