@@ -16,5 +16,6 @@ mod openapi;
 mod packaging;
 mod portal;
 mod retention;
+mod secrets;
 mod smoke;
 mod webhooks;

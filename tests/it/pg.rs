@@ -124,7 +124,8 @@ impl PgCluster {
         cluster
     }
 
-    fn data(&self) -> PathBuf {
+    /// The cluster's data directory (tables, WAL).
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
