@@ -3,7 +3,8 @@
 //! start, while its deliveries still verify with the current and the retired secret; plaintext
 //! secrets sealed at the first start with a key; a start refused without the key or with
 //! another one, naming the key expected; `rotate-master-key`, re-runnable, after which the new
-//! key starts and the old one is refused; and the key file's and the commands' bad inputs.
+//! key starts and the old one is refused; `migrate-storage` carrying sealed secrets from sled
+//! into PostgreSQL; and the key file's and the commands' bad inputs.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -493,4 +494,40 @@ fn check_config_validates_the_key_file_and_master_keygen_writes_a_private_one() 
         out.assert_code(1);
         assert!(out.stderr.contains(&expected), "{extra}: {}", out.stderr);
     }
+}
+
+#[test]
+fn migrate_storage_carries_sealed_secrets_from_sled_into_postgres() {
+    let files = Files::new();
+    let (key_file, key_id) = files.hex_key("master.key");
+    let receiver = Receiver::start();
+    let mut daemon = TestDaemon::with(Setup { storage: Storage::Sled, ..keyed(Some(&key_file)) });
+    let (id, first) = subscribe(&daemon, receiver.url("/hook"));
+    let second = rotate_with_grace(&daemon, &id);
+    assert!(daemon.stop());
+
+    let cluster = crate::pg::PgCluster::start();
+    let config = files.path("config.toml");
+    let migrate =
+        ["migrate-storage", "--from", "sled", "--to", "postgres", "--config", config.to_str().unwrap()];
+    let on_postgres =
+        |key_file: Option<&Path>| Setup { storage: Storage::Postgres(cluster.url()), ..keyed(key_file) };
+    // Without the key the sled data does not read: refused, naming the key.
+    std::fs::write(&config, on_postgres(None).config_text(&daemon.data_dir, "127.0.0.1:0")).unwrap();
+    let refused = run_when_unlocked(&migrate);
+    refused.assert_code(1);
+    assert!(refused.stderr.contains(&format!("sealed under master key {key_id}")), "{}", refused.stderr);
+
+    std::fs::write(&config, on_postgres(Some(&key_file)).config_text(&daemon.data_dir, "127.0.0.1:0"))
+        .unwrap();
+    let copied = run_when_unlocked(&migrate);
+    copied.assert_success();
+    assert!(copied.stdout.contains("copied 1 subscriptions"), "{}", copied.stdout);
+    let values = stored_values(&cluster);
+    assert_eq!(values.len(), 2, "{values:?}");
+    for value in values {
+        assert!(value.starts_with(&format!("enc:v1:{key_id}:")), "{value}");
+    }
+    let moved = TestDaemon::with(on_postgres(Some(&key_file)));
+    delivery_verifies(&moved, &receiver, "/hook", &second, &[&first]);
 }
