@@ -84,6 +84,24 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
     },
+    /// Re-encrypt every stored subscription secret under a new master key. Stop the daemon
+    /// first (every daemon, on PostgreSQL); then point [secrets] key_file at the new file and
+    /// start. Run again after an interruption: values under the old or the new key both read.
+    RotateMasterKey {
+        /// The file holding the new key (32 raw bytes, 64 hex characters or base64 of 32 bytes).
+        #[arg(long, value_name = "FILE")]
+        new_key_file: PathBuf,
+        /// The configuration file the daemon runs on; its [secrets] key_file is the current key.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Write a new random master key for [secrets] key_file: 64 hex characters, mode 0600,
+    /// never over an existing file. Prints the key id, never the key.
+    MasterKeygen {
+        /// Where to write the key.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Generate a new API key: prints the key once and the TOML lines that store its digest.
     Keygen {
         /// The tenant id the key belongs to.
@@ -124,8 +142,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     config.display()
                 );
             };
-            let report =
-                crate::store::migrate_sled_to_postgres(&loaded.data_dir, target).with_context(|| {
+            let secrets = crate::secrets::configured_keys(loaded.secrets_key_file.as_deref())?;
+            let report = crate::store::migrate_sled_to_postgres(&loaded.data_dir, target, secrets)
+                .with_context(|| {
                     format!(
                         "cannot copy {} into {}",
                         loaded.data_dir.display(),
@@ -144,12 +163,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckConfig { config } => {
-            Config::load(&config).with_context(|| format!("{} is not valid", config.display()))?;
+            let loaded =
+                Config::load(&config).with_context(|| format!("{} is not valid", config.display()))?;
+            if let Some(key_file) = &loaded.secrets_key_file {
+                let key = crate::secrets::MasterKey::load(key_file)
+                    .with_context(|| format!("{}: secrets.key_file is not usable", config.display()))?;
+                if let Some(warning) = crate::secrets::permission_warning(key_file) {
+                    eprintln!("warning: {warning}");
+                }
+                println!("{}: secrets.key_file holds master key {}", config.display(), key.id());
+            } else {
+                println!(
+                    "{}: no [secrets] key_file: subscription secrets are stored unencrypted",
+                    config.display()
+                );
+            }
             println!("{}: ok", config.display());
             Ok(())
         }
         Command::Backup { to, config } => backup(&to, config.as_deref()),
         Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::RotateMasterKey { new_key_file, config } => rotate_master_key(&new_key_file, &config),
+        Command::MasterKeygen { out } => {
+            let key = crate::secrets::MasterKey::create_file(&out)?;
+            println!("wrote a new master key to {} (mode 0600), key id {}", out.display(), key.id());
+            println!("set it in the config:\n\n[secrets]\nkey_file = {:?}", out.display().to_string());
+            Ok(())
+        }
         Command::Keygen { tenant, scopes, name } => keygen(&tenant, &scopes, &name),
         Command::Sign { secret, id, timestamp } => {
             let mut body = Vec::new();
@@ -207,6 +247,55 @@ fn backup(to: &Path, config_path: Option<&Path>) -> anyhow::Result<()> {
         source,
         data_dir.display(),
         to.display()
+    );
+    Ok(())
+}
+
+/// `rotate-master-key`: re-seals every stored secret under the key of `new_key_file`, opening
+/// values sealed under the config's current key or the new one (so a re-run finishes an
+/// interrupted rotation).
+fn rotate_master_key(new_key_file: &std::path::Path, config_path: &std::path::Path) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    let config =
+        Config::load(config_path).with_context(|| format!("{} is not valid", config_path.display()))?;
+    let old = match &config.secrets_key_file {
+        Some(path) => Some(Arc::new(crate::secrets::MasterKey::load(path).with_context(|| {
+            format!("{}: the current secrets.key_file is not usable", config_path.display())
+        })?)),
+        None => None,
+    };
+    let new = Arc::new(crate::secrets::MasterKey::load(new_key_file).context("the new key is not usable")?);
+    if let Some(warning) = crate::secrets::permission_warning(new_key_file) {
+        eprintln!("warning: {warning}");
+    }
+    let options = crate::store::StoreOptions {
+        min_free_bytes: 0,
+        secrets: crate::secrets::SecretKeys::rotating(old.clone(), new.clone()),
+        ..crate::store::StoreOptions::default()
+    };
+    let report =
+        crate::store::rotate_master_key(&config.storage, &config.data_dir, &options).with_context(|| {
+            match &config.storage {
+                crate::config::StorageBackend::Sled => format!(
+                    "cannot re-encrypt the secrets in {} (is the daemon still running? stop it first)",
+                    config.data_dir.display()
+                ),
+                crate::config::StorageBackend::Postgres(pg) => {
+                    format!("cannot re-encrypt the secrets in {}", crate::config::redact_password(&pg.url))
+                }
+            }
+        })?;
+    println!(
+        "re-encrypted {} of {} subscriptions under master key {} (was {})",
+        report.rewritten,
+        report.subscriptions,
+        report.key_id,
+        old.as_ref().map_or("unencrypted".to_owned(), |old| format!("master key {}", old.id()))
+    );
+    println!(
+        "now set [secrets] key_file = {:?} in {} (on every node) and start the daemon; keep the old key file until it starts",
+        new_key_file.display().to_string(),
+        config_path.display()
     );
     Ok(())
 }

@@ -93,6 +93,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub portal: RawPortal,
     #[serde(default)]
+    pub secrets: RawSecrets,
+    #[serde(default)]
     pub tenants: Vec<RawTenant>,
 }
 
@@ -277,6 +279,17 @@ pub struct RawPortal {
     pub cookie_same_site: Option<String>,
 }
 
+/// `[secrets]`: subscription secrets at rest.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawSecrets {
+    /// File holding the 32-byte master key that seals subscription secrets at rest (32 raw
+    /// bytes, 64 hex characters or base64 of 32 bytes; see `crate::secrets::MasterKey::load`),
+    /// e.g. a systemd credential (`/run/credentials/atender-webhooks.service/master-key`).
+    /// Unset: secrets are stored in plaintext, and the daemon says so at start-up.
+    pub key_file: Option<PathBuf>,
+}
+
 /// `[[tenants]]`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,6 +366,9 @@ pub struct Config {
     /// API keys by the SHA-256 digest of the plain key.
     pub api_keys: HashMap<[u8; 32], ApiKey>,
     pub portal: PortalConfig,
+    /// `[secrets] key_file`: the master key's file, read at start-up (`None`: secrets are
+    /// stored in plaintext).
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// One configured event type's entry in the catalogue.
@@ -470,6 +486,12 @@ impl Config {
         let event_details = validate_event_details(&raw.events, &event_types)?;
         let (tenants, api_keys) = validate_tenants(&raw.tenants)?;
         let portal = validate_portal(&raw.portal)?;
+        if raw.secrets.key_file.as_ref().is_some_and(|path| path.as_os_str().is_empty()) {
+            return Err(invalid(
+                "secrets.key_file",
+                "must not be empty (leave it out to store secrets unencrypted)",
+            ));
+        }
         Ok(Config {
             listen,
             data_dir: raw.data_dir,
@@ -484,6 +506,7 @@ impl Config {
             tenants,
             api_keys,
             portal,
+            secrets_key_file: raw.secrets.key_file,
         })
     }
 

@@ -36,7 +36,9 @@ impl Daemon {
         let health = Arc::new(Health::default());
         // Queue notices: the store announces committed queue writes, the engine listens.
         let (notices, notices_rx) = crossbeam_channel::unbounded();
-        let options = StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices };
+        let secrets = crate::secrets::configured_keys(config.secrets_key_file.as_deref())?;
+        let options =
+            StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices, secrets };
         let backend = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || crate::store::open(&backend, &data_dir, &options))
             .await?
@@ -130,6 +132,9 @@ impl Daemon {
         if new.storage != current.storage {
             kept.push("storage");
         }
+        if new.secrets_key_file != current.secrets_key_file {
+            kept.push("secrets.key_file");
+        }
         new.listen = current.listen;
         new.data_dir = current.data_dir.clone();
         new.delivery.workers = current.delivery.workers;
@@ -137,6 +142,7 @@ impl Daemon {
         new.delivery.allow_private_targets = current.delivery.allow_private_targets;
         new.min_free_bytes = current.min_free_bytes;
         new.storage = current.storage.clone();
+        new.secrets_key_file = current.secrets_key_file.clone();
         self.config.replace(new);
         kept
     }

@@ -4,6 +4,7 @@
 //! - [`model`]: domain types and ids; no I/O.
 //! - [`catalogue`]: the event types the daemon sends itself (operational events, test sends).
 //! - [`event_schema`]: the JSON Schemas configured event types' `data` must satisfy.
+//! - [`secrets`]: the master key and the sealed form of subscription secrets at rest.
 //! - [`lifecycle`]: every state change of a delivery and a subscription, as pure functions.
 //! - [`net_policy`]: which target addresses are allowed (used by the API and the engine).
 //! - [`probe`]: the test-send interface, which the API calls and the delivery engine implements.
@@ -32,6 +33,7 @@ pub mod model;
 pub mod net_policy;
 pub mod portal;
 pub mod probe;
+pub mod secrets;
 pub mod store;
 
 pub use config::Config;

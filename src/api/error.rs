@@ -142,7 +142,7 @@ impl From<StoreError> for ApiError {
                     index.map(|index| format!("events[{index}].")).unwrap_or_default()
                 ),
             ),
-            StoreError::Io(_) | StoreError::Corrupt(_) => {
+            StoreError::Io(_) | StoreError::Corrupt(_) | StoreError::MasterKey(_) => {
                 // The detail goes to the log, never to the client.
                 tracing::error!(error = %err, "storage error while answering a request");
                 ApiError::new(

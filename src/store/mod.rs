@@ -36,6 +36,7 @@
 
 mod embedded;
 mod postgres;
+mod secrets_at_rest;
 
 use std::future::Future;
 use std::path::Path;
@@ -50,6 +51,7 @@ use crate::model::{
 
 pub use embedded::SledStore;
 pub use postgres::PgStore;
+pub use secrets_at_rest::{rotate_master_key, RotationReport, SecretCensus};
 
 /// A boxed future, for the interface's asynchronous methods (trait objects cannot have `async fn`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -83,6 +85,10 @@ pub enum StoreError {
     /// within the window for a different event.
     #[error("idempotency id {client_id:?} was already used for a different event")]
     IdempotencyConflict { index: Option<usize>, client_id: String },
+    /// A stored subscription secret is sealed under a master key that is not configured (or
+    /// `rotate-master-key` was given no key). The message names the key id needed.
+    #[error("{0}")]
+    MasterKey(String),
 }
 
 impl StoreError {
@@ -134,6 +140,9 @@ pub struct StoreOptions {
     /// receiving end to the delivery engine; the store never reads it. The default is a channel
     /// nobody receives from (notices are dropped), for tools and tests without an engine.
     pub notices: crossbeam_channel::Sender<QueueNotice>,
+    /// The keys subscription secrets are sealed and opened with (`[secrets] key_file`); the
+    /// default has none: secrets are written in plaintext (see `crate::secrets`).
+    pub secrets: crate::secrets::SecretKeys,
 }
 
 impl Default for StoreOptions {
@@ -142,20 +151,32 @@ impl Default for StoreOptions {
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             health: Arc::default(),
             notices: crossbeam_channel::unbounded().0,
+            secrets: crate::secrets::SecretKeys::default(),
         }
     }
 }
 
 /// Opens the configured backend: the embedded sled store in `data_dir`, or the PostgreSQL
-/// database of `[storage]` (applying its schema migrations).
+/// database of `[storage]` (applying its schema migrations). Then the secrets at rest are
+/// brought in line with `options.secrets`: [`StoreError::MasterKey`] when a stored secret is
+/// sealed under a key it lacks; with a key, plaintext secrets are sealed (see
+/// `secrets_at_rest::prepare`).
 pub fn open(
     backend: &crate::config::StorageBackend,
     data_dir: &Path,
     options: &StoreOptions,
 ) -> Result<Arc<dyn Storage>, StoreError> {
     match backend {
-        crate::config::StorageBackend::Sled => Ok(Arc::new(SledStore::open_with(data_dir, options)?)),
-        crate::config::StorageBackend::Postgres(config) => Ok(Arc::new(PgStore::open(config, options)?)),
+        crate::config::StorageBackend::Sled => {
+            let store = SledStore::open_with(data_dir, options)?;
+            secrets_at_rest::prepare(&store, &options.secrets)?;
+            Ok(Arc::new(store))
+        }
+        crate::config::StorageBackend::Postgres(config) => {
+            let store = PgStore::open(config, options)?;
+            secrets_at_rest::prepare(&store, &options.secrets)?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
@@ -199,17 +220,22 @@ pub struct MigrationReport {
 /// (`atender-webhooks migrate-storage --from sled --to postgres`): subscriptions with their
 /// secrets and counters, events, deliveries with their state, attempts and due times, and the
 /// client idempotency ids. The daemon must be stopped (sled's lock makes sure). Records already
-/// in the target are kept as they are, so an interrupted migration can be run again.
+/// in the target are kept as they are, so an interrupted migration can be run again. Secrets
+/// are opened with `secrets` as they are read and sealed with it as they are written (the
+/// `[secrets] key_file` of the config both sides run on).
 pub fn migrate_sled_to_postgres(
     data_dir: &Path,
     target: &crate::config::PostgresConfig,
+    secrets: crate::secrets::SecretKeys,
 ) -> Result<MigrationReport, StoreError> {
     if !data_dir.join("db").exists() {
         return Err(StoreError::Io(format!("{} holds no sled database", data_dir.display())));
     }
-    let options = StoreOptions { min_free_bytes: 0, ..StoreOptions::default() };
+    let options = StoreOptions { min_free_bytes: 0, secrets, ..StoreOptions::default() };
     let source = SledStore::open_with(data_dir, &options)?;
+    secrets_at_rest::prepare(&source, &options.secrets)?;
     let target = PgStore::open(target, &options)?;
+    secrets_at_rest::prepare(&target, &options.secrets)?;
     let mut report = MigrationReport::default();
     let mut batch = Vec::with_capacity(500);
     source.export(&mut |record| {

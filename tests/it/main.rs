@@ -21,5 +21,6 @@ mod portal;
 mod probe;
 mod recovery;
 mod retention;
+mod secrets;
 mod smoke;
 mod webhooks;

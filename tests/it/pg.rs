@@ -193,7 +193,8 @@ impl PgCluster {
         (cluster, ca)
     }
 
-    fn data(&self) -> PathBuf {
+    /// The cluster's data directory (tables, WAL).
+    pub fn data(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

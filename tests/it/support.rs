@@ -330,6 +330,17 @@ impl TestDaemon {
         TestDaemon::launch(setup, data_dir, dir, pg)
     }
 
+    /// Stops the daemon cleanly and starts a new one on the same data (and database) with
+    /// `setup`'s settings; its storage stays this daemon's.
+    pub fn restart_with(mut self, setup: Setup) -> TestDaemon {
+        let setup = Setup { storage: self.setup.storage.clone(), ..setup };
+        let data_dir = self.data_dir.clone();
+        let dir = self._dir.take();
+        let pg = self.pg.take();
+        self.stop();
+        TestDaemon::launch(setup, data_dir, dir, pg)
+    }
+
     /// Shuts down with a short grace; returns whether everything finished in time.
     pub fn stop(&mut self) -> bool {
         let (Some(runtime), Some(daemon)) = (self.runtime.take(), self.daemon.take()) else { return true };

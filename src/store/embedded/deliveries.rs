@@ -151,7 +151,8 @@ impl Trees {
                         Entry::Occupied(entry) => entry.into_mut(),
                         Entry::Vacant(entry) => {
                             let stored = subscriptions.get(subscription_id.as_bytes())?;
-                            entry.insert(abort_on(stored.map(|bytes| decode(&bytes)).transpose())?)
+                            let opened = stored.map(|bytes| self.decode_subscription(&bytes)).transpose();
+                            entry.insert(abort_on(opened)?)
                         }
                     };
                     if let Some(subscription) = subscription {
@@ -179,7 +180,8 @@ impl Trees {
                 let mut updated = Vec::with_capacity(touched.len());
                 for (subscription_id, subscription) in touched {
                     if let Some(subscription) = subscription {
-                        subscriptions.insert(subscription_id.as_bytes(), encode(&subscription))?;
+                        subscriptions
+                            .insert(subscription_id.as_bytes(), self.encode_subscription(&subscription))?;
                         updated.push(subscription);
                     }
                 }

@@ -84,6 +84,9 @@ pub(crate) struct Trees {
     idempotency_expiry: sled::Tree,
     notices: crossbeam_channel::Sender<QueueNotice>,
     subscription_cache: Arc<cache::SubscriptionCache>,
+    /// The keys subscription secrets are sealed and opened with (see
+    /// [`Trees::encode_subscription`]).
+    secrets: crate::secrets::SecretKeys,
     event_cache: Arc<cache::EventCache>,
     space: Arc<space::SpaceGuard>,
     errors: Arc<StorageErrors>,
@@ -160,6 +163,7 @@ impl SledStore {
             db,
             notices: options.notices.clone(),
             subscription_cache: Arc::default(),
+            secrets: options.secrets.clone(),
             event_cache: Arc::default(),
             space: space.clone(),
             errors: errors.clone(),
@@ -276,7 +280,7 @@ impl SledStore {
         use crate::store::Exported;
         let trees = &self.trees;
         for entry in trees.subscriptions.iter() {
-            sink(Exported::Subscription(codec::decode(&entry?.1)?))?;
+            sink(Exported::Subscription(trees.decode_subscription(&entry?.1)?))?;
         }
         for entry in trees.events.iter() {
             sink(Exported::Event(codec::decode(&entry?.1)?))?;

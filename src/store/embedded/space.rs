@@ -96,7 +96,7 @@ impl StorageErrors {
             StoreError::NoSpace { .. } => &self.no_space,
             StoreError::ReadOnly => &self.read_only,
             StoreError::Io(_) => &self.io,
-            StoreError::Corrupt(_) => &self.corrupt,
+            StoreError::Corrupt(_) | StoreError::MasterKey(_) => &self.corrupt,
             StoreError::Stalled => &self.stalled,
             _ => return,
         };

@@ -1,4 +1,6 @@
-//! Subscriptions: create under the tenant's limit, read, list newest first, update, delete.
+//! Subscriptions: create under the tenant's limit, read, list newest first, update, delete;
+//! their secrets sealed on the way in and opened on the way out (`crate::secrets`), and the
+//! walk over all of them that seals plaintext ones or re-seals under a new key.
 
 use std::sync::Arc;
 
@@ -8,7 +10,8 @@ use sled::Transactional;
 use crate::model::{Subscription, SubscriptionId};
 use crate::store::embedded::codec::{decode, encode};
 use crate::store::embedded::index::{store_delivery, Indexes};
-use crate::store::embedded::{abort_on, keys, QueueNotice, StoreError, Trees, WriteClass};
+use crate::store::embedded::{abort_on, keys, QueueNotice, SledStore, StoreError, Trees, WriteClass};
+use crate::store::secrets_at_rest::{self, SealedSecrets, SecretCensus};
 use crate::store::Operational;
 
 fn read_count(
@@ -23,6 +26,52 @@ fn read_count(
 }
 
 impl Trees {
+    /// The stored bytes of `subscription`: its record, with its secrets sealed under the
+    /// store's master key (in plaintext without one). The one way a subscription is encoded.
+    pub(crate) fn encode_subscription(&self, subscription: &Subscription) -> Vec<u8> {
+        encode(&secrets_at_rest::seal_subscription(&self.secrets, subscription))
+    }
+
+    /// The subscription stored as `bytes`, its secrets opened. The one way a subscription is
+    /// decoded (but for reads that need no secret).
+    pub(crate) fn decode_subscription(&self, bytes: &[u8]) -> Result<Subscription, StoreError> {
+        secrets_at_rest::open_subscription(&self.secrets, decode(bytes)?)
+    }
+
+    /// How the stored secrets are kept (read without opening them).
+    fn secret_census(&self) -> Result<SecretCensus, StoreError> {
+        let mut census = SecretCensus::default();
+        for entry in self.subscriptions.iter() {
+            let stored: Subscription = decode(&entry?.1)?;
+            census.count(stored.secret.expose(), stored.retired_secret.as_ref().map(|r| r.secret.expose()));
+        }
+        Ok(census)
+    }
+
+    /// Rewrites each subscription whose stored secrets are not sealed as the store's keys
+    /// would seal them now, one transaction each (see [`SealedSecrets::reseal_secrets`]).
+    fn reseal_secrets(&self) -> Result<usize, StoreError> {
+        let mut rewritten = 0;
+        for entry in self.subscriptions.iter() {
+            let (key, _) = entry?;
+            self.admit(WriteClass::Internal)?;
+            let _writes = self.subscription_cache.lock_writes();
+            let changed = self.subscriptions.transaction(|subscriptions| {
+                // Read again inside the transaction: a write since the scan is kept.
+                let Some(bytes) = subscriptions.get(&key)? else { return Ok(false) };
+                let stored: Subscription = abort_on(decode(&bytes))?;
+                if secrets_at_rest::is_current(&self.secrets, &stored) {
+                    return Ok(false);
+                }
+                let opened = abort_on(secrets_at_rest::open_subscription(&self.secrets, stored))?;
+                subscriptions.insert(&key, self.encode_subscription(&opened))?;
+                Ok(true)
+            })?;
+            rewritten += usize::from(changed);
+        }
+        Ok(rewritten)
+    }
+
     /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
     /// the insert are one transaction, so concurrent creates can never exceed the limit.
     pub(crate) fn create_subscription(
@@ -32,7 +81,7 @@ impl Trees {
     ) -> Result<(), StoreError> {
         self.admit(WriteClass::Client)?;
         let tenant_id = subscription.tenant_id.as_str();
-        let value = encode(subscription);
+        let value = self.encode_subscription(subscription);
         (&self.subscriptions, &self.tenant_subscriptions, &self.tenant_counts).transaction(
             |(subscriptions, index, counts)| {
                 let count = read_count(counts, tenant_id)?;
@@ -50,7 +99,7 @@ impl Trees {
 
     /// A subscription by id, whoever owns it (for the delivery engine).
     pub(crate) fn subscription_by_id(&self, id: &SubscriptionId) -> Result<Option<Subscription>, StoreError> {
-        self.subscriptions.get(id.as_bytes())?.map(|bytes| decode(&bytes)).transpose()
+        self.subscriptions.get(id.as_bytes())?.map(|bytes| self.decode_subscription(&bytes)).transpose()
     }
 
     /// [`Trees::subscription_by_id`] through the in-memory cache, for delivery attempts: a hit
@@ -153,13 +202,13 @@ impl Trees {
         let outcome =
             trees.transaction(|(subscriptions, events, deliveries, queue, held, log, finished)| {
                 let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(None) };
-                let before: Subscription = abort_on(decode(&bytes))?;
+                let before = abort_on(self.decode_subscription(&bytes))?;
                 if before.tenant_id != tenant_id {
                     return Ok(None);
                 }
                 let mut after = before.clone();
                 change(&mut after);
-                subscriptions.insert(id.as_bytes(), encode(&after))?;
+                subscriptions.insert(id.as_bytes(), self.encode_subscription(&after))?;
                 let now = crate::model::now_millis();
                 let mut created = None;
                 if let Some(event) = Operational::activity(before.is_active, &after, now) {
@@ -203,6 +252,7 @@ impl Trees {
         )
             .transaction(|(subscriptions, index, counts, deleted)| {
                 let Some(bytes) = subscriptions.get(id.as_bytes())? else { return Ok(false) };
+                // Read without opening the secrets: a delete needs only the owner.
                 let subscription: Subscription = abort_on(decode(&bytes))?;
                 if subscription.tenant_id != tenant_id {
                     return Ok(false);
@@ -275,6 +325,19 @@ impl Trees {
     }
 }
 
+impl SealedSecrets for SledStore {
+    fn secret_census(&self) -> Result<SecretCensus, StoreError> {
+        self.run(Trees::secret_census)
+    }
+
+    fn reseal_secrets(&self) -> Result<usize, StoreError> {
+        // What the plaintext reads as does not change: the subscription cache stays true.
+        let rewritten = self.run(Trees::reseal_secrets)?;
+        self.durable_blocking()?;
+        Ok(rewritten)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,5 +370,49 @@ mod tests {
 
         assert!(store.delete_subscription("acme", &subscription.id).unwrap());
         assert!(store.cached_subscription(&subscription.id).unwrap().is_none());
+    }
+
+    /// Plaintext records (written before a key) are sealed by one re-seal, which a second run
+    /// finds nothing left to do for; the tree then holds no plaintext, and reads open it.
+    #[test]
+    fn plaintext_secrets_are_sealed_once_and_then_read_only_with_the_key() {
+        use crate::model::{RetiredSecret, SigningSecret};
+        use crate::secrets::{MasterKey, SecretKeys};
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let plain = &store.trees;
+        let mut subscription = Subscription::new(
+            "acme",
+            "a",
+            "https://a.example/",
+            vec!["message.received".into()],
+            now_millis(),
+        );
+        subscription.retired_secret =
+            Some(RetiredSecret { secret: SigningSecret::from("whsec_retired".to_owned()), valid_until: 9 });
+        plain.create_subscription(&subscription, 10).unwrap();
+        let raw = || plain.subscriptions.get(subscription.id.as_bytes()).unwrap().unwrap().to_vec();
+        let holds = |bytes: &[u8], needle: &str| bytes.windows(needle.len()).any(|w| w == needle.as_bytes());
+        assert!(holds(&raw(), subscription.secret.expose()) && holds(&raw(), "whsec_retired"));
+
+        let key = std::sync::Arc::new(MasterKey::from_bytes(&[5; 32]));
+        let keyed = Trees { secrets: SecretKeys::sealing(key.clone()), ..plain.clone() };
+        let census = keyed.secret_census().unwrap();
+        assert_eq!((census.subscriptions, census.plaintext), (1, 2));
+        assert_eq!(keyed.reseal_secrets().unwrap(), 1);
+        assert_eq!(keyed.reseal_secrets().unwrap(), 0, "idempotent");
+        let census = keyed.secret_census().unwrap();
+        assert_eq!(census.plaintext, 0);
+        assert_eq!(census.sealed.get(key.id()), Some(&2));
+        assert!(!holds(&raw(), subscription.secret.expose()) && !holds(&raw(), "whsec_retired"));
+        assert_eq!(keyed.subscription_by_id(&subscription.id).unwrap().unwrap(), subscription);
+        // Without the key: an error naming it, never a sealed value handed out as a secret.
+        let err = plain.subscription_by_id(&subscription.id).unwrap_err();
+        assert!(matches!(&err, StoreError::MasterKey(message) if message.contains(key.id())), "{err}");
+
+        // Updates keep the secrets sealed; what the API reads is the plaintext.
+        keyed.update_subscription("acme", &subscription.id, |s| s.name = "b".into()).unwrap();
+        assert!(!holds(&raw(), subscription.secret.expose()));
+        assert_eq!(keyed.subscription_by_id(&subscription.id).unwrap().unwrap().secret, subscription.secret);
     }
 }

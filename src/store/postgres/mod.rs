@@ -102,6 +102,9 @@ struct Shared {
     /// transactions commit as the server does.
     native: bool,
     status: Arc<Status>,
+    /// The keys subscription secrets are sealed and opened with (`crate::secrets`): sealed in
+    /// [`write_subscription`], opened in `rows::subscription`.
+    secrets: crate::secrets::SecretKeys,
 }
 
 /// What the monitor last saw of the server.
@@ -123,7 +126,7 @@ impl Status {
         let counter = match err {
             StoreError::Unreachable(_) => &self.unreachable,
             StoreError::Stalled => &self.stalled,
-            StoreError::Corrupt(_) => &self.corrupt,
+            StoreError::Corrupt(_) | StoreError::MasterKey(_) => &self.corrupt,
             StoreError::Io(_) | StoreError::Unavailable => &self.other,
             _ => return,
         };
@@ -313,6 +316,7 @@ impl PgStore {
             notices: options.notices.clone(),
             native,
             status,
+            secrets: options.secrets.clone(),
         }));
         runtime.spawn(monitor(db.clone(), server.clone(), options.health.clone()));
         let (publisher, incoming) = tokio::sync::mpsc::unbounded_channel();
@@ -651,7 +655,12 @@ fn announce(db: &Db, notice: QueueNotice) {
 
 /// Writes a subscription: every column, inserted or replacing the stored row (the id, tenant
 /// and creation time never change).
-async fn write_subscription(tx: &impl GenericClient, s: &Subscription) -> Result<(), Failure> {
+async fn write_subscription(
+    tx: &impl GenericClient,
+    keys: &crate::secrets::SecretKeys,
+    s: &Subscription,
+) -> Result<(), Failure> {
+    let s = &crate::store::secrets_at_rest::seal_subscription(keys, s);
     let retired = s.retired_secret.as_ref();
     tx.exec(
         "INSERT INTO subscriptions (id, tenant_id, name, url, events, headers, max_retries, retry_delay_seconds, \
@@ -700,6 +709,7 @@ async fn write_subscription(tx: &impl GenericClient, s: &Subscription) -> Result
 
 async fn select_subscription(
     tx: &impl GenericClient,
+    keys: &crate::secrets::SecretKeys,
     id: &SubscriptionId,
     lock: bool,
 ) -> Result<Option<Subscription>, Failure> {
@@ -708,7 +718,7 @@ async fn select_subscription(
         if lock { " FOR UPDATE" } else { "" }
     );
     match tx.qopt(&sql, &[&id.as_str()]).await? {
-        Some(row) => Ok(Some(rows::subscription(&row)?)),
+        Some(row) => Ok(Some(rows::subscription(&row, keys)?)),
         None => Ok(None),
     }
 }
@@ -817,7 +827,7 @@ async fn create_subscription(
         if count.max(0) as u32 >= max_webhooks {
             return Err(Failure::Store(StoreError::LimitExceeded));
         }
-        write_subscription(&tx, &subscription).await?;
+        write_subscription(&tx, &db.0.secrets, &subscription).await?;
         tx.exec(
             "UPDATE tenant_counts SET subscriptions = subscriptions + 1 WHERE tenant_id = $1",
             &[&subscription.tenant_id],
@@ -831,7 +841,7 @@ async fn subscription(
     tenant_id: String,
     id: SubscriptionId,
 ) -> Result<Option<Subscription>, StoreError> {
-    let found = read!(db, |tx| select_subscription(tx, &id, false).await?)?;
+    let found = read!(db, |tx| select_subscription(tx, &db.0.secrets, &id, false).await?)?;
     Ok(found.filter(|subscription| subscription.tenant_id == tenant_id))
 }
 
@@ -853,8 +863,11 @@ async fn list_subscriptions(
         .await?
     })?;
     let more = found.len() > limit;
-    let page: Vec<Subscription> =
-        found.iter().take(limit).map(rows::subscription).collect::<Result<_, _>>()?;
+    let page: Vec<Subscription> = found
+        .iter()
+        .take(limit)
+        .map(|row| rows::subscription(row, &db.0.secrets))
+        .collect::<Result<_, _>>()?;
     let next = if more { page.last().map(|last| last.id.clone()) } else { None };
     Ok((page, next))
 }
@@ -866,11 +879,11 @@ async fn update_subscription(
     change: SubscriptionChange,
 ) -> Result<Option<Subscription>, StoreError> {
     let outcome = transaction!(db, |tx| {
-        match select_subscription(&tx, &id, true).await? {
+        match select_subscription(&tx, &db.0.secrets, &id, true).await? {
             Some(before) if before.tenant_id == tenant_id => {
                 let mut after = before.clone();
                 change(&mut after);
-                write_subscription(&tx, &after).await?;
+                write_subscription(&tx, &db.0.secrets, &after).await?;
                 let mut queued = Vec::new();
                 let operational = Operational::activity(before.is_active, &after, now_millis());
                 store_operational(&db, &tx, operational.as_slice(), &[&after], &mut queued).await?;
@@ -891,7 +904,7 @@ async fn update_subscription(
 
 async fn delete_subscription(db: Db, tenant_id: String, id: SubscriptionId) -> Result<bool, StoreError> {
     let removed = transaction!(db, |tx| {
-        match select_subscription(&tx, &id, true).await? {
+        match select_subscription(&tx, &db.0.secrets, &id, true).await? {
             Some(found) if found.tenant_id == tenant_id => {
                 tx.exec("DELETE FROM subscriptions WHERE id = $1", &[&id.as_str()]).await?;
                 tx.exec(
@@ -993,7 +1006,7 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
         let mut queued = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
         for request in &requests {
-            answers.push(publish_in(&tx, request, &mut queued).await?);
+            answers.push(publish_in(&tx, &db.0.secrets, request, &mut queued).await?);
         }
         hint(&db, &tx, &queued).await?;
         (answers, queued)
@@ -1010,7 +1023,7 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
             for request in requests {
                 let one = transaction!(db, |tx| {
                     let mut queued = Vec::new();
-                    let answer = publish_in(&tx, &request, &mut queued).await?;
+                    let answer = publish_in(&tx, &db.0.secrets, &request, &mut queued).await?;
                     hint(&db, &tx, &queued).await?;
                     (answer, queued)
                 });
@@ -1035,6 +1048,7 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
 /// the idempotency rows. The notices of the deliveries it queued are added to `queued`.
 async fn publish_in(
     tx: &impl GenericClient,
+    keys: &crate::secrets::SecretKeys,
     request: &PublishRequest,
     queued: &mut Vec<QueueNotice>,
 ) -> Result<Result<Vec<Published>, StoreError>, Failure> {
@@ -1044,7 +1058,7 @@ async fn publish_in(
         tx.q(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"), &[&tenant_id])
             .await?
             .iter()
-            .map(rows::subscription)
+            .map(|row| rows::subscription(row, keys))
             .collect::<Result<_, _>>()?
     } else {
         Vec::new()
@@ -1260,7 +1274,7 @@ async fn recover_batch(
     let now = now_millis();
     let cursor = cursor.map(|cursor| cursor.to_string());
     transaction!(db, |tx| {
-        let Some(subscription) = select_subscription(&tx, &subscription_id, true).await? else {
+        let Some(subscription) = select_subscription(&tx, &db.0.secrets, &subscription_id, true).await? else {
             return Ok((0, None, false));
         };
         let found = tx
@@ -1355,7 +1369,7 @@ async fn claim(
     transaction!(db, |tx| {
         engine_write(&db, &tx).await?;
         // The subscription's row lock orders every claim of this subscription, on every node.
-        let subscription = select_subscription(&tx, &subscription_id, true).await?;
+        let subscription = select_subscription(&tx, &db.0.secrets, &subscription_id, true).await?;
         let found = tx.qopt(&delivery_and_event, &[&id.as_str()]).await?;
         let row = found.as_ref().map(rows::delivery).transpose()?;
         match (subscription, row) {
@@ -1427,8 +1441,9 @@ async fn hold(
         }
     })?;
     // The race with an un-pause: whoever commits a hold re-reads the subscription afterwards.
-    let deliverable = read!(db, |tx| select_subscription(tx, &subscription_id, false).await?)?
-        .is_some_and(|subscription| subscription.is_deliverable());
+    let deliverable = read!(db, |tx| select_subscription(tx, &db.0.secrets, &subscription_id, false)
+        .await?)?
+    .is_some_and(|subscription| subscription.is_deliverable());
     if deliverable {
         release_held(db, subscription_id).await?;
     }
@@ -1447,7 +1462,7 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
         let ids: Vec<String> = touched.keys().cloned().collect();
         for id in ids {
             if let Some(id_typed) = SubscriptionId::parse(&id) {
-                touched.insert(id, select_subscription(&tx, &id_typed, true).await?);
+                touched.insert(id, select_subscription(&tx, &db.0.secrets, &id_typed, true).await?);
             }
         }
         let mut disabled = 0;
@@ -1476,7 +1491,7 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
             }
         }
         for subscription in touched.values().flatten() {
-            write_subscription(&tx, subscription).await?;
+            write_subscription(&tx, &db.0.secrets, subscription).await?;
         }
         let fresh: Vec<&Subscription> = touched.values().flatten().collect();
         store_operational(&db, &tx, &operational, &fresh, &mut queued).await?;
@@ -1511,7 +1526,7 @@ async fn store_operational(
                 )
                 .await?
                 .iter()
-                .map(rows::subscription)
+                .map(|row| rows::subscription(row, &db.0.secrets))
                 .collect::<Result<_, _>>()?;
             audiences.insert(tenant_id, audience);
         }
@@ -1669,8 +1684,8 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
         for record in &records {
             match record {
                 Exported::Subscription(subscription) => {
-                    if select_subscription(&tx, &subscription.id, false).await?.is_none() {
-                        write_subscription(&tx, subscription).await?;
+                    if select_subscription(&tx, &db.0.secrets, &subscription.id, false).await?.is_none() {
+                        write_subscription(&tx, &db.0.secrets, subscription).await?;
                     }
                 }
                 Exported::Event(event) => {
@@ -1756,6 +1771,94 @@ async fn database_size(db: Db) -> Result<u64, StoreError> {
 
 // ---------------------------------------------------------------------------------------------
 // The storage interface.
+
+/// Subscriptions a re-seal batch reads at once (each rewritten in a transaction of its own).
+const RESEAL_BATCH: i64 = 200;
+
+/// How the stored secrets are kept, read without opening them.
+async fn secret_census(db: Db) -> Result<crate::store::SecretCensus, StoreError> {
+    let found = read!(db, |tx| tx.q("SELECT secret, retired_secret FROM subscriptions", &[]).await?)?;
+    let mut census = crate::store::SecretCensus::default();
+    for row in &found {
+        census.count(row.get::<_, &str>(0), row.get::<_, Option<&str>>(1));
+    }
+    Ok(census)
+}
+
+/// Re-seals the subscriptions after `after` (by id, at most [`RESEAL_BATCH`]) whose stored
+/// secrets are not kept as the store's keys would write them now, each in a transaction that
+/// locks and re-reads its row. Returns how many it rewrote and the last id it read (`None`
+/// at the end).
+async fn reseal_batch(db: Db, after: Option<String>) -> Result<(usize, Option<String>), StoreError> {
+    use crate::store::secrets_at_rest::{is_current, open_subscription, seal_subscription};
+    let keys = db.0.secrets.clone();
+    let found = read!(db, |tx| {
+        tx.q(
+            "SELECT id, secret, retired_secret FROM subscriptions WHERE ($1::TEXT IS NULL OR id > $1) \
+             ORDER BY id LIMIT $2",
+            &[&after, &RESEAL_BATCH],
+        )
+        .await?
+    })?;
+    let last = found.last().map(|row| row.get::<_, String>(0));
+    let stale: Vec<String> = found
+        .iter()
+        .filter(|row| {
+            !(keys.is_current(row.get(1)) && row.get::<_, Option<&str>>(2).is_none_or(|r| keys.is_current(r)))
+        })
+        .map(|row| row.get(0))
+        .collect();
+    let mut rewritten = 0;
+    for id in stale {
+        let changed = transaction!(db, |tx| {
+            let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1 FOR UPDATE");
+            match tx.qopt(&sql, &[&id]).await? {
+                None => false,
+                Some(row) => {
+                    let stored = rows::stored_subscription(&row)?;
+                    if is_current(&keys, &stored) {
+                        false
+                    } else {
+                        let sealed = seal_subscription(&keys, &open_subscription(&keys, stored)?);
+                        tx.exec(
+                            "UPDATE subscriptions SET secret = $2, retired_secret = $3 WHERE id = $1",
+                            &[
+                                &id,
+                                &sealed.secret.expose(),
+                                &sealed.retired_secret.as_ref().map(|r| r.secret.expose()),
+                            ],
+                        )
+                        .await?;
+                        true
+                    }
+                }
+            }
+        })?;
+        rewritten += usize::from(changed);
+    }
+    Ok((rewritten, last))
+}
+
+impl crate::store::secrets_at_rest::SealedSecrets for PgStore {
+    fn secret_census(&self) -> Result<crate::store::SecretCensus, StoreError> {
+        self.block(secret_census)
+    }
+
+    /// In batches, so no single wait is longer than [`DURABLE_WAIT`] however many
+    /// subscriptions there are.
+    fn reseal_secrets(&self) -> Result<usize, StoreError> {
+        let mut rewritten = 0;
+        let mut after = None;
+        loop {
+            let (done, last) = self.block(move |db| reseal_batch(db, after))?;
+            rewritten += done;
+            match last {
+                Some(last) => after = Some(last),
+                None => return Ok(rewritten),
+            }
+        }
+    }
+}
 
 impl Subscriptions for PgStore {
     fn create_subscription(&self, subscription: &Subscription, max_webhooks: u32) -> Result<(), StoreError> {

@@ -53,8 +53,14 @@ pub fn event_id(text: &str) -> Result<EventId, StoreError> {
     EventId::parse(text).ok_or_else(|| corrupt("event id", text))
 }
 
-/// A subscription from a row of [`SUBSCRIPTION_COLUMNS`].
-pub fn subscription(row: &Row) -> Result<Subscription, StoreError> {
+/// A subscription from a row of [`SUBSCRIPTION_COLUMNS`], its secrets opened with `keys`.
+pub fn subscription(row: &Row, keys: &crate::secrets::SecretKeys) -> Result<Subscription, StoreError> {
+    crate::store::secrets_at_rest::open_subscription(keys, stored_subscription(row)?)
+}
+
+/// A subscription from a row of [`SUBSCRIPTION_COLUMNS`] as stored: its secrets as the columns
+/// hold them (sealed, or plaintext from before a key was configured).
+pub fn stored_subscription(row: &Row) -> Result<Subscription, StoreError> {
     let headers: Value = get(row, "headers")?;
     let headers = headers
         .as_array()
