@@ -15,6 +15,7 @@ mod nodes;
 mod openapi;
 mod packaging;
 mod portal;
+mod ratelimit;
 mod retention;
 mod smoke;
 mod webhooks;
