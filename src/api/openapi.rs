@@ -647,8 +647,8 @@ pub mod fields {
             .minimum(Some(*RATE_LIMIT_PER_SECOND.start()))
             .maximum(Some(*RATE_LIMIT_PER_SECOND.end()))
             .description(Some(format!(
-                "{RATE_LIMIT} null removes the limit; absent leaves it as it is. A new limit applies \
-                 from the next attempt on."
+                "{RATE_LIMIT} Absent leaves it as it is; null removes it. A lower limit applies from \
+                 the next attempt on."
             )))
             .build()
     }

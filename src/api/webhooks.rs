@@ -389,7 +389,7 @@ pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Resp
     description = "Changes only the fields given; every field is validated before anything changes. \
         `isActive: true` re-enables a disabled subscription (clears `disableReason` and `disabledAt`, \
         resets `consecutiveFailures`, releases held deliveries); `isActive: false` disables it by hand. \
-        `rateLimitPerSecond: null` removes the rate limit; a new limit applies from the next attempt on.",
+        `rateLimitPerSecond: null` removes the rate limit; a lower limit applies from the next attempt on.",
     params(SubscriptionPath),
     request_body = PatchBody,
     responses(

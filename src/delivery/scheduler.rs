@@ -151,10 +151,14 @@ impl Scheduler {
                     }
                 }
             }
+            // Until the deadline's millisecond begins, counted in µs: counted from the current
+            // millisecond's start it would oversleep by the part of it already gone (half a
+            // millisecond on average, which a rate-limited lane would lose on every attempt).
+            let now_us = now_micros();
             let sleep = self
                 .wheel
                 .next_deadline()
-                .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
+                .map(|deadline| Duration::from_micros(deadline.saturating_mul(1000).saturating_sub(now_us)))
                 .unwrap_or(MAX_SLEEP)
                 .min(MAX_SLEEP);
             beat.idle();

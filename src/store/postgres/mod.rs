@@ -11,6 +11,10 @@
 //!   counts the claims of every node still within their lease against the cap, and stamps the
 //!   delivery with this node and `now + lease`. Recording the outcome clears the claim; a node that
 //!   died leaves a claim that runs out after `lease`, and another node attempts the delivery then.
+//! - **Rate limit across nodes**: for a subscription with `rateLimitPerSecond`, the same claim
+//!   reads `rate_granted_at_us` under that row lock and answers [`Claim::Limited`] until one
+//!   interval has passed since the last grant, or stamps its own start there in the same
+//!   transaction.
 //! - **Retries**: every transaction is retried on serialization failure and deadlock (SQLSTATE
 //!   40001, 40P01), as CockroachDB requires and PostgreSQL under contention needs.
 //! - **New work**: a committed publish or release sends `NOTIFY atender_queue` (a hint, where
