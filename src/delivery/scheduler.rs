@@ -98,6 +98,11 @@ pub struct Scheduler {
     /// also freed at `Recorded`, not at `Attempted`, so this node never asks for a claim the
     /// database would refuse as over the cap.
     slots_until_recorded: bool,
+    /// Limited lanes whose due work waits only for the next start their limit allows, by that
+    /// instant (Unix µs). The wheel's millisecond slots would start each such attempt up to a
+    /// millisecond late, and a limited lane loses that lag on every attempt (at 1,000/s, half
+    /// of its rate); so the scheduler also sleeps towards these instants exactly.
+    rate_wakes: BTreeSet<(Micros, SubscriptionId)>,
 }
 
 impl Scheduler {
@@ -118,6 +123,7 @@ impl Scheduler {
             suspect_in_flight: 0,
             suspect_budget: (workers / 2).max(1),
             budget_queue: VecDeque::new(),
+            rate_wakes: BTreeSet::new(),
         }
     }
 
@@ -160,7 +166,12 @@ impl Scheduler {
                 .next_deadline()
                 .map(|deadline| Duration::from_micros(deadline.saturating_mul(1000).saturating_sub(now_us)))
                 .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
+                .min(MAX_SLEEP)
+                .min(
+                    self.rate_wakes
+                        .first()
+                        .map_or(MAX_SLEEP, |(at, _)| Duration::from_micros(at.saturating_sub(now_us))),
+                );
             beat.idle();
             select! {
                 recv(notices) -> notice => match notice {
@@ -187,6 +198,11 @@ impl Scheduler {
                 if let Some(lane) = self.lanes.get_mut(&subscription) {
                     lane.wake_at = None;
                 }
+                self.dispatch(&subscription);
+            }
+            let now_us = now_micros();
+            while self.rate_wakes.first().is_some_and(|(at, _)| *at <= now_us) {
+                let (_, subscription) = self.rate_wakes.pop_first().expect("not empty");
                 self.dispatch(&subscription);
             }
         }
@@ -377,6 +393,11 @@ impl Scheduler {
             let wake = lane.window.first().and_then(|(due, _)| match &lane.rate {
                 // The claim's answer dispatches again.
                 Some(rate) if rate.probing.is_some() => None,
+                // Due work waiting only for the allowed start: woken at that very µs.
+                Some(rate) if *due <= now && rate.next_start > now_us => {
+                    self.rate_wakes.insert((rate.next_start, id.clone()));
+                    None
+                }
                 // The wheel has millisecond slots: the first one at or after the allowed start.
                 Some(rate) => Some((*due).max(rate.next_start.div_ceil(1000))),
                 None => Some(*due),
@@ -567,7 +588,11 @@ mod tests {
         assert_eq!(lane.window.len(), 2, "refused keys are back in the window");
         assert_eq!(lane.attempting, 1, "only the granted attempt holds a slot");
         assert_eq!(lane.rate.as_ref().map(|rate| rate.next_start), Some(next_start), "the latest grant wins");
-        assert_eq!(lane.wake_at, Some(next_start.div_ceil(1000)), "the wheel wakes it at that millisecond");
+        assert!(lane.wake_at.is_none(), "not the wheel, whose millisecond slots would start it late");
+        assert!(
+            fixture.scheduler.rate_wakes.contains(&(next_start, id.clone())),
+            "woken at that very instant"
+        );
     }
 
     #[test]
