@@ -17,9 +17,10 @@
 //! storage keeps the limit (each claim is granted only one interval after the previous grant,
 //! on every node; `DueWork::claim`), and the lane mirrors it. Once a claim has told the lane
 //! that its subscription is limited, the lane sends one job at a time to its claim and nothing
-//! before the next start the limit allows, woken by the wheel at that instant. A lane not yet
-//! known to be limited dispatches as usual; the claims it sends too early are refused
-//! ([`Progress::Limited`]) with the instant to come back, and teach it the limit.
+//! before the next start the limit allows, woken at that very instant (`rate_wakes`, finer than
+//! the wheel's millisecond slots). A lane not yet known to be limited dispatches as usual; the
+//! claims it sends too early are refused ([`Progress::Limited`]) with the instant to come back,
+//! and teach it the limit.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
