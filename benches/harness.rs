@@ -40,6 +40,8 @@ struct Sizes {
     isolation_events: usize,
     hanging_subscriptions: usize,
     backlog: usize,
+    /// Events queued at once for the rate-limited subscription.
+    rate_backlog: usize,
 }
 
 impl Sizes {
@@ -51,6 +53,7 @@ impl Sizes {
             isolation_events: 2_000,
             hanging_subscriptions: 50,
             backlog: std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
+            rate_backlog: 300,
         }
     }
 
@@ -62,6 +65,7 @@ impl Sizes {
             isolation_events: 50,
             hanging_subscriptions: 3,
             backlog: 2_000,
+            rate_backlog: 15,
         }
     }
 }
@@ -200,6 +204,11 @@ fn main() {
         rows.extend(postgres_rows(&runtime, &receiver, baseline, &sizes));
     }
 
+    // 5b. The per-subscription rate limit under a backlog, against an unlimited subscription.
+    if wanted("ratelimit") {
+        rows.push(rate_limited(&runtime, &receiver, sizes.rate_backlog));
+    }
+
     // 6. Backlog and 7. raw flush latency.
     if wanted("backlog") {
         rows.extend(backlog(sizes.backlog));
@@ -314,6 +323,10 @@ fn print_table(rows: &[Row], full: bool) {
         let ratio = if row.baseline > 0.0 { row.ours / row.baseline } else { f64::NAN };
         let target = match row.target {
             None => String::new(),
+            Some((expected, _)) if row.figure.starts_with("rate limit") => {
+                let met = (row.ours - expected).abs() <= expected / 10.0;
+                format!("{expected} ± 10 %: {}", if met { "met" } else { "NOT met" })
+            }
             Some((limit, true)) if row.unit == "ms" && row.figure.contains("arrival") => {
                 format!("≤ {limit} ms: {}", if row.ours <= limit { "met" } else { "NOT met" })
             }
@@ -733,6 +746,52 @@ fn isolation_p99(
     let p99 = percentiles(receiver.take_latencies())[1];
     bench.stop(runtime);
     p99
+}
+
+/// The limit of the rate-limit row, attempts per second.
+const RATE_LIMIT: u32 = 50;
+
+/// Deliveries per second a subscription limited to [`RATE_LIMIT`] receives while `backlog`
+/// events wait (from its first arrival to its last), beside an unlimited subscription of the
+/// same daemon getting the same events (from the first publish to its last arrival).
+fn rate_limited(runtime: &tokio::runtime::Runtime, receiver: &FastReceiver, backlog: usize) -> Row {
+    let bench = BenchDaemon::start(runtime);
+    let (limited, unlimited) = ("/rate-limited", "/rate-unlimited");
+    for (path, limit) in [(limited, Some(RATE_LIMIT)), (unlimited, None)] {
+        let url = format!("http://{}{path}", receiver.addr);
+        let body = json!({ "name": "bench", "url": url, "events": ["message.received"], "rateLimitPerSecond": limit });
+        post(&agent(), bench.addr, "/v1/webhooks", &body.to_string()).expect("create");
+    }
+    let (limited_before, unlimited_before) = (receiver.count(limited), receiver.count(unlimited));
+    let started = Instant::now();
+    let agent = agent();
+    for sent in (0..backlog).step_by(100) {
+        let batch = json!({ "events": vec![event_body(None); (backlog - sent).min(100)] }).to_string();
+        post(&agent, bench.addr, "/v1/events/batch", &batch).expect("batch publish");
+    }
+    let all = backlog as u64;
+    let mut first_limited = None;
+    let mut unlimited_done = None;
+    wait_for("rate-limited deliveries", Duration::from_secs(120), || {
+        if first_limited.is_none() && receiver.count(limited) > limited_before {
+            first_limited = Some(Instant::now());
+        }
+        if unlimited_done.is_none() && receiver.count(unlimited) >= unlimited_before + all {
+            unlimited_done = Some(started.elapsed());
+        }
+        receiver.count(limited) >= limited_before + all && unlimited_done.is_some()
+    });
+    let limited_rate = (all - 1) as f64 / first_limited.unwrap().elapsed().as_secs_f64();
+    let unlimited_rate = all as f64 / unlimited_done.unwrap().as_secs_f64();
+    bench.stop(runtime);
+    Row {
+        figure: format!("rate limit {RATE_LIMIT}/s, backlog of {backlog}: deliveries per second received"),
+        ours: limited_rate,
+        baseline: unlimited_rate,
+        unit: "deliveries/s",
+        baseline_name: "same backlog, no limit",
+        target: Some((f64::from(RATE_LIMIT), false)),
+    }
 }
 
 /// Seeds `size` pending retries due in an hour straight through the store, then measures the

@@ -18,6 +18,37 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// Unix time in microseconds: the clock of the per-subscription rate limit, whose steps
+/// (10,000 attempts per second are 100 µs apart) are finer than a millisecond.
+pub type Micros = u64;
+
+/// Microseconds since the epoch, now.
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| elapsed.as_micros() as Micros)
+        .unwrap_or(0)
+}
+
+/// The least time between two attempt starts of a subscription limited to `per_second`
+/// attempts per second (`rateLimitPerSecond`), in µs: ⌈1 s / N⌉. Rounded up, so N intervals
+/// are never shorter than a second and no 1-second window holds more than N starts. The
+/// limiter is GCRA (ITU-T I.371's virtual scheduling algorithm) with no burst tolerance: each
+/// attempt may start once this interval has passed since the previous one started.
+pub fn rate_interval(per_second: u32) -> Micros {
+    1_000_000u64.div_ceil(u64::from(per_second.max(1)))
+}
+
+/// When the next attempt of a subscription limited to `per_second` may start, given when the
+/// previous one was allowed to start (`None`: never); `now` when it may start at once.
+/// Pure (µs in, µs out), shared by both storage backends' claims and by the scheduler.
+pub fn rate_next_start(previous: Option<Micros>, per_second: u32, now: Micros) -> Micros {
+    match previous {
+        Some(previous) => now.max(previous.saturating_add(rate_interval(per_second))),
+        None => now,
+    }
+}
+
 /// RFC 3339 UTC with seconds precision: `2026-05-11T09:00:00Z`.
 pub fn rfc3339(at: Millis) -> String {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at);
@@ -314,6 +345,9 @@ pub struct Subscription {
     pub updated_at: Millis,
     pub secret: SigningSecret,
     pub retired_secret: Option<RetiredSecret>,
+    /// At most this many attempts start per second (`rateLimitPerSecond`; `None`: no limit).
+    /// Every attempt counts: first tries, retries, redeliveries (see [`rate_interval`]).
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl Subscription {
@@ -349,6 +383,7 @@ impl Subscription {
             updated_at: now,
             secret: new_secret(),
             retired_secret: None,
+            rate_limit_per_second: None,
         }
     }
 
@@ -479,6 +514,22 @@ mod tests {
     fn ids_made_in_one_millisecond_still_increase() {
         let ids: Vec<DeliveryId> = (0..1000).map(|_| DeliveryId::new(200_000_000_005_000)).collect();
         assert!(ids.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn rate_interval_never_lets_n_plus_one_starts_into_a_second() {
+        for per_second in [1, 3, 7, 50, 333, 9_999, 10_000] {
+            let interval = rate_interval(per_second);
+            assert!(interval * u64::from(per_second) >= 1_000_000, "{per_second}/s");
+            assert!(
+                (interval - 1) * u64::from(per_second) < 1_000_000,
+                "{per_second}/s: the least such interval"
+            );
+        }
+        assert_eq!((rate_interval(50), rate_interval(3), rate_interval(10_000)), (20_000, 333_334, 100));
+        assert_eq!(rate_next_start(None, 5, 1_000), 1_000, "never started: at once");
+        assert_eq!(rate_next_start(Some(1_000), 5, 1_000), 201_000, "one interval after the last");
+        assert_eq!(rate_next_start(Some(1_000), 5, 900_000), 900_000, "long ago: at once");
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::api::routes::{Access, ROUTES};
 use crate::api::webhooks::{
     DEFAULT_MAX_RETRIES, DEFAULT_RETRY_DELAY_SECONDS, EVENTS_PER_SUBSCRIPTION, GRACE_SECONDS,
     HEADER_NAME_BYTES, HEADER_NAME_SYMBOLS, HEADER_VALUE_BYTES, MAX_HEADERS, MAX_RETRIES, NAME_CHARS,
-    RETRY_DELAY_SECONDS,
+    RATE_LIMIT_PER_SECOND, RETRY_DELAY_SECONDS,
 };
 use crate::model::{DeliveryId, DeliveryState, EventId, LastDeliveryStatus, SubscriptionId};
 
@@ -662,6 +662,34 @@ pub mod fields {
     pub fn retry_delay_seconds_with_default() -> Object {
         bounded_integer(&RETRY_DELAY_SECONDS, Some(DEFAULT_RETRY_DELAY_SECONDS))
             .description(Some(RETRY_DELAY))
+            .build()
+    }
+
+    const RATE_LIMIT: &str = "At most this many delivery attempts start per second (first tries, \
+        retries and redeliveries alike), evenly spaced 1 s / N apart, so no 1-second window holds \
+        more than N; queued deliveries wait, none is dropped. Holds across every daemon sharing a \
+        database. null: no limit.";
+
+    /// `rateLimitPerSecond` as answered, and in a create body (absent or null: no limit).
+    pub fn rate_limit_per_second() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+            .minimum(Some(*RATE_LIMIT_PER_SECOND.start()))
+            .maximum(Some(*RATE_LIMIT_PER_SECOND.end()))
+            .description(Some(RATE_LIMIT))
+            .build()
+    }
+
+    /// `rateLimitPerSecond` in an update body.
+    pub fn rate_limit_per_second_input() -> Object {
+        ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Integer, Type::Null]))
+            .minimum(Some(*RATE_LIMIT_PER_SECOND.start()))
+            .maximum(Some(*RATE_LIMIT_PER_SECOND.end()))
+            .description(Some(format!(
+                "{RATE_LIMIT} Absent leaves it as it is; null removes it. A lower limit applies from \
+                 the next attempt on."
+            )))
             .build()
     }
 

@@ -47,6 +47,10 @@ pub const DEFAULT_MAX_RETRIES: u32 = 5;
 pub const RETRY_DELAY_SECONDS: RangeInclusive<u32> = 1..=86_400;
 /// `retryDelaySeconds` when create does not give it.
 pub const DEFAULT_RETRY_DELAY_SECONDS: u32 = 30;
+/// `rateLimitPerSecond`: most attempt starts per second (absent or `null`: no limit). The top is
+/// Svix's per-endpoint ceiling order of magnitude and beyond what one endpoint's cap of
+/// in-flight attempts delivers anyway.
+pub const RATE_LIMIT_PER_SECOND: RangeInclusive<u32> = 1..=10_000;
 /// rotate-secret's `graceSeconds` (default: the start, no grace).
 pub const GRACE_SECONDS: RangeInclusive<u32> = 0..=86_400;
 
@@ -93,6 +97,8 @@ pub struct SubscriptionView {
     pub created_at: String,
     #[schema(format = DateTime, examples("2026-05-11T09:00:00Z"))]
     pub updated_at: String,
+    #[schema(required = true, schema_with = fields::rate_limit_per_second)]
+    pub rate_limit_per_second: Option<u32>,
 }
 
 impl From<&Subscription> for SubscriptionView {
@@ -120,6 +126,7 @@ impl From<&Subscription> for SubscriptionView {
             last_delivery_error: s.last_delivery_error.clone(),
             created_at: rfc3339(s.created_at),
             updated_at: rfc3339(s.updated_at),
+            rate_limit_per_second: s.rate_limit_per_second,
         }
     }
 }
@@ -163,6 +170,14 @@ pub(crate) fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     deserializer: D,
 ) -> Result<Option<T>, D::Error> {
     T::deserialize(deserializer).map(Some)
+}
+
+/// An optional field that may be `null` on purpose (PATCH: absent leaves it, `null` clears it,
+/// a value sets it): `None` when absent (with `#[serde(default)]`), `Some(None)` for `null`.
+pub(crate) fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 /// A JSON integer field: `15`, or `15.0` (JSON has one number type, and JSON Schema counts a
@@ -235,6 +250,10 @@ pub(crate) struct CreateBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false, default = false)]
     pub(crate) is_paused: Option<bool>,
+    /// Absent or `null`: no limit.
+    #[serde(default)]
+    #[schema(schema_with = fields::rate_limit_per_second)]
+    pub(crate) rate_limit_per_second: Option<Integer>,
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -265,6 +284,10 @@ pub(crate) struct PatchBody {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     pub(crate) is_paused: Option<bool>,
+    /// Absent: unchanged; `null`: the limit is removed.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(schema_with = fields::rate_limit_per_second_input)]
+    pub(crate) rate_limit_per_second: Option<Option<Integer>>,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -365,7 +388,8 @@ pub async fn get(state: ApiState, headers: HeaderMap, id: String) -> Result<Resp
     summary = "Update a subscription",
     description = "Changes only the fields given; every field is validated before anything changes. \
         `isActive: true` re-enables a disabled subscription (clears `disableReason` and `disabledAt`, \
-        resets `consecutiveFailures`, releases held deliveries); `isActive: false` disables it by hand.",
+        resets `consecutiveFailures`, releases held deliveries); `isActive: false` disables it by hand. \
+        `rateLimitPerSecond: null` removes the rate limit; a lower limit applies from the next attempt on.",
     params(SubscriptionPath),
     request_body = PatchBody,
     responses(
@@ -492,6 +516,10 @@ pub(crate) fn validate_create(
             RETRY_DELAY_SECONDS,
         )?,
         is_paused: body.is_paused.unwrap_or(false),
+        rate_limit_per_second: body
+            .rate_limit_per_second
+            .map(|value| validate_range("rateLimitPerSecond", value, RATE_LIMIT_PER_SECOND))
+            .transpose()?,
         ..Subscription::new(tenant_id, name, url, events, now)
     };
     if !is_active {
@@ -510,6 +538,8 @@ pub(crate) struct ValidPatch {
     retry_delay_seconds: Option<u32>,
     is_active: Option<bool>,
     is_paused: Option<bool>,
+    /// `Some(None)`: remove the limit.
+    rate_limit_per_second: Option<Option<u32>>,
 }
 
 /// Validates every field of a PATCH before anything is stored, so a bad field changes nothing.
@@ -529,6 +559,14 @@ pub(crate) fn validate_patch(config: &Config, patch: PatchBody) -> Result<ValidP
             .transpose()?,
         is_active: patch.is_active,
         is_paused: patch.is_paused,
+        rate_limit_per_second: patch
+            .rate_limit_per_second
+            .map(|value| {
+                value
+                    .map(|value| validate_range("rateLimitPerSecond", value, RATE_LIMIT_PER_SECOND))
+                    .transpose()
+            })
+            .transpose()?,
     })
 }
 
@@ -555,6 +593,9 @@ impl ValidPatch {
         }
         if let Some(is_paused) = self.is_paused {
             subscription.set_paused(is_paused);
+        }
+        if let Some(rate_limit) = self.rate_limit_per_second {
+            subscription.rate_limit_per_second = rate_limit;
         }
         // Re-enabling clears the reason and gives the endpoint a clean slate (crate::lifecycle).
         match self.is_active {

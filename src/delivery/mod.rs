@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::SharedConfig;
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::model::{DeliveryId, Millis, SubscriptionId};
+use crate::model::{DeliveryId, Micros, Millis, SubscriptionId};
 use crate::store::Storage;
 
 pub use worker::decide;
@@ -35,6 +35,9 @@ pub struct Job {
     pub delivery_id: DeliveryId,
     /// Dispatched from a suspect lane (counted against the suspect budget).
     pub suspect: bool,
+    /// Dispatched from a lane the scheduler knows to be rate limited: the worker reports the
+    /// claim's answer at once ([`Progress::Claimed`]) even when the limit is gone.
+    pub limited: bool,
 }
 
 /// What the workers and the recorder tell the scheduler about a job.
@@ -57,6 +60,29 @@ pub enum Progress {
     /// another node holds the delivery): slot and key are free, the key goes back into its lane
     /// and the lane waits [`BUSY_RETRY`] before it dispatches again.
     Busy { job: Job },
+    /// The claim was granted and the attempt is starting (sent before the HTTP exchange, for a
+    /// rate-limited subscription or a job of a lane believed limited): the subscription's next
+    /// attempt may start at `next_start` (Unix µs), or at any time when `None` (no limit now).
+    /// Slot and key stay taken.
+    Claimed { job: Job, next_start: Option<Micros> },
+    /// The claim was refused by the subscription's rate limit: slot and key are free, the key
+    /// goes back into its lane, and the lane dispatches nothing before `until` (Unix µs).
+    Limited { job: Job, until: Micros },
+}
+
+impl Progress {
+    /// The job this report is about.
+    pub fn job(&self) -> &Job {
+        match self {
+            Progress::Attempted { job, .. }
+            | Progress::Recorded { job }
+            | Progress::Skipped { job }
+            | Progress::Requeue { job, .. }
+            | Progress::Busy { job }
+            | Progress::Claimed { job, .. }
+            | Progress::Limited { job, .. } => job,
+        }
+    }
 }
 
 /// The running engine. It stops on the daemon's shutdown signal (`Health::begin_shutdown`,

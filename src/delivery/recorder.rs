@@ -95,6 +95,7 @@ mod tests {
                 due: *due,
                 delivery_id: delivery_id.clone(),
                 suspect: true,
+                limited: false,
             };
             let record = AttemptRecord {
                 subscription_id: subscription.id.clone(),

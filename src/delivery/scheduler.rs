@@ -12,6 +12,15 @@
 //! not answered 2xx since start-up — gets one attempt at a time, and all suspects together at
 //! most half of the workers, so even many dead endpoints leave the other half to the healthy
 //! ones. A 2xx makes a subscription trusted: its full cap, outside the budget.
+//!
+//! A rate-limited subscription (`rateLimitPerSecond`) is paced here without holding a worker:
+//! storage keeps the limit (each claim is granted only one interval after the previous grant,
+//! on every node; `DueWork::claim`), and the lane mirrors it. Once a claim has told the lane
+//! that its subscription is limited, the lane sends one job at a time to its claim and nothing
+//! before the next start the limit allows, woken at that very instant (`rate_wakes`, finer than
+//! the wheel's millisecond slots). A lane not yet known to be limited dispatches as usual; the
+//! claims it sends too early are refused ([`Progress::Limited`]) with the instant to come back,
+//! and teach it the limit.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -23,7 +32,7 @@ use crate::config::SharedConfig;
 use crate::delivery::wheel::TimingWheel;
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
-use crate::model::{now_millis, DeliveryId, Millis, SubscriptionId};
+use crate::model::{now_micros, now_millis, DeliveryId, Micros, Millis, SubscriptionId};
 use crate::store::{DueWork, QueueNotice};
 
 /// Keys of one subscription kept in memory; refilled from sled when half empty.
@@ -58,6 +67,18 @@ struct Lane {
     waiting_for_budget: bool,
     /// A claim was refused (`Progress::Busy`): nothing is dispatched before this instant.
     not_before: Millis,
+    /// The subscription's rate limit as its claims last told this node; `None` while none is
+    /// known (none, or not learned yet).
+    rate: Option<LaneRate>,
+}
+
+/// What a lane knows of its subscription's rate limit.
+struct LaneRate {
+    /// No job is dispatched before this instant (Unix µs): the next start the limit allows.
+    next_start: Micros,
+    /// The job sent to its claim and not yet answered. A limited lane sends one at a time: each
+    /// granted claim moves `next_start`, so a second one sent meanwhile would only be refused.
+    probing: Option<Key>,
 }
 
 pub struct Scheduler {
@@ -78,6 +99,11 @@ pub struct Scheduler {
     /// also freed at `Recorded`, not at `Attempted`, so this node never asks for a claim the
     /// database would refuse as over the cap.
     slots_until_recorded: bool,
+    /// Limited lanes whose due work waits only for the next start their limit allows, by that
+    /// instant (Unix µs). The wheel's millisecond slots would start each such attempt up to a
+    /// millisecond late, and a limited lane loses that lag on every attempt (at 1,000/s, half
+    /// of its rate); so the scheduler also sleeps towards these instants exactly.
+    rate_wakes: BTreeSet<(Micros, SubscriptionId)>,
 }
 
 impl Scheduler {
@@ -98,6 +124,7 @@ impl Scheduler {
             suspect_in_flight: 0,
             suspect_budget: (workers / 2).max(1),
             budget_queue: VecDeque::new(),
+            rate_wakes: BTreeSet::new(),
         }
     }
 
@@ -131,12 +158,21 @@ impl Scheduler {
                     }
                 }
             }
+            // Until the deadline's millisecond begins, counted in µs: counted from the current
+            // millisecond's start it would oversleep by the part of it already gone (half a
+            // millisecond on average, which a rate-limited lane would lose on every attempt).
+            let now_us = now_micros();
             let sleep = self
                 .wheel
                 .next_deadline()
-                .map(|deadline| Duration::from_millis(deadline.saturating_sub(now)))
+                .map(|deadline| Duration::from_micros(deadline.saturating_mul(1000).saturating_sub(now_us)))
                 .unwrap_or(MAX_SLEEP)
-                .min(MAX_SLEEP);
+                .min(MAX_SLEEP)
+                .min(
+                    self.rate_wakes
+                        .first()
+                        .map_or(MAX_SLEEP, |(at, _)| Duration::from_micros(at.saturating_sub(now_us))),
+                );
             beat.idle();
             select! {
                 recv(notices) -> notice => match notice {
@@ -163,6 +199,11 @@ impl Scheduler {
                 if let Some(lane) = self.lanes.get_mut(&subscription) {
                     lane.wake_at = None;
                 }
+                self.dispatch(&subscription);
+            }
+            let now_us = now_micros();
+            while self.rate_wakes.first().is_some_and(|(at, _)| *at <= now_us) {
+                let (_, subscription) = self.rate_wakes.pop_first().expect("not empty");
                 self.dispatch(&subscription);
             }
         }
@@ -210,6 +251,13 @@ impl Scheduler {
     }
 
     fn on_progress(&mut self, progress: Progress) {
+        let job = progress.job();
+        if let Some(rate) = self.lanes.get_mut(&job.subscription_id).and_then(|lane| lane.rate.as_mut()) {
+            // Whatever became of the job sent to its claim, the claim has answered.
+            if rate.probing.as_ref().is_some_and(|(due, id)| *due == job.due && *id == job.delivery_id) {
+                rate.probing = None;
+            }
+        }
         let (job, slot_free, key_free) = match progress {
             Progress::Attempted { job, endpoint_ok } => {
                 if endpoint_ok {
@@ -232,7 +280,29 @@ impl Scheduler {
             Progress::Busy { job } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
                     lane.window.insert((job.due, job.delivery_id.clone()));
-                    lane.not_before = now_millis() + super::BUSY_RETRY.as_millis() as Millis;
+                    lane.not_before = now_micros() / 1000 + super::BUSY_RETRY.as_millis() as Millis;
+                }
+                (job, true, true)
+            }
+            Progress::Claimed { job, next_start } => {
+                if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
+                    // Reports of one lane's claims may arrive out of order: the latest grant wins.
+                    lane.rate = next_start.map(|next_start| LaneRate {
+                        next_start: lane
+                            .rate
+                            .as_ref()
+                            .map_or(next_start, |rate| rate.next_start.max(next_start)),
+                        probing: None,
+                    });
+                }
+                // The attempt goes on: slot and key stay taken.
+                (job, false, false)
+            }
+            Progress::Limited { job, until } => {
+                if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
+                    lane.window.insert((job.due, job.delivery_id.clone()));
+                    let next_start = lane.rate.as_ref().map_or(until, |rate| rate.next_start.max(until));
+                    lane.rate = Some(LaneRate { next_start, probing: None });
                 }
                 (job, true, true)
             }
@@ -266,7 +336,8 @@ impl Scheduler {
         let suspect = !self.trusted.contains(id);
         let cap =
             if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
-        let now = now_millis();
+        let now_us = now_micros();
+        let now = now_us / 1000;
         let Some(lane) = self.lanes.get_mut(id) else { return };
         if self.store.dispatch_paused() {
             // Storage cannot take the outcomes now: look again in a second.
@@ -291,6 +362,9 @@ impl Scheduler {
             if first.0 > now {
                 break;
             }
+            if lane.rate.as_ref().is_some_and(|rate| rate.probing.is_some() || rate.next_start > now_us) {
+                break;
+            }
             if suspect {
                 if self.suspect_in_flight >= self.suspect_budget {
                     if !lane.waiting_for_budget {
@@ -304,7 +378,11 @@ impl Scheduler {
             let key = lane.window.pop_first().expect("window is not empty");
             lane.in_flight.insert(key.clone());
             lane.attempting += 1;
-            let job = Job { subscription_id: id.clone(), due: key.0, delivery_id: key.1, suspect };
+            if let Some(rate) = lane.rate.as_mut() {
+                rate.probing = Some(key.clone());
+            }
+            let limited = lane.rate.is_some();
+            let job = Job { subscription_id: id.clone(), due: key.0, delivery_id: key.1, suspect, limited };
             if self.jobs.send(job).is_err() {
                 return;
             }
@@ -313,10 +391,22 @@ impl Scheduler {
             }
         }
         if lane.attempting < cap && !lane.waiting_for_budget {
-            if let Some((due, _)) = lane.window.first() {
-                if lane.wake_at.is_none_or(|wake| *due < wake) {
-                    lane.wake_at = Some(*due);
-                    self.wheel.insert(*due, id.clone());
+            let wake = lane.window.first().and_then(|(due, _)| match &lane.rate {
+                // The claim's answer dispatches again.
+                Some(rate) if rate.probing.is_some() => None,
+                // Due work waiting only for the allowed start: woken at that very µs.
+                Some(rate) if *due <= now && rate.next_start > now_us => {
+                    self.rate_wakes.insert((rate.next_start, id.clone()));
+                    None
+                }
+                // The wheel has millisecond slots: the first one at or after the allowed start.
+                Some(rate) => Some((*due).max(rate.next_start.div_ceil(1000))),
+                None => Some(*due),
+            });
+            if let Some(wake) = wake {
+                if lane.wake_at.is_none_or(|at| wake < at) {
+                    lane.wake_at = Some(wake);
+                    self.wheel.insert(wake, id.clone());
                 }
             }
         }
@@ -475,6 +565,56 @@ mod tests {
         fixture.scheduler.lanes.get_mut(&id).unwrap().not_before = 0;
         fixture.scheduler.dispatch(&id);
         assert_eq!(sent(&fixture).pop().unwrap().delivery_id, job.delivery_id);
+    }
+
+    #[test]
+    fn a_rate_limited_claim_puts_the_key_back_and_the_lane_waits_for_the_instant_given() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 3);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        let out = sent(&fixture);
+        assert_eq!(out.len(), 3, "no limit known yet: up to the cap");
+        assert!(out.iter().all(|job| !job.limited));
+        // The first claim is granted and tells the lane the next start; the others are refused.
+        let next_start = now_micros() + 60_000_000;
+        fixture
+            .scheduler
+            .on_progress(Progress::Claimed { job: out[0].clone(), next_start: Some(next_start) });
+        for job in &out[1..] {
+            fixture.scheduler.on_progress(Progress::Limited { job: job.clone(), until: next_start - 1 });
+        }
+        assert!(sent(&fixture).is_empty(), "nothing before the next allowed start");
+        let lane = &fixture.scheduler.lanes[&id];
+        assert_eq!(lane.window.len(), 2, "refused keys are back in the window");
+        assert_eq!(lane.attempting, 1, "only the granted attempt holds a slot");
+        assert_eq!(lane.rate.as_ref().map(|rate| rate.next_start), Some(next_start), "the latest grant wins");
+        assert!(lane.wake_at.is_none(), "not the wheel, whose millisecond slots would start it late");
+        assert!(
+            fixture.scheduler.rate_wakes.contains(&(next_start, id.clone())),
+            "woken at that very instant"
+        );
+    }
+
+    #[test]
+    fn a_limited_lane_sends_one_job_at_a_time_to_its_claim() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 3);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.lanes.get_mut(&id).unwrap().rate = Some(LaneRate { next_start: 0, probing: None });
+        fixture.scheduler.dispatch(&id);
+        let first = sent(&fixture);
+        assert_eq!(first.len(), 1, "one job until its claim answers");
+        assert!(first[0].limited);
+        assert!(fixture.scheduler.lanes[&id].wake_at.is_none(), "the claim's answer wakes it, not the wheel");
+        // Granted with the next start already passed (a high limit): the next job goes out.
+        fixture.scheduler.on_progress(Progress::Claimed { job: first[0].clone(), next_start: Some(1) });
+        let second = sent(&fixture);
+        assert_eq!(second.len(), 1);
+        // The limit was removed meanwhile: the claim says so, and the lane has its full cap again.
+        fixture.scheduler.on_progress(Progress::Claimed { job: second[0].clone(), next_start: None });
+        assert_eq!(sent(&fixture).len(), 1, "the last queued one, beside the two attempts under way");
+        assert!(fixture.scheduler.lanes[&id].rate.is_none());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::delivery::signer::{atender_signature, standard_webhooks_header};
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::{AttemptLabel, Metrics};
-use crate::model::{now_millis, Attempt, DeliveryId, Millis, Subscription};
+use crate::model::{now_millis, rate_next_start, Attempt, DeliveryId, Micros, Millis, Subscription};
 use crate::store::{AttemptContext, AttemptDecision, AttemptRecord, Claim, DueWork, StoreError};
 
 /// What a worker needs, shared by all of them.
@@ -39,7 +39,7 @@ pub fn run(
             break;
         }
         beat.busy();
-        let sent = match attempt(&context, &job) {
+        let sent = match attempt(&context, &job, &progress) {
             Ok(Made::Attempt(record, endpoint_ok)) => {
                 // The slot is free now; the key stays in flight until the recorder stored it.
                 let _ = progress.send(Progress::Attempted { job: job.clone(), endpoint_ok });
@@ -47,6 +47,7 @@ pub fn run(
             }
             Ok(Made::Nothing) => progress.send(Progress::Skipped { job }).is_ok(),
             Ok(Made::Busy) => progress.send(Progress::Busy { job }).is_ok(),
+            Ok(Made::Limited { until }) => progress.send(Progress::Limited { job, until }).is_ok(),
             Err(err) => {
                 beat.error();
                 tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
@@ -73,24 +74,43 @@ enum Made {
     Nothing,
     /// No attempt yet: the claim was refused for now.
     Busy,
+    /// No attempt yet: the subscription's rate limit allows the next start at `until` (µs).
+    Limited { until: Micros },
 }
 
-/// Makes one attempt of `job`, if its claim is granted.
-fn attempt(context: &WorkerContext, job: &Job) -> Result<Made, StoreError> {
+/// Makes one attempt of `job`, if its claim is granted. A granted claim of a rate-limited
+/// subscription (or of a lane the scheduler believes limited) is reported on `progress` at
+/// once, before the HTTP exchange, so the lane's next dispatch waits for the next allowed start
+/// and no longer than that.
+fn attempt(
+    context: &WorkerContext,
+    job: &Job,
+    progress: &crossbeam_channel::Sender<Progress>,
+) -> Result<Made, StoreError> {
     let store = &context.store;
     let config = context.config.current();
     let cap = if job.suspect { 1 } else { config.delivery.max_in_flight_per_subscription as usize };
-    let AttemptContext { delivery, subscription, event } =
+    let AttemptContext { delivery, subscription, event, rate_granted_at } =
         match store.claim(&job.subscription_id, job.due, &job.delivery_id, cap)? {
             Claim::Ready(context) => *context,
             Claim::Busy => return Ok(Made::Busy),
+            Claim::Limited { until } => return Ok(Made::Limited { until }),
             Claim::Stale => return Ok(Made::Nothing),
         };
     if !subscription.is_deliverable() {
         store.hold(&job.subscription_id, job.due, &job.delivery_id)?;
         return Ok(Made::Nothing);
     }
-    let started_at = now_millis();
+    let next_start = match (rate_granted_at, subscription.rate_limit_per_second) {
+        (Some(granted), Some(per_second)) => Some(rate_next_start(Some(granted), per_second, granted)),
+        _ => None,
+    };
+    if next_start.is_some() || job.limited {
+        let _ = progress.send(Progress::Claimed { job: job.clone(), next_start });
+    }
+    // A rate-limited attempt starts at the instant its claim granted: the one the limit counts,
+    // so the delivery log shows the spacing the limit keeps.
+    let started_at = rate_granted_at.map_or_else(now_millis, |granted| granted / 1000);
     let headers = delivery_headers(&subscription, &delivery.id, &event.event_type, &event.body, started_at);
     context.metrics.in_flight().inc();
     let outcome = post(&context.agent, &subscription.url, &headers, &event.body);

@@ -1,7 +1,7 @@
 //! HTML form posts (`application/x-www-form-urlencoded`) turned into the JSON API's own request
 //! bodies, so the portal is validated by exactly the API's code and answers its error texts.
 //! Field names are the API's (`name`, `url`, `events`, `headers`, `maxRetries`,
-//! `retryDelaySeconds`); only the shapes HTML cannot send are translated here: repeated
+//! `retryDelaySeconds`, `rateLimitPerSecond`); only the shapes HTML cannot send are translated here: repeated
 //! `events` checkboxes, and custom headers as `Name: value` lines.
 
 use serde_json::{Map, Value};
@@ -44,6 +44,8 @@ pub struct SubscriptionFields {
     pub headers: String,
     pub max_retries: String,
     pub retry_delay_seconds: String,
+    /// Empty: no limit.
+    pub rate_limit_per_second: String,
     pub is_paused: bool,
 }
 
@@ -56,6 +58,7 @@ impl SubscriptionFields {
             headers: form.get("headers").to_owned(),
             max_retries: form.get("maxRetries").trim().to_owned(),
             retry_delay_seconds: form.get("retryDelaySeconds").trim().to_owned(),
+            rate_limit_per_second: form.get("rateLimitPerSecond").trim().to_owned(),
             is_paused: form.has("isPaused"),
         }
     }
@@ -71,6 +74,7 @@ impl SubscriptionFields {
             retry_delay_seconds: Some(integer(&self.retry_delay_seconds, 30)),
             is_active: None,
             is_paused: Some(self.is_paused),
+            rate_limit_per_second: optional_integer(&self.rate_limit_per_second),
         })
     }
 
@@ -83,6 +87,8 @@ impl SubscriptionFields {
             headers: Some(parse_headers(&self.headers)?),
             max_retries: Some(integer(&self.max_retries, 5)),
             retry_delay_seconds: Some(integer(&self.retry_delay_seconds, 30)),
+            // An emptied field removes the limit.
+            rate_limit_per_second: Some(optional_integer(&self.rate_limit_per_second)),
             ..PatchBody::default()
         })
     }
@@ -95,6 +101,11 @@ fn integer(text: &str, default: i64) -> Integer {
         return Integer(default);
     }
     Integer(text.parse::<i64>().unwrap_or(i64::MIN))
+}
+
+/// An optional number field: empty is `null` (none); otherwise as [`integer`].
+fn optional_integer(text: &str) -> Option<Integer> {
+    (!text.is_empty()).then(|| integer(text, 0))
 }
 
 /// `Name: value` lines (blank lines skipped) into the API's `headers` object. Whitespace around
@@ -143,6 +154,18 @@ mod tests {
         assert_eq!(body.max_retries.map(|value| value.0), Some(5));
         assert_eq!(body.retry_delay_seconds.map(|value| value.0), Some(7));
         assert_eq!(body.is_paused, Some(false));
+        assert!(body.rate_limit_per_second.is_none(), "an empty rate limit is none");
+        let limited = SubscriptionFields::from_form(&Form::parse(b"rateLimitPerSecond=+50+"));
+        assert_eq!(limited.create_body().unwrap().rate_limit_per_second.map(|value| value.0), Some(50));
+        assert_eq!(
+            limited.patch_body().unwrap().rate_limit_per_second.map(|value| value.map(|v| v.0)),
+            Some(Some(50))
+        );
+        let cleared = SubscriptionFields::from_form(&Form::parse(b"rateLimitPerSecond="));
+        assert!(
+            matches!(cleared.patch_body().unwrap().rate_limit_per_second, Some(None)),
+            "emptied: removed"
+        );
     }
 
     #[test]

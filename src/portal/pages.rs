@@ -198,6 +198,10 @@ pub fn subscription_form(
                     input id="retryDelaySeconds" name="retryDelaySeconds" type="number" min="1" max="86400" value=(fields.retry_delay_seconds);
                 }
             }
+            label for="rateLimitPerSecond" {
+                "Rate limit, attempts per second (1–10000)" span class="hint" { " — empty: no limit" }
+            }
+            input id="rateLimitPerSecond" name="rateLimitPerSecond" type="number" min="1" max="10000" placeholder="no limit" value=(fields.rate_limit_per_second);
             @if creating {
                 div class="check" {
                     input id="isPaused" type="checkbox" name="isPaused" value="true" checked[fields.is_paused];
@@ -401,6 +405,12 @@ pub fn subscription(
                     dt { "Last error" } dd class="error-text" { (error) }
                 }
                 dt { "Retries" } dd { (subscription.max_retries) " retries, first after " (subscription.retry_delay_seconds) " s, doubling" }
+                dt { "Rate limit" } dd {
+                    @match subscription.rate_limit_per_second {
+                        Some(limit) => { (limit) " attempts per second at most" }
+                        None => { span class="muted" { "none" } }
+                    }
+                }
                 dt { "Custom headers" } dd {
                     @if subscription.headers.is_empty() { span class="muted" { "none" } }
                     @for (name, value) in &subscription.headers { div { code { (name) ": " (value) } } }
@@ -454,6 +464,10 @@ pub fn fields_of(subscription: &Subscription) -> SubscriptionFields {
         headers: headers_text(&subscription.headers),
         max_retries: subscription.max_retries.to_string(),
         retry_delay_seconds: subscription.retry_delay_seconds.to_string(),
+        rate_limit_per_second: subscription
+            .rate_limit_per_second
+            .map(|limit| limit.to_string())
+            .unwrap_or_default(),
         is_paused: subscription.is_paused,
     }
 }

@@ -46,7 +46,8 @@ use std::sync::Arc;
 use crate::health::Health;
 pub use crate::lifecycle::AttemptDecision;
 use crate::model::{
-    Attempt, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+    Attempt, Delivery, DeliveryId, DeliveryState, Event, EventId, Micros, Millis, Subscription,
+    SubscriptionId,
 };
 
 pub use embedded::SledStore;
@@ -317,6 +318,10 @@ pub enum Claim {
     /// Nothing to attempt: the delivery, its subscription or its event is gone, or the entry is
     /// stale (the delivery is no longer due at that time). The stray entry was removed.
     Stale,
+    /// Not yet: the subscription's `rateLimitPerSecond` lets its next attempt start at `until`
+    /// (Unix µs, on the clock of the node that granted the previous one). The queue entry stays;
+    /// ask again then.
+    Limited { until: Micros },
 }
 
 /// Everything a worker needs for one attempt, read together.
@@ -325,6 +330,10 @@ pub struct AttemptContext {
     pub delivery: Delivery,
     pub subscription: Arc<Subscription>,
     pub event: Arc<Event>,
+    /// For a rate-limited subscription: the instant (Unix µs) the claim granted this attempt its
+    /// start, the one the limit counts. The worker records it as the attempt's `at`, so the
+    /// delivery log shows the spacing the limit keeps. `None` without a limit.
+    pub rate_granted_at: Option<Micros>,
 }
 
 /// One attempt's outcome, to record: the queue entry it was made for (subscription, due,
@@ -640,6 +649,12 @@ pub trait DueWork: Send + Sync {
     /// backend leaves the cap to the scheduler. A claim lasts until the outcome is recorded
     /// ([`Outcomes::record_attempts`]) or its lease runs out. Nothing is attempted twice for one
     /// due time: a stale entry answers [`Claim::Stale`].
+    ///
+    /// Every backend keeps a deliverable subscription's `rateLimitPerSecond` here, for every
+    /// node: a claim is granted only once [`crate::model::rate_interval`] has passed since the
+    /// previous granted claim of that subscription ([`Claim::Limited`] with the instant
+    /// otherwise), and the grant is stamped atomically with the check, so no 1-second window
+    /// holds more grants than the limit (GCRA without burst: `model::rate_next_start`).
     fn claim(
         &self,
         subscription_id: &SubscriptionId,

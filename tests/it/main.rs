@@ -19,6 +19,7 @@ mod operational;
 mod packaging;
 mod portal;
 mod probe;
+mod ratelimit;
 mod recovery;
 mod retention;
 mod secrets;

@@ -314,7 +314,7 @@ fn forms_answer_the_apis_validation_errors() {
     let daemon = TestDaemon::start();
     let cookie = session(&daemon, ACME_KEY, false);
     let csrf = csrf_of(&page(&daemon, "/portal/new", &cookie).text);
-    let cases: [(&[(&str, &str)], Value); 5] = [
+    let cases: [(&[(&str, &str)], Value); 6] = [
         (
             &[("name", " "), ("url", "https://example.com/a"), ("events", "message.received")],
             subscription_body(" ", "https://example.com/a"),
@@ -344,6 +344,15 @@ fn forms_answer_the_apis_validation_errors() {
                 ("maxRetries", "21"),
             ],
             json!({ "name": "a", "url": "https://example.com/a", "events": ["message.received"], "maxRetries": 21 }),
+        ),
+        (
+            &[
+                ("name", "a"),
+                ("url", "https://example.com/a"),
+                ("events", "message.received"),
+                ("rateLimitPerSecond", "0"),
+            ],
+            json!({ "name": "a", "url": "https://example.com/a", "events": ["message.received"], "rateLimitPerSecond": 0 }),
         ),
     ];
     for (fields, api_body) in cases {
@@ -402,6 +411,7 @@ fn create_edit_rotate_and_delete_through_forms() {
             ("events", "message.sent"),
             ("events", "sla.breached"),
             ("headers", "X-Team: billing\n"),
+            ("rateLimitPerSecond", "25"),
         ],
     );
     assert_eq!(created.status, 201, "{}", created.text);
@@ -412,7 +422,9 @@ fn create_edit_rotate_and_delete_through_forms() {
     let id = stored["id"].as_str().unwrap();
     assert_eq!(stored["events"], json!(["message.sent", "sla.breached"]));
     assert_eq!(stored["headers"], json!({ "X-Team": "billing" }));
+    assert_eq!(stored["rateLimitPerSecond"], 25);
     let detail = page(&daemon, &format!("/portal/webhooks/{id}"), &cookie).text;
+    assert!(detail.contains("25 attempts per second at most"), "{detail}");
     assert!(!detail.contains(secret), "the secret is never shown again");
 
     let edited = post_form(
@@ -437,6 +449,7 @@ fn create_edit_rotate_and_delete_through_forms() {
     );
     assert_eq!((stored["maxRetries"].as_u64(), stored["retryDelaySeconds"].as_u64()), (Some(3), Some(60)));
     assert_eq!(stored["headers"], json!({}));
+    assert_eq!(stored["rateLimitPerSecond"], Value::Null, "an emptied rate limit field removes the limit");
 
     let rotated = post_form(&daemon, &format!("/portal/webhooks/{id}/rotate"), &cookie, &[("csrf", &csrf)]);
     assert_eq!(rotated.status, 200);

@@ -18,8 +18,9 @@ use crate::support::*;
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// Every field of the subscription object, as SPEC.md lists it.
-const FIELDS: [&str; 19] = [
+/// Every field of the subscription object, as SPEC.md lists it (and `rateLimitPerSecond`, from
+/// issue 11).
+const FIELDS: [&str; 20] = [
     "id",
     "name",
     "url",
@@ -38,6 +39,7 @@ const FIELDS: [&str; 19] = [
     "lastDeliveryError",
     "createdAt",
     "updatedAt",
+    "rateLimitPerSecond",
     // Listed last: only create answers it.
     "secret",
 ];

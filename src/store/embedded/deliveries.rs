@@ -94,7 +94,7 @@ impl Trees {
                     Some(event) => Some(event),
                     None => self.event(&delivery.event_id)?.map(Arc::new),
                 };
-                event.map(|event| AttemptContext { delivery, subscription, event })
+                event.map(|event| AttemptContext { delivery, subscription, event, rate_granted_at: None })
             }
             _ => None,
         };

@@ -16,6 +16,7 @@ mod deliveries;
 mod events;
 mod index;
 mod keys;
+mod rate;
 mod records;
 mod space;
 mod subscriptions;
@@ -106,6 +107,8 @@ pub struct SledStore {
     monitor: Arc<space::Monitor>,
     /// When a stalled write was last logged (Unix ms).
     stall_logged: Arc<std::sync::atomic::AtomicU64>,
+    /// The last granted start of each rate-limited subscription (`rateLimitPerSecond`).
+    rate: Arc<rate::RateLimits>,
 }
 
 impl SledStore {
@@ -180,6 +183,7 @@ impl SledStore {
             writer,
             monitor: Arc::new(monitor),
             stall_logged: Arc::default(),
+            rate: Arc::new(rate::RateLimits::new(crate::model::now_micros())),
         })
     }
 
@@ -355,7 +359,11 @@ impl Subscriptions for SledStore {
     }
 
     fn delete_subscription(&self, tenant_id: &str, id: &SubscriptionId) -> Result<bool, StoreError> {
-        self.client_write(|trees| trees.delete_subscription(tenant_id, id))
+        let deleted = self.client_write(|trees| trees.delete_subscription(tenant_id, id))?;
+        if deleted {
+            self.rate.forget(id);
+        }
+        Ok(deleted)
     }
 }
 
@@ -443,7 +451,8 @@ impl DueWork for SledStore {
         self.run(|trees| trees.queued_after(subscription_id, after, limit))
     }
 
-    /// One node: the scheduler keeps the cap, so a claim is only a read.
+    /// One node: the scheduler keeps the cap, so a claim is a read, plus the rate limit's
+    /// check and stamp in memory for a limited, deliverable subscription.
     fn claim(
         &self,
         subscription_id: &SubscriptionId,
@@ -452,7 +461,16 @@ impl DueWork for SledStore {
         _cap: usize,
     ) -> Result<Claim, StoreError> {
         let context = self.run(|trees| trees.attempt_context(subscription_id, due, delivery_id))?;
-        Ok(context.map_or(Claim::Stale, |context| Claim::Ready(Box::new(context))))
+        let Some(mut context) = context else { return Ok(Claim::Stale) };
+        let subscription = &context.subscription;
+        if let Some(per_second) = subscription.rate_limit_per_second.filter(|_| subscription.is_deliverable())
+        {
+            match self.rate.grant(subscription_id, per_second, crate::model::now_micros()) {
+                Ok(granted) => context.rate_granted_at = Some(granted),
+                Err(until) => return Ok(Claim::Limited { until }),
+            }
+        }
+        Ok(Claim::Ready(Box::new(context)))
     }
 
     fn hold(

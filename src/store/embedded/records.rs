@@ -79,11 +79,42 @@ impl Versioned for SubscriptionV1 {
     const NAME: &'static str = "subscription";
 }
 
-impl Stored for Subscription {
-    type Record = SubscriptionV1;
+/// Subscription record, version 2: every field of version 1, then the rate limit. bincode
+/// writes a nested struct's fields in place, so a version 2 record is the bytes of a version 1
+/// record followed by the new field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionV2 {
+    pub v1: SubscriptionV1,
+    /// `rateLimitPerSecond`; `None`: no limit.
+    pub rate_limit_per_second: Option<u32>,
+}
 
-    fn to_record(&self) -> SubscriptionV1 {
-        SubscriptionV1 {
+impl Versioned for SubscriptionV2 {
+    const VERSION: u8 = 2;
+    const NAME: &'static str = "subscription";
+
+    /// Version 1 had no rate limit: it reads as none.
+    fn migrate(version: u8, bytes: &[u8]) -> Result<Self, StoreError> {
+        match version {
+            SubscriptionV1::VERSION => {
+                let v1: SubscriptionV1 = bincode::deserialize(bytes).map_err(|err| {
+                    StoreError::Corrupt(format!("{} record does not decode: {err}", Self::NAME))
+                })?;
+                Ok(SubscriptionV2 { v1, rate_limit_per_second: None })
+            }
+            _ => Err(StoreError::Corrupt(format!(
+                "{} record has unknown format version {version}",
+                Self::NAME
+            ))),
+        }
+    }
+}
+
+impl Stored for Subscription {
+    type Record = SubscriptionV2;
+
+    fn to_record(&self) -> SubscriptionV2 {
+        let v1 = SubscriptionV1 {
             id: self.id.to_string(),
             tenant_id: self.tenant_id.clone(),
             name: self.name.clone(),
@@ -111,10 +142,12 @@ impl Stored for Subscription {
                 secret: retired.secret.expose().to_owned(),
                 valid_until: retired.valid_until,
             }),
-        }
+        };
+        SubscriptionV2 { v1, rate_limit_per_second: self.rate_limit_per_second }
     }
 
-    fn from_record(record: SubscriptionV1) -> Result<Subscription, StoreError> {
+    fn from_record(record: SubscriptionV2) -> Result<Subscription, StoreError> {
+        let SubscriptionV2 { v1: record, rate_limit_per_second } = record;
         Ok(Subscription {
             id: id(SubscriptionId::parse, &record.id, "subscription")?,
             tenant_id: record.tenant_id,
@@ -143,6 +176,7 @@ impl Stored for Subscription {
                 secret: SigningSecret::from(retired.secret),
                 valid_until: retired.valid_until,
             }),
+            rate_limit_per_second,
         })
     }
 }
@@ -362,9 +396,35 @@ mod tests {
         assert_eq!(decode::<Delivery>(&encode(&delivery)).unwrap(), delivery);
     }
 
-    /// Pins subscription version 1, every optional field present.
+    /// Pins subscription version 1, every optional field present, and reads it as today's
+    /// subscription (no rate limit): records written before version 2 still read.
     #[test]
     fn golden_bytes_of_a_subscription_v1() {
+        let subscription = every_field_subscription();
+        let mut bytes = vec![SubscriptionV1::VERSION];
+        bincode::serialize_into(&mut bytes, &subscription.to_record().v1).unwrap();
+        assert_eq!(hex::encode(&bytes), SUBSCRIPTION_V1_GOLDEN);
+        let migrated = decode::<Subscription>(&hex::decode(SUBSCRIPTION_V1_GOLDEN).unwrap()).unwrap();
+        assert_eq!(migrated, subscription);
+        assert_eq!(migrated.rate_limit_per_second, None);
+    }
+
+    /// Pins subscription version 2: version 1's bytes, then the rate limit (`Option<u32>`).
+    #[test]
+    fn golden_bytes_of_a_subscription_v2() {
+        let subscription = Subscription { rate_limit_per_second: Some(50), ..every_field_subscription() };
+        let bytes = encode(&subscription);
+        assert_eq!(hex::encode(&bytes), format!("02{}0132000000", &SUBSCRIPTION_V1_GOLDEN[2..]));
+        assert_eq!(decode::<Subscription>(&bytes).unwrap(), subscription);
+        let unlimited = Subscription { rate_limit_per_second: None, ..subscription };
+        let bytes = encode(&unlimited);
+        assert_eq!(hex::encode(&bytes), format!("02{}00", &SUBSCRIPTION_V1_GOLDEN[2..]));
+        assert_eq!(decode::<Subscription>(&bytes).unwrap(), unlimited);
+        assert!(matches!(decode::<Subscription>(&[3, 0]), Err(StoreError::Corrupt(_))));
+    }
+
+    /// A subscription with every optional field present (rate limit aside).
+    fn every_field_subscription() -> Subscription {
         let mut subscription = Subscription::new("t", "n", "https://a.example/", vec!["a.b".into()], 9);
         subscription.id = SubscriptionId::parse(SUBSCRIPTION).unwrap();
         subscription.secret = SigningSecret::from("whsec_x".to_owned());
@@ -377,9 +437,7 @@ mod tests {
         subscription.last_delivery_error = Some("e".into());
         subscription.retired_secret =
             Some(RetiredSecret { secret: SigningSecret::from("whsec_y".to_owned()), valid_until: 3 });
-        let bytes = encode(&subscription);
-        assert_eq!(hex::encode(&bytes), SUBSCRIPTION_V1_GOLDEN);
-        assert_eq!(decode::<Subscription>(&bytes).unwrap(), subscription);
+        subscription
     }
 
     const SUBSCRIPTION_V1_GOLDEN: &str = "011d0000000000000077685f30314b423030303030303030303030303030303030303030303101000000000000007401000000000000006e120000000000000068747470733a2f2f612e6578616d706c652f01000000000000000300000000000000612e6201000000000000000300000000000000582d41010000000000000062050000001e00000001000101000000000000007201010000000000000000000000010200000000000000010100000001f4010101000000000000006509000000000000000900000000000000070000000000000077687365635f7801070000000000000077687365635f790300000000000000";

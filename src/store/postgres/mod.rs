@@ -11,6 +11,10 @@
 //!   counts the claims of every node still within their lease against the cap, and stamps the
 //!   delivery with this node and `now + lease`. Recording the outcome clears the claim; a node that
 //!   died leaves a claim that runs out after `lease`, and another node attempts the delivery then.
+//! - **Rate limit across nodes**: for a subscription with `rateLimitPerSecond`, the same claim
+//!   reads `rate_granted_at_us` under that row lock and answers [`Claim::Limited`] until one
+//!   interval has passed since the last grant, or stamps its own start there in the same
+//!   transaction.
 //! - **Retries**: every transaction is retried on serialization failure and deadlock (SQLSTATE
 //!   40001, 40P01), as CockroachDB requires and PostgreSQL under contention needs.
 //! - **New work**: a committed publish or release sends `NOTIFY atender_queue` (a hint, where
@@ -40,7 +44,8 @@ use tokio_postgres::Row;
 use crate::config::{redact_password, PostgresConfig};
 use crate::health::Health;
 use crate::model::{
-    now_millis, Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
+    now_micros, now_millis, rate_next_start, Delivery, DeliveryId, DeliveryState, Event, EventId, Micros,
+    Millis, Subscription, SubscriptionId,
 };
 use crate::store::{
     fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork,
@@ -666,8 +671,9 @@ async fn write_subscription(
         "INSERT INTO subscriptions (id, tenant_id, name, url, events, headers, max_retries, retry_delay_seconds, \
          is_active, is_paused, disable_reason, disabled_at, consecutive_failures, last_delivery_at, \
          last_delivery_status, last_delivery_response_code, last_delivery_error, created_at, updated_at, secret, \
-         retired_secret, retired_secret_valid_until) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22) \
+         retired_secret, retired_secret_valid_until, rate_limit_per_second) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, \
+         $23) \
          ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, url = EXCLUDED.url, events = EXCLUDED.events, \
          headers = EXCLUDED.headers, max_retries = EXCLUDED.max_retries, \
          retry_delay_seconds = EXCLUDED.retry_delay_seconds, is_active = EXCLUDED.is_active, \
@@ -677,7 +683,8 @@ async fn write_subscription(
          last_delivery_response_code = EXCLUDED.last_delivery_response_code, \
          last_delivery_error = EXCLUDED.last_delivery_error, updated_at = EXCLUDED.updated_at, \
          secret = EXCLUDED.secret, retired_secret = EXCLUDED.retired_secret, \
-         retired_secret_valid_until = EXCLUDED.retired_secret_valid_until",
+         retired_secret_valid_until = EXCLUDED.retired_secret_valid_until, \
+         rate_limit_per_second = EXCLUDED.rate_limit_per_second",
         &[
             &s.id.as_str(),
             &s.tenant_id,
@@ -701,6 +708,7 @@ async fn write_subscription(
             &s.secret.expose(),
             &retired.map(|retired| retired.secret.expose()),
             &retired.map(|retired| sql_millis(retired.valid_until)),
+            &s.rate_limit_per_second.map(|limit| limit.min(i32::MAX as u32) as i32),
         ],
     )
     .await?;
@@ -1274,7 +1282,8 @@ async fn recover_batch(
     let now = now_millis();
     let cursor = cursor.map(|cursor| cursor.to_string());
     transaction!(db, |tx| {
-        let Some(subscription) = select_subscription(&tx, &db.0.secrets, &subscription_id, true).await? else {
+        let Some(subscription) = select_subscription(&tx, &db.0.secrets, &subscription_id, true).await?
+        else {
             return Ok((0, None, false));
         };
         let found = tx
@@ -1389,35 +1398,76 @@ async fn claim(
             }
             (Some(_), Some(row)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
             (Some(subscription), Some(row)) => {
-                // Claimed only below the cap: the count of live claims and the stamp are one
-                // statement, under the subscription's lock.
-                let claimed = !subscription.is_deliverable()
-                    || tx
-                        .exec(
-                            "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1 AND \
-                             (SELECT count(*) FROM deliveries WHERE subscription_id = $4 AND claimed_by IS NOT NULL \
-                             AND claimed_until > $5) < $6",
-                            &[
-                                &id.as_str(),
-                                &db.0.node,
-                                &sql_millis(now + db.0.lease),
-                                &subscription_id.as_str(),
-                                &sql_millis(now),
-                                &(cap.min(i64::MAX as usize) as i64),
-                            ],
+                // The rate limit first: under the subscription's row lock, so the check here and
+                // the stamp below are one step across every node. Read only for a limited
+                // subscription; `now_us` is fresh on every try of the transaction.
+                let limit = subscription.rate_limit_per_second.filter(|_| subscription.is_deliverable());
+                let now_us = now_micros();
+                let next_start = match limit {
+                    Some(per_second) => {
+                        let previous: Option<i64> = tx
+                            .q1(
+                                "SELECT rate_granted_at_us FROM subscriptions WHERE id = $1",
+                                &[&subscription_id.as_str()],
+                            )
+                            .await?
+                            .get(0);
+                        rate_next_start(
+                            previous.map(|previous| previous.max(0) as Micros),
+                            per_second,
+                            now_us,
                         )
-                        .await?
-                        == 1;
-                let event =
-                    found.as_ref().and_then(|found| rows::joined_event(found).transpose()).transpose()?;
-                match (claimed, event) {
-                    (false, _) => Claim::Busy,
-                    (true, None) => Claim::Stale,
-                    (true, Some(event)) => Claim::Ready(Box::new(AttemptContext {
-                        delivery: row.delivery,
-                        subscription: Arc::new(subscription),
-                        event: Arc::new(event),
-                    })),
+                    }
+                    None => now_us,
+                };
+                if next_start > now_us {
+                    Claim::Limited { until: next_start }
+                } else {
+                    // Claimed only below the cap: the count of live claims and the stamp are one
+                    // statement, under the subscription's lock.
+                    let claimed = !subscription.is_deliverable()
+                        || tx
+                            .exec(
+                                "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1 AND \
+                                 (SELECT count(*) FROM deliveries WHERE subscription_id = $4 AND claimed_by IS NOT NULL \
+                                 AND claimed_until > $5) < $6",
+                                &[
+                                    &id.as_str(),
+                                    &db.0.node,
+                                    &sql_millis(now + db.0.lease),
+                                    &subscription_id.as_str(),
+                                    &sql_millis(now),
+                                    &(cap.min(i64::MAX as usize) as i64),
+                                ],
+                            )
+                            .await?
+                            == 1;
+                    let event =
+                        found.as_ref().and_then(|found| rows::joined_event(found).transpose()).transpose()?;
+                    match (claimed, event) {
+                        (false, _) => Claim::Busy,
+                        (true, None) => Claim::Stale,
+                        (true, Some(event)) => {
+                            // Granted: this start is the one the next claim counts from.
+                            let rate_granted_at = match limit {
+                                Some(_) => {
+                                    tx.exec(
+                                        "UPDATE subscriptions SET rate_granted_at_us = $2 WHERE id = $1",
+                                        &[&subscription_id.as_str(), &(now_us.min(i64::MAX as u64) as i64)],
+                                    )
+                                    .await?;
+                                    Some(now_us)
+                                }
+                                None => None,
+                            };
+                            Claim::Ready(Box::new(AttemptContext {
+                                delivery: row.delivery,
+                                subscription: Arc::new(subscription),
+                                event: Arc::new(event),
+                                rate_granted_at,
+                            }))
+                        }
+                    }
                 }
             }
         }

@@ -14,7 +14,7 @@ use crate::store::StoreError;
 pub const SUBSCRIPTION_COLUMNS: &str = "id, tenant_id, name, url, events, headers, max_retries, \
      retry_delay_seconds, is_active, is_paused, disable_reason, disabled_at, consecutive_failures, \
      last_delivery_at, last_delivery_status, last_delivery_response_code, last_delivery_error, \
-     created_at, updated_at, secret, retired_secret, retired_secret_valid_until";
+     created_at, updated_at, secret, retired_secret, retired_secret_valid_until, rate_limit_per_second";
 
 /// The columns [`delivery`] reads, in a `SELECT`.
 pub const DELIVERY_COLUMNS: &str = "id, tenant_id, subscription_id, event_id, event_type, state, attempts, \
@@ -109,6 +109,8 @@ pub fn stored_subscription(row: &Row) -> Result<Subscription, StoreError> {
         updated_at: get::<i64>(row, "updated_at")?.max(0) as Millis,
         secret: SigningSecret::from(get::<String>(row, "secret")?),
         retired_secret,
+        rate_limit_per_second: get::<Option<i32>>(row, "rate_limit_per_second")?
+            .map(|limit| limit.max(1) as u32),
     })
 }
 
