@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::process::{run_binary, Served};
+use crate::process::{logged_event_ids, run_binary, Served};
 use crate::support::*;
 
 fn sled() -> Setup {
@@ -27,25 +27,6 @@ fn subscribe(served: &Served, url: &str) -> String {
     let reply = served.call("POST", "/v1/webhooks", ACME_KEY, Some(body));
     assert_eq!(reply.status, 201, "{}", reply.text);
     reply.json()["id"].as_str().unwrap().to_owned()
-}
-
-/// Every event id in a subscription's delivery log, all pages.
-fn logged_event_ids(served: &Served, subscription_id: &str) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    let mut cursor = String::new();
-    loop {
-        let path = format!("/v1/webhooks/{subscription_id}/deliveries?limit=100{cursor}");
-        let page = served.call("GET", &path, ACME_KEY, None);
-        assert_eq!(page.status, 200, "{}", page.text);
-        let page = page.json();
-        for delivery in page["data"].as_array().unwrap() {
-            ids.insert(delivery["eventId"].as_str().unwrap().to_owned());
-        }
-        match page["nextCursor"].as_str() {
-            Some(next) => cursor = format!("&cursor={next}"),
-            None => return ids,
-        }
-    }
 }
 
 fn path_text(path: &Path) -> &str {

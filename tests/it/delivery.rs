@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::support::*;
 
@@ -20,22 +18,6 @@ fn subscribe(daemon: &TestDaemon, receiver: &Receiver, extra: Value) -> Value {
         body[key] = value.clone();
     }
     daemon.create_subscription(ACME_KEY, body)
-}
-
-/// The guide's recipe, written independently of the daemon's signer.
-fn guide_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Verifies the Standard Webhooks headers with the off-the-shelf `standardwebhooks` crate.
-fn standard_webhooks_verifies(secret: &str, delivery: &Received) -> bool {
-    let mut headers = warp::http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, delivery.header(name).unwrap_or_default().parse().unwrap());
-    }
-    standardwebhooks::Webhook::new(secret).unwrap().verify(&delivery.body, &headers).is_ok()
 }
 
 fn deliveries(daemon: &TestDaemon, subscription_id: &str, query: &str) -> Vec<Value> {

@@ -8,9 +8,7 @@ use std::io::Read;
 use std::net::{TcpListener, TcpStream};
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use crate::support::*;
 
@@ -39,22 +37,6 @@ fn accept(listener: &TcpListener) -> TcpStream {
 
 fn test_send(daemon: &TestDaemon, id: &str) -> Reply {
     daemon.call("POST", &format!("/v1/webhooks/{id}/test"), ACME_KEY, None)
-}
-
-/// The guide's recipe, written independently of the daemon's signer.
-fn guide_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Verifies the Standard Webhooks headers with the off-the-shelf `standardwebhooks` crate.
-fn standard_webhooks_verifies(secret: &str, delivery: &Received) -> bool {
-    let mut headers = warp::http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, delivery.header(name).unwrap_or_default().parse().unwrap());
-    }
-    standardwebhooks::Webhook::new(secret).unwrap().verify(&delivery.body, &headers).is_ok()
 }
 
 fn delivery_log(daemon: &TestDaemon, id: &str) -> Vec<Value> {

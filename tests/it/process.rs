@@ -327,3 +327,22 @@ impl Served {
         status
     }
 }
+
+/// Every event id in a subscription's delivery log on `served`, all pages.
+pub fn logged_event_ids(served: &Served, subscription_id: &str) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let path = format!("/v1/webhooks/{subscription_id}/deliveries?limit=100{cursor}");
+        let page = served.call("GET", &path, crate::support::ACME_KEY, None);
+        assert_eq!(page.status, 200, "{}", page.text);
+        let page = page.json();
+        for delivery in page["data"].as_array().unwrap() {
+            ids.insert(delivery["eventId"].as_str().unwrap().to_owned());
+        }
+        match page["nextCursor"].as_str() {
+            Some(next) => cursor = format!("&cursor={next}"),
+            None => return ids,
+        }
+    }
+}

@@ -124,15 +124,6 @@ fn atender_signature(secret: &str, body: &[u8]) -> String {
     hex::encode(mac.finalize().into_bytes())
 }
 
-/// True when the off-the-shelf Standard Webhooks verifier accepts the delivery under `secret`.
-fn standard_webhooks_verifies(secret: &str, delivery: &Received) -> bool {
-    let mut headers = warp::http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, delivery.header(name).unwrap_or_default().parse().unwrap());
-    }
-    standardwebhooks::Webhook::new(secret).unwrap().verify(&delivery.body, &headers).is_ok()
-}
-
 /// Publishes one event and checks the delivery at `path`: `X-Atender-Signature` by `current`,
 /// and the Standard Webhooks signature by `current` and by every `retired` secret.
 fn delivery_verifies(daemon: &TestDaemon, receiver: &Receiver, path: &str, current: &str, retired: &[&str]) {

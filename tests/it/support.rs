@@ -578,3 +578,22 @@ impl Receiver {
         self.received()
     }
 }
+
+/// The guide's signature recipe (hex HMAC-SHA256 of the body under the secret), written
+/// independently of the daemon's signer.
+pub fn guide_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verifies a delivery's Standard Webhooks headers with the off-the-shelf `standardwebhooks`
+/// crate.
+pub fn standard_webhooks_verifies(secret: &str, delivery: &Received) -> bool {
+    let mut headers = warp::http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, delivery.header(name).unwrap_or_default().parse().unwrap());
+    }
+    standardwebhooks::Webhook::new(secret).unwrap().verify(&delivery.body, &headers).is_ok()
+}

@@ -8,9 +8,7 @@ use std::sync::Barrier;
 use std::time::Duration;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
 use atender_webhooks::model::SubscriptionId;
 
@@ -106,13 +104,6 @@ fn patch_with(daemon: &TestDaemon, key: &str, id: &str, body: Value) -> Value {
     let reply = daemon.call("PATCH", &format!("/v1/webhooks/{id}"), key, Some(body.clone()));
     assert_eq!(reply.status, 200, "PATCH {body}: {}", reply.text);
     reply.json()
-}
-
-/// The guide's recipe for `X-Atender-Signature`, independent of the daemon's signer.
-fn guide_signature(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body);
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[test]
