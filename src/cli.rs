@@ -62,7 +62,7 @@ pub enum Command {
     /// Write a backup of the embedded store to FILE while the daemon runs (through its control
     /// socket, <data_dir>/control.sock), or from the data dir itself when no daemon runs there.
     /// Every event acknowledged before the backup began is in it. FILE appears only complete
-    /// (written as FILE.tmp, synced, then renamed). For [storage] backend = "postgres" use
+    /// (written as FILE.<pid>.tmp, synced, then renamed). For [storage] backend = "postgres" use
     /// pg_dump or pg_basebackup instead.
     Backup {
         /// Where to write the backup (replaced if it exists).
@@ -187,7 +187,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::MasterKeygen { out } => {
             let key = crate::secrets::MasterKey::create_file(&out)?;
             println!("wrote a new master key to {} (mode 0600), key id {}", out.display(), key.id());
-            println!("set it in the config:\n\n[secrets]\nkey_file = {:?}", out.display().to_string());
+            // Absolute, so the line works from any config file's directory.
+            let absolute = std::fs::canonicalize(&out).unwrap_or_else(|_| out.clone());
+            println!("set it in the config:\n\n[secrets]\nkey_file = {:?}", absolute.display().to_string());
             Ok(())
         }
         Command::Keygen { tenant, scopes, name } => keygen(&tenant, &scopes, &name),
@@ -274,16 +276,21 @@ fn rotate_master_key(new_key_file: &std::path::Path, config_path: &std::path::Pa
         ..crate::store::StoreOptions::default()
     };
     let report =
-        crate::store::rotate_master_key(&config.storage, &config.data_dir, &options).with_context(|| {
-            match &config.storage {
-                crate::config::StorageBackend::Sled => format!(
+        crate::store::rotate_master_key(&config.storage, &config.data_dir, &options).map_err(|err| {
+            // sled's lock: the daemon (or another command) has the data dir.
+            let locked = err.to_string().contains("lock");
+            anyhow::Error::new(err).context(match &config.storage {
+                crate::config::StorageBackend::Sled if locked => format!(
                     "cannot re-encrypt the secrets in {} (is the daemon still running? stop it first)",
                     config.data_dir.display()
                 ),
+                crate::config::StorageBackend::Sled => {
+                    format!("cannot re-encrypt the secrets in {}", config.data_dir.display())
+                }
                 crate::config::StorageBackend::Postgres(pg) => {
                     format!("cannot re-encrypt the secrets in {}", crate::config::redact_password(&pg.url))
                 }
-            }
+            })
         })?;
     println!(
         "re-encrypted {} of {} subscriptions under master key {} (was {})",
@@ -300,7 +307,7 @@ fn rotate_master_key(new_key_file: &std::path::Path, config_path: &std::path::Pa
     Ok(())
 }
 
-/// Writes `to` as `<to>.tmp` (mode 0600: a backup holds secrets) through `write`, syncs it,
+/// Writes `to` as `<to>.<pid>.tmp` (mode 0600: a backup holds secrets) through `write`, syncs it,
 /// checks it whole ([`crate::store::verify_backup`]), renames it over `to` and syncs the
 /// directory: `to` is never a partial file. On any failure the temporary file is removed.
 fn write_atomically(
@@ -310,8 +317,9 @@ fn write_atomically(
     if to.is_dir() {
         bail!("--to {} is a directory; name the backup file", to.display());
     }
+    // Per process: two backups to one FILE at once (a timer and a manual run) never share it.
     let mut temp_name = to.as_os_str().to_owned();
-    temp_name.push(".tmp");
+    temp_name.push(format!(".{}.tmp", std::process::id()));
     let temp = PathBuf::from(temp_name);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

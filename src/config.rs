@@ -286,7 +286,8 @@ pub struct RawSecrets {
     /// File holding the 32-byte master key that seals subscription secrets at rest (32 raw
     /// bytes, 64 hex characters or base64 of 32 bytes; see `crate::secrets::MasterKey::load`),
     /// e.g. a systemd credential (`/run/credentials/atender-webhooks.service/master-key`).
-    /// Unset: secrets are stored in plaintext, and the daemon says so at start-up.
+    /// Unset: secrets are stored in plaintext, and the daemon says so at start-up. A relative
+    /// path is relative to the config file's directory.
     pub key_file: Option<PathBuf>,
 }
 
@@ -439,8 +440,10 @@ pub struct ApiKey {
 }
 
 impl Config {
-    /// Reads and validates a config file (and the schema files it names, relative paths
-    /// relative to the file's directory).
+    /// Reads and validates a config file (and the schema files it names). The files it names
+    /// — `[events.schemas]` and `[secrets] key_file` — are relative to the file's directory
+    /// when relative, so the daemon finds them whatever its working directory (`/` under
+    /// systemd).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
@@ -448,6 +451,11 @@ impl Config {
         let dir = path.parent().unwrap_or(Path::new(""));
         for schema in raw.events.schemas.values_mut() {
             *schema = dir.join(&*schema);
+        }
+        if let Some(key_file) = &mut raw.secrets.key_file {
+            if !key_file.as_os_str().is_empty() {
+                *key_file = dir.join(&*key_file);
+            }
         }
         Config::from_raw(raw)
     }
@@ -793,7 +801,7 @@ fn validate_storage(
                 ));
             }
             // What the backend will read of it: the driver's settings, `sslmode`, `sslrootcert`.
-            crate::store::check_postgres_url(&url).map_err(|err| invalid("storage.url", err.to_string()))?;
+            crate::store::check_postgres_url(&url).map_err(|err| invalid("storage.url", err))?;
             if !(1..=1024).contains(&raw.pool_size) {
                 return Err(invalid("storage.pool_size", "must be between 1 and 1024"));
             }
@@ -1051,6 +1059,18 @@ mod tests {
             let error = error_of(text);
             assert!(error.contains(expected), "config {text:?} gave {error:?}, expected {expected:?}");
         }
+    }
+
+    #[test]
+    fn a_relative_key_file_is_relative_to_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("config.toml");
+        std::fs::write(&config_path, "[secrets]\nkey_file = \"keys/master.key\"\n").unwrap();
+        let config = Config::load(&config_path).unwrap();
+        assert_eq!(config.secrets_key_file, Some(dir.path().join("keys/master.key")));
+        std::fs::write(&config_path, "[secrets]\nkey_file = \"/run/credentials/x/master-key\"\n").unwrap();
+        let config = Config::load(&config_path).unwrap();
+        assert_eq!(config.secrets_key_file, Some(PathBuf::from("/run/credentials/x/master-key")));
     }
 
     #[test]

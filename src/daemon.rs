@@ -50,7 +50,15 @@ impl Daemon {
                     format!("cannot open PostgreSQL storage at {}", crate::config::redact_password(&pg.url))
                 }
             })?;
-        tracing::info!(data_dir = %config.data_dir.display(), "storage open");
+        match &config.storage {
+            crate::config::StorageBackend::Sled => {
+                tracing::info!(data_dir = %config.data_dir.display(), "storage open")
+            }
+            // PostgreSQL says where it connected when it opens; `data_dir` is not used.
+            crate::config::StorageBackend::Postgres(_) => {
+                tracing::info!(backend = "postgres", "storage open")
+            }
+        }
         // Only the process holding sled's lock can copy the data: it serves `backup` itself.
         // PostgreSQL is backed up with its own tools. Without the socket the daemon still
         // delivers (its job); `backup` then fails, saying no daemon answers, and this line

@@ -30,13 +30,20 @@ pub fn now_micros() -> Micros {
         .unwrap_or(0)
 }
 
+/// Headroom of the rate limit, in µs: N intervals span a second plus this, so the network
+/// (connection set-up, a scheduler's hiccup, the receiver's own clock) may shift arrivals by up
+/// to 10 ms without a receiver that counts exactly N per second ever seeing N + 1 in one. It
+/// costs 1 % of the rate (a limit of 50 sends 49.5/s).
+pub const RATE_HEADROOM_MICROS: Micros = 10_000;
+
 /// The least time between two attempt starts of a subscription limited to `per_second`
-/// attempts per second (`rateLimitPerSecond`), in µs: ⌈1 s / N⌉. Rounded up, so N intervals
-/// are never shorter than a second and no 1-second window holds more than N starts. The
+/// attempts per second (`rateLimitPerSecond`), in µs: ⌈(1 s + [`RATE_HEADROOM_MICROS`]) / N⌉.
+/// Rounded up, so N intervals are never shorter than a second and the headroom, and no
+/// 1-second window holds more than N starts (nor, with up to 10 ms of jitter, N arrivals). The
 /// limiter is GCRA (ITU-T I.371's virtual scheduling algorithm) with no burst tolerance: each
 /// attempt may start once this interval has passed since the previous one started.
 pub fn rate_interval(per_second: u32) -> Micros {
-    1_000_000u64.div_ceil(u64::from(per_second.max(1)))
+    (1_000_000 + RATE_HEADROOM_MICROS).div_ceil(u64::from(per_second.max(1)))
 }
 
 /// When the next attempt of a subscription limited to `per_second` may start, given when the
@@ -520,15 +527,13 @@ mod tests {
     fn rate_interval_never_lets_n_plus_one_starts_into_a_second() {
         for per_second in [1, 3, 7, 50, 333, 9_999, 10_000] {
             let interval = rate_interval(per_second);
-            assert!(interval * u64::from(per_second) >= 1_000_000, "{per_second}/s");
-            assert!(
-                (interval - 1) * u64::from(per_second) < 1_000_000,
-                "{per_second}/s: the least such interval"
-            );
+            let span = 1_000_000 + RATE_HEADROOM_MICROS;
+            assert!(interval * u64::from(per_second) >= span, "{per_second}/s");
+            assert!((interval - 1) * u64::from(per_second) < span, "{per_second}/s: the least such interval");
         }
-        assert_eq!((rate_interval(50), rate_interval(3), rate_interval(10_000)), (20_000, 333_334, 100));
+        assert_eq!((rate_interval(50), rate_interval(3), rate_interval(10_000)), (20_200, 336_667, 101));
         assert_eq!(rate_next_start(None, 5, 1_000), 1_000, "never started: at once");
-        assert_eq!(rate_next_start(Some(1_000), 5, 1_000), 201_000, "one interval after the last");
+        assert_eq!(rate_next_start(Some(1_000), 5, 1_000), 203_000, "one interval after the last");
         assert_eq!(rate_next_start(Some(1_000), 5, 900_000), 900_000, "long ago: at once");
     }
 

@@ -71,8 +71,8 @@ impl fmt::Debug for MasterKey {
 /// Why a key file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    #[error("cannot read the master key file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read the master key file {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     /// The content is none of the accepted forms; `len` is its length in bytes (the content
     /// itself is never printed).
     #[error(
@@ -81,8 +81,8 @@ pub enum KeyFileError {
          (make one with `atender-webhooks master-keygen --out FILE` or `openssl rand -hex 32 > FILE`)"
     )]
     Format { path: PathBuf, len: usize },
-    #[error("cannot write the master key file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    #[error("cannot write the master key file {path}: {error}")]
+    Write { path: PathBuf, error: std::io::Error },
 }
 
 impl MasterKey {
@@ -106,7 +106,7 @@ impl MasterKey {
     /// A 32-byte file is always taken as raw bytes.
     pub fn load(path: &Path) -> Result<MasterKey, KeyFileError> {
         let content = Zeroizing::new(
-            std::fs::read(path).map_err(|source| KeyFileError::Read { path: path.to_owned(), source })?,
+            std::fs::read(path).map_err(|error| KeyFileError::Read { path: path.to_owned(), error })?,
         );
         parse_key_file(&content)
             .map(|bytes| MasterKey::from_bytes(&bytes))
@@ -118,7 +118,7 @@ impl MasterKey {
     pub fn create_file(path: &Path) -> Result<MasterKey, KeyFileError> {
         use std::io::Write as _;
         let (key, text) = MasterKey::generate();
-        let failed = |source| KeyFileError::Write { path: path.to_owned(), source };
+        let failed = |error| KeyFileError::Write { path: path.to_owned(), error };
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);

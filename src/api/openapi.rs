@@ -666,7 +666,7 @@ pub mod fields {
     }
 
     const RATE_LIMIT: &str = "At most this many delivery attempts start per second (first tries, \
-        retries and redeliveries alike), evenly spaced 1 s / N apart, so no 1-second window holds \
+        retries and redeliveries alike), evenly spaced 1.01 s / N apart (1 % headroom for network jitter), so no 1-second window holds \
         more than N; queued deliveries wait, none is dropped. Holds across every daemon sharing a \
         database. null: no limit.";
 

@@ -184,8 +184,11 @@ pub fn open(
 /// Checks a PostgreSQL URL as the backend will read it (the driver's settings and libpq's
 /// `sslmode` and `sslrootcert`, whose file must hold a CA certificate), without connecting: for
 /// config validation. The error names what is wrong and never shows the password.
-pub fn check_postgres_url(url: &str) -> Result<(), StoreError> {
-    postgres::check_url(url)
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    postgres::check_url(url).map_err(|err| match err {
+        StoreError::Io(message) => message,
+        other => other.to_string(),
+    })
 }
 
 /// One record moving between backends (`migrate-storage`).

@@ -188,7 +188,7 @@ pub fn rotate_master_key(
         crate::config::StorageBackend::Postgres(config) => Box::new(PgStore::open(config, options)?),
     };
     let census = store.secret_census()?;
-    let configured = "neither the config's [secrets] key_file nor --new-key-file holds it (no key_file: none is configured)";
+    let configured = "neither the config's [secrets] key_file (the current key) nor --new-key-file holds it";
     refuse_unknown_keys(&census, &options.secrets, configured)?;
     let rewritten = store.reseal_secrets()?;
     Ok(RotationReport { rewritten, subscriptions: census.subscriptions, key_id })

@@ -91,7 +91,7 @@ fn a_backup_under_load_restores_every_event_acknowledged_before_it_began() {
     }
     backup.assert_success();
     assert!(backup.stdout.contains("from the running daemon"), "{backup:#?}");
-    assert!(!Path::new(&format!("{}.tmp", file.display())).exists(), "no temporary file left");
+    assert!(temporary_files(&file).is_empty(), "no temporary file left");
     eprintln!(
         "{} events acknowledged before the backup, {during} while it ran: {}",
         before.len(),
@@ -252,7 +252,7 @@ fn a_backup_refuses_a_held_data_dir_a_missing_one_and_a_postgres_config() {
             && refused.stderr.contains("its log says why"),
         "{refused:#?}"
     );
-    assert!(!file.exists() && !Path::new(&format!("{}.tmp", file.display())).exists(), "no file left behind");
+    assert!(!file.exists() && temporary_files(&file).is_empty(), "no file left behind");
     assert_eq!(std::fs::read(daemon.dir.path().join("data/control.sock")).unwrap(), b"not a socket");
 
     // A destination whose directory does not exist.
@@ -358,4 +358,52 @@ fn a_backup_onto_a_full_disk_fails_leaving_no_file_and_the_daemon_unharmed() {
     assert_eq!(health.status, 200, "{}", health.text);
     drop(full);
     daemon.stop("TERM");
+}
+
+/// The temporary files (`FILE.<pid>.tmp`) of backups to `file` left in its directory.
+fn temporary_files(file: &Path) -> Vec<String> {
+    let name = file.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(file.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|entry| entry.starts_with(&format!("{name}.")) && entry.ends_with(".tmp"))
+        .collect()
+}
+
+/// A backup timer and a manual run to the same file at once: each writes its own temporary
+/// file, both succeed (the daemon serves them one after the other), and the file is a whole,
+/// verified backup.
+#[test]
+fn two_backups_to_one_file_at_once_both_succeed() {
+    let daemon = Served::start(&sled(), &[]);
+    let receiver = Receiver::start();
+    subscribe(&daemon, &receiver.url("/a"));
+    for n in 0..20 {
+        let reply = daemon.call(
+            "POST",
+            "/v1/events",
+            ACME_KEY,
+            Some(json!({ "event": "message.received", "data": { "n": n } })),
+        );
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    let file = daemon.dir.path().join("same.atwb");
+    let config = daemon.config_path.clone();
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (file, config) = (file.clone(), config.clone());
+            std::thread::spawn(move || {
+                run_binary(&["backup", "--to", path_text(&file), "--config", path_text(&config)])
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap().assert_success();
+    }
+    assert!(temporary_files(&file).is_empty(), "no temporary file left");
+    let scratch = tempfile::tempdir().unwrap();
+    let data = scratch.path().join("data");
+    let restore = run_binary(&["restore", "--from", path_text(&file), "--data-dir", path_text(&data)]);
+    restore.assert_success();
+    assert!(restore.stdout.contains("20 events"), "{restore:#?}");
 }

@@ -60,14 +60,14 @@ mod tests {
         let id = SubscriptionId::new(1);
         let other = SubscriptionId::new(1);
         let limits = RateLimits::new(0);
-        // 5/s: one start every 200 ms.
+        // 5/s: one start every 202 ms (200 ms and the headroom).
         assert_eq!(limits.grant(&id, 5, 1_000_000), Ok(1_000_000));
-        assert_eq!(limits.grant(&id, 5, 1_100_000), Err(1_200_000));
+        assert_eq!(limits.grant(&id, 5, 1_100_000), Err(1_202_000));
         assert_eq!(limits.grant(&other, 5, 1_100_000), Ok(1_100_000), "each subscription on its own");
-        assert_eq!(limits.grant(&id, 5, 1_200_000), Ok(1_200_000));
+        assert_eq!(limits.grant(&id, 5, 1_202_000), Ok(1_202_000));
         // A changed limit applies to the very next claim, counted from the last grant.
-        assert_eq!(limits.grant(&id, 1, 1_500_000), Err(2_200_000));
-        assert_eq!(limits.grant(&id, 100, 1_210_000), Ok(1_210_000));
+        assert_eq!(limits.grant(&id, 1, 1_500_000), Err(2_212_000));
+        assert_eq!(limits.grant(&id, 100, 1_212_100), Ok(1_212_100));
         limits.forget(&id);
         assert_eq!(limits.grant(&id, 5, 1_220_000), Ok(1_220_000));
     }
@@ -76,7 +76,7 @@ mod tests {
     fn after_a_restart_the_first_start_waits_one_interval_from_the_opening() {
         let limits = RateLimits::new(5_000_000);
         let id = SubscriptionId::new(1);
-        assert_eq!(limits.grant(&id, 2, 5_100_000), Err(5_500_000));
-        assert_eq!(limits.grant(&id, 2, 5_500_000), Ok(5_500_000));
+        assert_eq!(limits.grant(&id, 2, 5_100_000), Err(5_505_000));
+        assert_eq!(limits.grant(&id, 2, 5_505_000), Ok(5_505_000));
     }
 }
