@@ -117,14 +117,7 @@ fn a_test_send_during_a_rotation_grace_is_signed_with_both_secrets() {
     let receiver = Receiver::start();
     let created = subscribe(&daemon, &receiver.url("/hook"), json!({}));
     let (id, old) = (created["id"].as_str().unwrap(), created["secret"].as_str().unwrap());
-    let reply = daemon.call(
-        "POST",
-        &format!("/v1/webhooks/{id}/rotate-secret"),
-        ACME_KEY,
-        Some(json!({ "graceSeconds": 3600 })),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    let new = reply.json()["secret"].as_str().unwrap().to_owned();
+    let new = daemon.rotate_with_grace(id);
 
     assert_eq!(test_send(&daemon, id).json()["status"], "succeeded");
     let delivery = receiver.received().remove(0);

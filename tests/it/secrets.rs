@@ -105,18 +105,6 @@ fn subscribe(daemon: &TestDaemon, url: String) -> (String, String) {
     (created["id"].as_str().unwrap().to_owned(), created["secret"].as_str().unwrap().to_owned())
 }
 
-/// Rotates with an hour of grace: the old secret becomes the retired one. The new secret.
-fn rotate_with_grace(daemon: &TestDaemon, id: &str) -> String {
-    let reply = daemon.call(
-        "POST",
-        &format!("/v1/webhooks/{id}/rotate-secret"),
-        ACME_KEY,
-        Some(json!({ "graceSeconds": 3600 })),
-    );
-    assert_eq!(reply.status, 200, "{}", reply.text);
-    reply.json()["secret"].as_str().unwrap().to_owned()
-}
-
 /// The guide's recipe, written independently of the daemon's signer.
 fn atender_signature(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
@@ -206,8 +194,8 @@ fn no_secret_is_in_the_data_files_of_a_keyed_daemon_and_deliveries_still_verify(
     let mut daemon = TestDaemon::with(keyed(Some(&key_file)));
     let (rotated, first) = subscribe(&daemon, receiver.url("/rotated"));
     let (_, other) = subscribe(&daemon, receiver.url("/other"));
-    let second = rotate_with_grace(&daemon, &rotated);
-    let third = rotate_with_grace(&daemon, &rotated);
+    let second = daemon.rotate_with_grace(&rotated);
+    let third = daemon.rotate_with_grace(&rotated);
 
     delivery_verifies(&daemon, &receiver, "/rotated", &third, &[&second]);
     delivery_verifies(&daemon, &receiver, "/other", &other, &[]);
@@ -240,7 +228,7 @@ fn plaintext_secrets_are_sealed_at_the_first_start_with_a_key() {
     let receiver = Receiver::start();
     let mut daemon = TestDaemon::with(keyed(None));
     let (id, first) = subscribe(&daemon, receiver.url("/hook"));
-    let second = rotate_with_grace(&daemon, &id);
+    let second = daemon.rotate_with_grace(&id);
     // Without a key the secrets are stored as they are: what the checks below would find.
     match &daemon.pg {
         Some(cluster) => {
@@ -334,7 +322,7 @@ fn rotate_master_key_re_encrypts_everything_then_only_the_new_key_starts() {
     let receiver = Receiver::start();
     let mut daemon = TestDaemon::with(keyed(Some(&old_file)));
     let (id, first) = subscribe(&daemon, receiver.url("/hook"));
-    let second = rotate_with_grace(&daemon, &id);
+    let second = daemon.rotate_with_grace(&id);
     let (_, other) = subscribe(&daemon, receiver.url("/other"));
     let config = files.path("config.toml");
     std::fs::write(&config, config_text(&daemon, Some(&old_file))).unwrap();
@@ -498,7 +486,7 @@ fn migrate_storage_carries_sealed_secrets_from_sled_into_postgres() {
     let receiver = Receiver::start();
     let mut daemon = TestDaemon::with(Setup { storage: Storage::Sled, ..keyed(Some(&key_file)) });
     let (id, first) = subscribe(&daemon, receiver.url("/hook"));
-    let second = rotate_with_grace(&daemon, &id);
+    let second = daemon.rotate_with_grace(&id);
     assert!(daemon.stop());
 
     let cluster = crate::pg::PgCluster::start();

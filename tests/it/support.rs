@@ -388,6 +388,19 @@ impl TestDaemon {
         reply.json()
     }
 
+    /// Rotates `id`'s secret (tenant acme) with an hour of grace, so the old one becomes the
+    /// retired one; the new secret.
+    pub fn rotate_with_grace(&self, id: &str) -> String {
+        let reply = self.call(
+            "POST",
+            &format!("/v1/webhooks/{id}/rotate-secret"),
+            ACME_KEY,
+            Some(serde_json::json!({ "graceSeconds": 3600 })),
+        );
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        reply.json()["secret"].as_str().unwrap().to_owned()
+    }
+
     pub fn subscription(&self, key: &str, id: &str) -> Value {
         let reply = self.call("GET", &format!("/v1/webhooks/{id}"), key, None);
         assert_eq!(reply.status, 200, "{}", reply.text);

@@ -166,16 +166,7 @@ impl Trees {
                 let mut created = Vec::with_capacity(operational.len());
                 for event in &operational {
                     let Some(audience) = audiences.get(&event.tenant_id) else { continue };
-                    let at = event.event.id.created_at();
-                    let (stored, fanned) = event.fan_out(audience, &fresh, at);
-                    if fanned.is_empty() {
-                        continue;
-                    }
-                    events.insert(stored.id.as_bytes(), encode(&stored))?;
-                    for delivery in &fanned {
-                        store_delivery(deliveries, &indexes, None, delivery, at)?;
-                    }
-                    created.push((stored, fanned));
+                    created.extend(store_operational(events, deliveries, &indexes, event, audience, &fresh)?);
                 }
                 let mut updated = Vec::with_capacity(touched.len());
                 for (subscription_id, subscription) in touched {
@@ -600,6 +591,30 @@ impl Trees {
         }
         Ok((page, if more { last_scanned } else { None }))
     }
+}
+
+/// Stores an operational event in the caller's transaction, fanned out to `audience` (the
+/// tenant's subscriptions; `fresh` are those the same transaction changed): the event and its
+/// deliveries with their index keys, as publish stores them. Returns what it stored, for
+/// [`Trees::operational_stored`] after the commit; `None` when no subscription lists the type.
+pub(super) fn store_operational(
+    events: &sled::transaction::TransactionalTree,
+    deliveries: &sled::transaction::TransactionalTree,
+    indexes: &Indexes<'_>,
+    event: &Operational,
+    audience: &[Subscription],
+    fresh: &[&Subscription],
+) -> Result<Option<(Event, Vec<Delivery>)>, sled::transaction::ConflictableTransactionError<StoreError>> {
+    let at = event.event.id.created_at();
+    let (stored, fanned) = event.fan_out(audience, fresh, at);
+    if fanned.is_empty() {
+        return Ok(None);
+    }
+    events.insert(stored.id.as_bytes(), encode(&stored))?;
+    for delivery in &fanned {
+        store_delivery(deliveries, indexes, None, delivery, at)?;
+    }
+    Ok(Some((stored, fanned)))
 }
 
 #[cfg(test)]

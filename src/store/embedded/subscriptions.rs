@@ -9,7 +9,8 @@ use sled::Transactional;
 
 use crate::model::{Subscription, SubscriptionId};
 use crate::store::embedded::codec::{decode, encode};
-use crate::store::embedded::index::{store_delivery, Indexes};
+use crate::store::embedded::deliveries::store_operational;
+use crate::store::embedded::index::Indexes;
 use crate::store::embedded::{abort_on, keys, QueueNotice, SledStore, StoreError, Trees, WriteClass};
 use crate::store::secrets_at_rest::{self, SealedSecrets, SecretCensus};
 use crate::store::Operational;
@@ -209,18 +210,12 @@ impl Trees {
                 let mut after = before.clone();
                 change(&mut after);
                 subscriptions.insert(id.as_bytes(), self.encode_subscription(&after))?;
-                let now = crate::model::now_millis();
                 let mut created = None;
-                if let Some(event) = Operational::activity(before.is_active, &after, now) {
-                    let (stored, fanned) = event.fan_out(&audience, &[&after], now);
-                    if !fanned.is_empty() {
-                        let indexes = Indexes { queue, held, log, finished };
-                        events.insert(stored.id.as_bytes(), encode(&stored))?;
-                        for delivery in &fanned {
-                            store_delivery(deliveries, &indexes, None, delivery, now)?;
-                        }
-                        created = Some((stored, fanned));
-                    }
+                if let Some(event) =
+                    Operational::activity(before.is_active, &after, crate::model::now_millis())
+                {
+                    let indexes = Indexes { queue, held, log, finished };
+                    created = store_operational(events, deliveries, &indexes, &event, &audience, &[&after])?;
                 }
                 Ok(Some((before.is_deliverable(), after, created)))
             })?;

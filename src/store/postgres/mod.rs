@@ -1062,15 +1062,8 @@ async fn publish_in(
 ) -> Result<Result<Vec<Published>, StoreError>, Failure> {
     let PublishRequest { tenant_id, webhooks_enabled, events, now } = request;
     let (webhooks_enabled, now) = (*webhooks_enabled, *now);
-    let subscriptions: Vec<Subscription> = if webhooks_enabled {
-        tx.q(&format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"), &[&tenant_id])
-            .await?
-            .iter()
-            .map(|row| rows::subscription(row, keys))
-            .collect::<Result<_, _>>()?
-    } else {
-        Vec::new()
-    };
+    let subscriptions =
+        if webhooks_enabled { tenant_subscriptions(tx, keys, tenant_id).await? } else { Vec::new() };
     // Live idempotency records of this request's client ids, locked for the transaction.
     let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
     let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
@@ -1161,6 +1154,18 @@ async fn publish_in(
         });
     }
     Ok(Ok(answers))
+}
+
+/// Every subscription of `tenant_id`, not locked (the fan-out of a publish or of an
+/// operational event reads them as they stand).
+async fn tenant_subscriptions(
+    tx: &impl GenericClient,
+    keys: &crate::secrets::SecretKeys,
+    tenant_id: &str,
+) -> Result<Vec<Subscription>, Failure> {
+    let sql = format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1");
+    let found = tx.q(&sql, &[&tenant_id]).await?;
+    Ok(found.iter().map(|row| rows::subscription(row, keys)).collect::<Result<_, _>>()?)
 }
 
 async fn insert_event(tx: &impl GenericClient, event: &Event) -> Result<(), Failure> {
@@ -1580,16 +1585,7 @@ async fn store_operational(
     for event in operational {
         let tenant_id = event.tenant_id.as_str();
         if !audiences.contains_key(tenant_id) {
-            let audience = tx
-                .q(
-                    &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE tenant_id = $1"),
-                    &[&tenant_id],
-                )
-                .await?
-                .iter()
-                .map(|row| rows::subscription(row, &db.0.secrets))
-                .collect::<Result<_, _>>()?;
-            audiences.insert(tenant_id, audience);
+            audiences.insert(tenant_id, tenant_subscriptions(tx, &db.0.secrets, tenant_id).await?);
         }
         let at = event.event.id.created_at();
         let (stored, fanned) = event.fan_out(&audiences[tenant_id], fresh, at);
