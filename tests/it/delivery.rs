@@ -320,7 +320,11 @@ fn many_dead_endpoints_share_half_of_the_workers() {
     // 4 workers: suspects (last attempt failed) get one attempt each and two in all.
     let setup = Setup { workers: 4, timeout: "1s", max_in_flight_per_subscription: 4, ..Setup::default() };
     let daemon = TestDaemon::with(setup);
-    let dead = Receiver::answering(Answer::status(200).after(Duration::from_secs(30)));
+    // Slow and failing, answering just inside the 1 s timeout: the receiver then counts exactly
+    // the requests a worker is waiting on. (One that hangs past the timeout stays "in progress"
+    // at the receiver after the worker gave up, until it notices the closed connection, and
+    // would be counted beside the attempts that followed it.)
+    let dead = Receiver::answering(Answer::status(503).after(Duration::from_millis(900)));
     let healthy = Receiver::start();
     let mut dead_ids = Vec::new();
     for n in 0..6 {
