@@ -122,6 +122,8 @@ pub struct RawDelivery {
     pub timeout: String,
     pub max_retry_delay: String,
     pub max_in_flight_per_subscription: u32,
+    pub adaptive_concurrency: bool,
+    pub initial_in_flight_per_subscription: u32,
     pub allow_http: bool,
     pub allow_private_targets: bool,
     pub hold_retention: String,
@@ -134,7 +136,9 @@ impl Default for RawDelivery {
             workers: 64,
             timeout: "10s".into(),
             max_retry_delay: "6h".into(),
-            max_in_flight_per_subscription: 4,
+            max_in_flight_per_subscription: 32,
+            adaptive_concurrency: true,
+            initial_in_flight_per_subscription: 4,
             allow_http: false,
             allow_private_targets: false,
             hold_retention: "72h".into(),
@@ -416,7 +420,14 @@ pub struct DeliveryConfig {
     pub workers: usize,
     pub timeout: Duration,
     pub max_retry_delay: Duration,
+    /// The hard cap on one subscription's attempts in flight at once, on all nodes together.
     pub max_in_flight_per_subscription: u32,
+    /// Whether a trusted subscription's in-flight limit adapts to its endpoint
+    /// (`crate::delivery::concurrency`) between 1 and the hard cap; when false it is the cap.
+    pub adaptive_concurrency: bool,
+    /// Where an adaptive limit starts (at start-up, and for a subscription first attempted):
+    /// attempts in flight; above the hard cap it means the cap.
+    pub initial_in_flight_per_subscription: u32,
     pub allow_http: bool,
     pub allow_private_targets: bool,
     pub hold_retention: Duration,
@@ -586,6 +597,10 @@ fn validate_delivery(raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
     if !(1..=1000).contains(&raw.max_in_flight_per_subscription) {
         return Err(invalid("delivery.max_in_flight_per_subscription", "must be between 1 and 1000"));
     }
+    // Above the cap it means the cap: a file that lowers the cap alone stays valid.
+    if !(1..=1000).contains(&raw.initial_in_flight_per_subscription) {
+        return Err(invalid("delivery.initial_in_flight_per_subscription", "must be between 1 and 1000"));
+    }
     Ok(DeliveryConfig {
         workers: raw.workers as usize,
         timeout: duration(
@@ -596,6 +611,8 @@ fn validate_delivery(raw: &RawDelivery) -> Result<DeliveryConfig, ConfigError> {
         )?,
         max_retry_delay: duration("delivery.max_retry_delay", &raw.max_retry_delay, SECOND, 7 * DAY)?,
         max_in_flight_per_subscription: raw.max_in_flight_per_subscription,
+        adaptive_concurrency: raw.adaptive_concurrency,
+        initial_in_flight_per_subscription: raw.initial_in_flight_per_subscription,
         allow_http: raw.allow_http,
         allow_private_targets: raw.allow_private_targets,
         hold_retention: duration("delivery.hold_retention", &raw.hold_retention, SECOND, 90 * DAY)?,
@@ -975,6 +992,9 @@ mod tests {
             ("[delivery]\ntimeout = \"1h\"", "delivery.timeout: must be between"),
             ("[delivery]\nworkers = 0", "delivery.workers:"),
             ("[delivery]\nmax_in_flight_per_subscription = 0", "delivery.max_in_flight_per_subscription:"),
+            ("[delivery]\ninitial_in_flight_per_subscription = 0", "delivery.initial_in_flight_per_subscription:"),
+            ("[delivery]\ninitial_in_flight_per_subscription = 1001", "delivery.initial_in_flight_per_subscription:"),
+            ("[delivery]\nadaptive_concurrency = \"yes\"", "adaptive_concurrency"),
             ("[delivery]\nhold_retention = \"0s\"", "delivery.hold_retention:"),
             ("[events]\ntypes = []", "events.types:"),
             ("[events]\ntypes = [\"Message Received\"]", "events.types:"),

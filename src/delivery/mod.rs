@@ -3,6 +3,7 @@
 //! and the janitor (hold expiry, retention purge). Pure parts: `backoff`, `signer`, `wheel`.
 
 pub mod backoff;
+pub mod concurrency;
 pub mod http;
 mod janitor;
 mod recorder;
@@ -38,15 +39,20 @@ pub struct Job {
     /// Dispatched from a lane the scheduler knows to be rate limited: the worker reports the
     /// claim's answer at once ([`Progress::Claimed`]) even when the limit is gone.
     pub limited: bool,
+    /// When the scheduler handed it to the workers (Unix µs): an attempt dispatched before the
+    /// subscription's adaptive limit was last cut does not cut it again
+    /// ([`concurrency::AdaptiveLimit`]).
+    pub dispatched_at: Micros,
 }
 
 /// What the workers and the recorder tell the scheduler about a job.
 #[derive(Debug, Clone)]
 pub enum Progress {
     /// The attempt's HTTP exchange is over: the subscription's concurrency slot (and a suspect
-    /// budget slot) is free, and `endpoint_ok` says whether it answered 2xx. The key stays in
-    /// flight until [`Progress::Recorded`].
-    Attempted { job: Job, endpoint_ok: bool },
+    /// budget slot) is free, `endpoint_ok` says whether it answered 2xx and `latency` how long
+    /// the exchange took (what the adaptive limit learns from). The key stays in flight until
+    /// [`Progress::Recorded`].
+    Attempted { job: Job, endpoint_ok: bool, latency: Duration },
     /// The outcome is stored (or storing it failed and the key is still queued): the key is no
     /// longer in flight.
     Recorded { job: Job },

@@ -96,6 +96,7 @@ mod tests {
                 delivery_id: delivery_id.clone(),
                 suspect: true,
                 limited: false,
+                dispatched_at: 0,
             };
             let record = AttemptRecord {
                 subscription_id: subscription.id.clone(),

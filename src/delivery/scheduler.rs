@@ -7,7 +7,12 @@
 //! lane: the due time of its earliest delivery.
 //!
 //! Isolation has two levels. A lane never has more than `max_in_flight_per_subscription`
-//! attempts out, so one slow endpoint occupies at most that many workers. And a *suspect*
+//! attempts out, so one slow endpoint occupies at most that many workers; within that hard cap a
+//! trusted lane's limit adapts to its endpoint (`adaptive_concurrency`, see
+//! [`crate::delivery::concurrency`]): it starts at `initial_in_flight_per_subscription`, grows
+//! while the endpoint answers 2xx quickly and is cut at once on failures or rising latency. The
+//! limits outlive lanes (as trust does), so a subscription keeps what it learned between bursts;
+//! they start afresh at start-up. And a *suspect*
 //! subscription — one whose last attempt failed (timeout, refused, error status), or that has
 //! not answered 2xx since start-up — gets one attempt at a time, and all suspects together at
 //! most half of the workers, so even many dead endpoints leave the other half to the healthy
@@ -29,6 +34,7 @@ use std::time::Duration;
 use crossbeam_channel::{select, Receiver, Sender};
 
 use crate::config::SharedConfig;
+use crate::delivery::concurrency::AdaptiveLimit;
 use crate::delivery::wheel::TimingWheel;
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
@@ -90,6 +96,9 @@ pub struct Scheduler {
     /// Subscriptions whose last attempt answered 2xx; every other one is suspect. Kept apart
     /// from lanes, which come and go.
     trusted: HashSet<SubscriptionId>,
+    /// Each attempted subscription's adaptive in-flight limit (`adaptive_concurrency`), kept
+    /// apart from lanes like `trusted`.
+    limits: HashMap<SubscriptionId, AdaptiveLimit>,
     /// Jobs of suspect lanes out now, and the most there may be.
     suspect_in_flight: usize,
     suspect_budget: usize,
@@ -121,6 +130,7 @@ impl Scheduler {
             wheel: TimingWheel::new(now_millis()),
             jobs,
             trusted: HashSet::new(),
+            limits: HashMap::new(),
             suspect_in_flight: 0,
             suspect_budget: (workers / 2).max(1),
             budget_queue: VecDeque::new(),
@@ -259,10 +269,22 @@ impl Scheduler {
             }
         }
         let (job, slot_free, key_free) = match progress {
-            Progress::Attempted { job, endpoint_ok } => {
+            Progress::Attempted { job, endpoint_ok, latency } => {
+                let delivery = &self.config.current().delivery;
+                let cap = delivery.max_in_flight_per_subscription as usize;
+                let initial = delivery.initial_in_flight_per_subscription as usize;
+                let now = now_micros();
+                let limit = self
+                    .limits
+                    .entry(job.subscription_id.clone())
+                    .or_insert_with(|| AdaptiveLimit::new(initial.min(cap), now));
                 if endpoint_ok {
+                    // Attempts of the lane out when this one ended, itself included.
+                    let in_flight = self.lanes.get(&job.subscription_id).map_or(1, |lane| lane.attempting);
+                    limit.on_success(latency, job.dispatched_at, in_flight, cap, now);
                     self.trusted.insert(job.subscription_id.clone());
                 } else {
+                    limit.on_failure(job.dispatched_at, now);
                     self.trusted.remove(&job.subscription_id);
                 }
                 (job, !self.slots_until_recorded, false)
@@ -330,12 +352,26 @@ impl Scheduler {
         }
     }
 
+    /// How many attempts a trusted subscription may have out now: its adaptive limit (starting
+    /// at `initial_in_flight_per_subscription`), or the hard cap when `adaptive_concurrency` is
+    /// off. Always within `1..=max_in_flight_per_subscription`, also after a reload lowered it.
+    fn in_flight_limit(&self, id: &SubscriptionId) -> usize {
+        let delivery = &self.config.current().delivery;
+        let cap = delivery.max_in_flight_per_subscription as usize;
+        if !delivery.adaptive_concurrency {
+            return cap;
+        }
+        match self.limits.get(id) {
+            Some(limit) => limit.current(cap),
+            None => (delivery.initial_in_flight_per_subscription as usize).clamp(1, cap),
+        }
+    }
+
     /// Hands due deliveries of one lane to the workers up to its in-flight cap, and arranges the
     /// next wake-up. Removes the lane when it has nothing left.
     fn dispatch(&mut self, id: &SubscriptionId) {
         let suspect = !self.trusted.contains(id);
-        let cap =
-            if suspect { 1 } else { self.config.current().delivery.max_in_flight_per_subscription as usize };
+        let cap = if suspect { 1 } else { self.in_flight_limit(id) };
         let now_us = now_micros();
         let now = now_us / 1000;
         let Some(lane) = self.lanes.get_mut(id) else { return };
@@ -382,7 +418,14 @@ impl Scheduler {
                 rate.probing = Some(key.clone());
             }
             let limited = lane.rate.is_some();
-            let job = Job { subscription_id: id.clone(), due: key.0, delivery_id: key.1, suspect, limited };
+            let job = Job {
+                subscription_id: id.clone(),
+                due: key.0,
+                delivery_id: key.1,
+                suspect,
+                limited,
+                dispatched_at: now_us,
+            };
             if self.jobs.send(job).is_err() {
                 return;
             }
@@ -492,6 +535,9 @@ mod tests {
         id
     }
 
+    /// How long a fast endpoint takes to answer.
+    const QUICK: Duration = Duration::from_millis(1);
+
     fn sent(fixture: &Fixture) -> Vec<Job> {
         fixture.jobs.try_iter().collect()
     }
@@ -503,16 +549,78 @@ mod tests {
         fixture.scheduler.trusted.insert(id.clone());
         fixture.scheduler.dispatch(&id);
         let first = sent(&fixture);
-        assert_eq!(first.len(), 4, "the cap of max_in_flight_per_subscription");
+        assert_eq!(first.len(), 4, "initial_in_flight_per_subscription");
         assert!(first.iter().all(|job| !job.suspect));
         // The HTTP exchange ended: one slot is free, one more job goes out; the key stays in flight.
-        fixture.scheduler.on_progress(Progress::Attempted { job: first[0].clone(), endpoint_ok: true });
+        fixture.scheduler.on_progress(Progress::Attempted {
+            job: first[0].clone(),
+            endpoint_ok: true,
+            latency: QUICK,
+        });
         let second = sent(&fixture);
         assert_eq!(second.len(), 1);
         assert_ne!(second[0].delivery_id, first[0].delivery_id);
         let lane = &fixture.scheduler.lanes[&id];
         assert!(lane.in_flight.contains(&(first[0].due, first[0].delivery_id.clone())));
         assert_eq!(lane.attempting, 4);
+    }
+
+    /// Answers the jobs `out` (and those sent meanwhile) with `endpoint_ok`, oldest first, until
+    /// `rounds` answers were given, recording each; returns the most jobs out at once.
+    fn answer(
+        fixture: &mut Fixture,
+        id: &SubscriptionId,
+        out: &mut VecDeque<Job>,
+        endpoint_ok: bool,
+        rounds: usize,
+    ) -> usize {
+        out.extend(sent(fixture));
+        let mut most = out.len();
+        for _ in 0..rounds {
+            let Some(job) = out.pop_front() else { break };
+            fixture.scheduler.on_progress(Progress::Attempted {
+                job: job.clone(),
+                endpoint_ok,
+                latency: QUICK,
+            });
+            fixture.scheduler.on_progress(Progress::Recorded { job });
+            out.extend(sent(fixture));
+            most = most.max(fixture.scheduler.lanes.get(id).map_or(0, |lane| lane.attempting));
+        }
+        most
+    }
+
+    #[test]
+    fn a_quick_endpoint_earns_more_attempts_at_once_up_to_the_cap_and_a_failure_halves_them() {
+        let mut fixture = fixture(64);
+        let id = backlog(&mut fixture, 1_200);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        assert_eq!(fixture.jobs.len(), 4, "it starts at initial_in_flight_per_subscription");
+        let mut out = VecDeque::new();
+        let most = answer(&mut fixture, &id, &mut out, true, 600);
+        assert_eq!(most, 32, "quick 2xx answers earn the hard cap, max_in_flight_per_subscription");
+        // The endpoint fails: it is suspect (one at a time) and its limit halved; after its next
+        // 2xx it is trusted again at half its limit.
+        answer(&mut fixture, &id, &mut out, false, 1);
+        assert!(!fixture.scheduler.trusted.contains(&id));
+        assert_eq!(fixture.scheduler.in_flight_limit(&id), 16);
+        let lane = &fixture.scheduler.lanes[&id];
+        assert!(lane.attempting <= 32);
+    }
+
+    #[test]
+    fn without_adaptive_concurrency_a_trusted_lane_uses_the_whole_cap() {
+        let mut fixture = fixture(64);
+        let text = DEVELOPMENT_DEFAULT.replace(
+            "[delivery]",
+            "[delivery]\nadaptive_concurrency = false\nmax_in_flight_per_subscription = 7",
+        );
+        fixture.scheduler.config = Arc::new(SharedConfig::new(Config::parse(&text).unwrap()));
+        let id = backlog(&mut fixture, 20);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        assert_eq!(sent(&fixture).len(), 7);
     }
 
     #[test]
@@ -528,7 +636,11 @@ mod tests {
         assert_ne!(out[0].subscription_id, out[1].subscription_id, "one at a time per suspect");
         assert_eq!(fixture.scheduler.budget_queue.len(), 1);
         // A failed attempt frees its budget slot: the lane that waited longest gets it.
-        fixture.scheduler.on_progress(Progress::Attempted { job: out[0].clone(), endpoint_ok: false });
+        fixture.scheduler.on_progress(Progress::Attempted {
+            job: out[0].clone(),
+            endpoint_ok: false,
+            latency: QUICK,
+        });
         let next = sent(&fixture);
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].subscription_id, lanes[2]);
@@ -545,7 +657,11 @@ mod tests {
         let again = sent(&fixture);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].delivery_id, job.delivery_id);
-        fixture.scheduler.on_progress(Progress::Attempted { job: again[0].clone(), endpoint_ok: true });
+        fixture.scheduler.on_progress(Progress::Attempted {
+            job: again[0].clone(),
+            endpoint_ok: true,
+            latency: QUICK,
+        });
         fixture.scheduler.on_progress(Progress::Recorded { job: again[0].clone() });
         assert!(sent(&fixture).is_empty());
     }

@@ -40,9 +40,9 @@ pub fn run(
         }
         beat.busy();
         let sent = match attempt(&context, &job, &progress) {
-            Ok(Made::Attempt(record, endpoint_ok)) => {
+            Ok(Made::Attempt { record, endpoint_ok, latency }) => {
                 // The slot is free now; the key stays in flight until the recorder stored it.
-                let _ = progress.send(Progress::Attempted { job: job.clone(), endpoint_ok });
+                let _ = progress.send(Progress::Attempted { job: job.clone(), endpoint_ok, latency });
                 outcomes.send(Attempted { job, record }).is_ok()
             }
             Ok(Made::Nothing) => progress.send(Progress::Skipped { job }).is_ok(),
@@ -68,8 +68,9 @@ pub fn run(
 
 /// What one job came to.
 enum Made {
-    /// An attempt: what to record, and whether the endpoint answered 2xx.
-    Attempt(AttemptRecord, bool),
+    /// An attempt: what to record, whether the endpoint answered 2xx, and how long the HTTP
+    /// exchange took.
+    Attempt { record: AttemptRecord, endpoint_ok: bool, latency: Duration },
     /// No attempt: the delivery is stale, gone, or now held.
     Nothing,
     /// No attempt yet: the claim was refused for now.
@@ -163,7 +164,7 @@ fn attempt(
         attempt,
         decision,
     };
-    Ok(Made::Attempt(record, succeeded))
+    Ok(Made::Attempt { record, endpoint_ok: succeeded, latency: outcome.duration })
 }
 
 /// The retry policy: success, retry, or give up and disable the subscription (retries

@@ -316,6 +316,68 @@ fn a_hanging_endpoint_never_delays_a_healthy_one() {
 }
 
 #[test]
+fn a_quick_endpoint_earns_more_attempts_at_once_but_never_more_than_the_cap() {
+    let setup = Setup {
+        workers: 32,
+        max_in_flight_per_subscription: 12,
+        initial_in_flight_per_subscription: 2,
+        ..Setup::default()
+    };
+    let daemon = TestDaemon::with(setup);
+    let receiver = Receiver::answering(Answer::status(200).after(Duration::from_millis(20)));
+    subscribe(&daemon, &receiver, json!({}));
+    daemon.publish(ACME_KEY, "message.received", json!({ "warm": "up" }));
+    receiver.wait_for(1, LONG);
+    for batch in 0..6 {
+        let events: Vec<Value> = (0..100)
+            .map(|n| json!({ "event": "message.received", "data": { "batch": batch, "n": n } }))
+            .collect();
+        let reply = daemon.call("POST", "/v1/events/batch", ACME_KEY, Some(json!({ "events": events })));
+        assert_eq!(reply.status, 202, "{}", reply.text);
+    }
+    receiver.wait_for(601, LONG);
+    // Started at 2 at once; every 2xx came quickly, so the limit grew (on all nodes together,
+    // never past the hard cap).
+    let most = receiver.max_concurrent();
+    assert!(most > 2 && most <= 12, "{most} requests at once: want more than 2, at most 12");
+}
+
+#[test]
+fn an_endpoint_that_earned_the_cap_and_then_hangs_holds_no_more_than_the_cap() {
+    let setup = Setup {
+        workers: 8,
+        timeout: "3s",
+        max_in_flight_per_subscription: 4,
+        initial_in_flight_per_subscription: 1,
+        ..Setup::default()
+    };
+    let daemon = TestDaemon::with(setup);
+    let turning = Receiver::start();
+    let healthy = Receiver::start();
+    subscribe(&daemon, &turning, json!({ "retryDelaySeconds": 1 }));
+    for n in 0..100 {
+        daemon.publish(ACME_KEY, "message.received", json!({ "n": n }));
+    }
+    turning.wait_for(100, LONG);
+    // Trusted, with a limit earned: now it hangs past the timeout.
+    turning.set_default(Answer::status(200).after(Duration::from_secs(30)));
+    turning.reset_max_concurrent();
+    subscribe(&daemon, &healthy, json!({}));
+    for n in 0..20 {
+        daemon.publish(ACME_KEY, "message.received", json!({ "after": n }));
+    }
+    // Were the hanging endpoint's limit unbounded, 20 hanging attempts would hold all 8
+    // workers for 3 s each and the healthy one would wait its turn behind them.
+    healthy.wait_for(20, LONG);
+    let nodes = daemon.nodes();
+    assert!(
+        turning.max_concurrent() <= 4,
+        "{} hanging requests at once on {nodes} node(s): the cap is 4",
+        turning.max_concurrent()
+    );
+}
+
+#[test]
 fn many_dead_endpoints_share_half_of_the_workers() {
     // 4 workers: suspects (last attempt failed) get one attempt each and two in all.
     let setup = Setup { workers: 4, timeout: "1s", max_in_flight_per_subscription: 4, ..Setup::default() };

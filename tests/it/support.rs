@@ -33,6 +33,8 @@ pub struct Setup {
     pub timeout: &'static str,
     pub max_retry_delay: &'static str,
     pub max_in_flight_per_subscription: u32,
+    /// Where each subscription's adaptive in-flight limit starts.
+    pub initial_in_flight_per_subscription: u32,
     pub allow_private_targets: bool,
     pub tiny_max_webhooks: u32,
     pub hold_retention: &'static str,
@@ -78,6 +80,7 @@ impl Default for Setup {
             timeout: "2s",
             max_retry_delay: "6h",
             max_in_flight_per_subscription: 4,
+            initial_in_flight_per_subscription: 4,
             allow_private_targets: true,
             tiny_max_webhooks: 3,
             hold_retention: "72h",
@@ -102,6 +105,7 @@ workers = {workers}
 timeout = "{timeout}"
 max_retry_delay = "{max_retry_delay}"
 max_in_flight_per_subscription = {max_in_flight}
+initial_in_flight_per_subscription = {initial_in_flight}
 allow_http = true
 allow_private_targets = {allow_private}
 hold_retention = "{hold_retention}"
@@ -155,6 +159,7 @@ scopes = {all}
             timeout = self.timeout,
             max_retry_delay = self.max_retry_delay,
             max_in_flight = self.max_in_flight_per_subscription,
+            initial_in_flight = self.initial_in_flight_per_subscription,
             allow_private = self.allow_private_targets,
             hold_retention = self.hold_retention,
             min_free_bytes = self.min_free_bytes,
