@@ -77,8 +77,20 @@ struct Row {
     baseline: f64,
     unit: &'static str,
     baseline_name: &'static str,
-    /// For latency-like figures lower is better, so the ratio is inverted in the target check.
-    target: Option<(f64, bool)>,
+    target: Option<Target>,
+}
+
+/// What a row must reach to meet its target.
+#[derive(Clone, Copy)]
+enum Target {
+    /// ours / baseline at least this.
+    RatioAtLeast(f64),
+    /// ours / baseline at most this (latency-like figures: lower is better).
+    RatioAtMost(f64),
+    /// ours at most this, in the row's unit.
+    AtMost(f64),
+    /// ours within ±10 % of this, in the row's unit.
+    Within10Percent(f64),
 }
 
 fn main() {
@@ -110,7 +122,7 @@ fn main() {
                 baseline: base,
                 unit: "events/s",
                 baseline_name: "warp 202, no storage",
-                target: (publishers == 64 && paused).then_some((0.5, false)),
+                target: (publishers == 64 && paused).then_some(Target::RatioAtLeast(0.5)),
             });
         }
         for publishers in [1, 16] {
@@ -160,7 +172,7 @@ fn main() {
             baseline: base,
             unit: "deliveries/s",
             baseline_name: "raw ureq pool, same concurrency",
-            target: Some((0.6, false)),
+            target: Some(Target::RatioAtLeast(0.6)),
         });
         bench.stop(&runtime);
     }
@@ -179,7 +191,7 @@ fn main() {
                 baseline: raw[index],
                 unit: "ms",
                 baseline_name: "raw POST round trip",
-                target: (name == "p99").then_some((20.0, true)),
+                target: (name == "p99").then_some(Target::AtMost(20.0)),
             });
         }
         bench.stop(&runtime);
@@ -195,7 +207,7 @@ fn main() {
             baseline: quiet,
             unit: "ms",
             baseline_name: "same, no hanging endpoints",
-            target: Some((2.0, true)),
+            target: Some(Target::RatioAtMost(2.0)),
         });
     }
 
@@ -321,21 +333,15 @@ fn print_table(rows: &[Row], full: bool) {
     println!("| --- | ---: | ---: | ---: | --- | --- | --- |");
     for row in rows {
         let ratio = if row.baseline > 0.0 { row.ours / row.baseline } else { f64::NAN };
+        let verdict = |met: bool| if met { "met" } else { "NOT met" };
         let target = match row.target {
             None => String::new(),
-            Some((expected, _)) if row.figure.starts_with("rate limit") => {
-                let met = (row.ours - expected).abs() <= expected / 10.0;
-                format!("{expected} ± 10 %: {}", if met { "met" } else { "NOT met" })
+            Some(Target::Within10Percent(expected)) => {
+                format!("{expected} ± 10 %: {}", verdict((row.ours - expected).abs() <= expected / 10.0))
             }
-            Some((limit, true)) if row.unit == "ms" && row.figure.contains("arrival") => {
-                format!("≤ {limit} ms: {}", if row.ours <= limit { "met" } else { "NOT met" })
-            }
-            Some((limit, true)) => {
-                format!("ratio ≤ {limit}: {}", if ratio <= limit { "met" } else { "NOT met" })
-            }
-            Some((limit, false)) => {
-                format!("ratio ≥ {limit}: {}", if ratio >= limit { "met" } else { "NOT met" })
-            }
+            Some(Target::AtMost(limit)) => format!("≤ {limit} {}: {}", row.unit, verdict(row.ours <= limit)),
+            Some(Target::RatioAtMost(limit)) => format!("ratio ≤ {limit}: {}", verdict(ratio <= limit)),
+            Some(Target::RatioAtLeast(limit)) => format!("ratio ≥ {limit}: {}", verdict(ratio >= limit)),
         };
         println!(
             "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
@@ -790,7 +796,7 @@ fn rate_limited(runtime: &tokio::runtime::Runtime, receiver: &FastReceiver, back
         baseline: unlimited_rate,
         unit: "deliveries/s",
         baseline_name: "same backlog, no limit",
-        target: Some((f64::from(RATE_LIMIT), false)),
+        target: Some(Target::Within10Percent(f64::from(RATE_LIMIT))),
     }
 }
 
