@@ -42,6 +42,8 @@ struct Sizes {
     backlog: usize,
     /// Events queued at once for the rate-limited subscription.
     rate_backlog: usize,
+    /// The real binary's section.
+    binary: binary::Sizes,
 }
 
 impl Sizes {
@@ -54,6 +56,7 @@ impl Sizes {
             hanging_subscriptions: 50,
             backlog: std::env::var("BENCH_BACKLOG").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000),
             rate_backlog: 300,
+            binary: binary::Sizes::full(),
         }
     }
 
@@ -66,6 +69,7 @@ impl Sizes {
             hanging_subscriptions: 3,
             backlog: 2_000,
             rate_backlog: 15,
+            binary: binary::Sizes::smoke(),
         }
     }
 }
@@ -77,8 +81,22 @@ struct Row {
     baseline: f64,
     unit: &'static str,
     baseline_name: &'static str,
-    /// For latency-like figures lower is better, so the ratio is inverted in the target check.
-    target: Option<(f64, bool)>,
+    target: Option<Target>,
+}
+
+/// What a row must reach to meet its target.
+#[derive(Clone, Copy)]
+enum Target {
+    /// ours / baseline at least this.
+    RatioAtLeast(f64),
+    /// ours / baseline at most this (latency-like figures: lower is better).
+    RatioAtMost(f64),
+    /// ours at least this, in the row's unit.
+    AtLeast(f64),
+    /// ours at most this, in the row's unit.
+    AtMost(f64),
+    /// ours within ±10 % of this, in the row's unit.
+    Within10Percent(f64),
 }
 
 fn main() {
@@ -89,7 +107,8 @@ fn main() {
     let mut rows = Vec::new();
     // `BENCH_ONLY=publish,e2e` runs only those sections (for profiling one of them).
     let only = std::env::var("BENCH_ONLY").ok();
-    let wanted = |section: &str| only.as_deref().is_none_or(|only| only.split(',').any(|s| s == section));
+    let named = |section: &str| only.as_deref().is_some_and(|only| only.split(',').any(|s| s == section));
+    let wanted = |section: &str| only.is_none() || named(section);
 
     // 1. Durable publish rate against a warp handler that stores nothing.
     let baseline = runtime.block_on(no_storage_server());
@@ -110,7 +129,7 @@ fn main() {
                 baseline: base,
                 unit: "events/s",
                 baseline_name: "warp 202, no storage",
-                target: (publishers == 64 && paused).then_some((0.5, false)),
+                target: (publishers == 64 && paused).then_some(Target::RatioAtLeast(0.5)),
             });
         }
         for publishers in [1, 16] {
@@ -160,7 +179,7 @@ fn main() {
             baseline: base,
             unit: "deliveries/s",
             baseline_name: "raw ureq pool, same concurrency",
-            target: Some((0.6, false)),
+            target: Some(Target::RatioAtLeast(0.6)),
         });
         bench.stop(&runtime);
     }
@@ -179,7 +198,7 @@ fn main() {
                 baseline: raw[index],
                 unit: "ms",
                 baseline_name: "raw POST round trip",
-                target: (name == "p99").then_some((20.0, true)),
+                target: (name == "p99").then_some(Target::AtMost(20.0)),
             });
         }
         bench.stop(&runtime);
@@ -195,7 +214,7 @@ fn main() {
             baseline: quiet,
             unit: "ms",
             baseline_name: "same, no hanging endpoints",
-            target: Some((2.0, true)),
+            target: Some(Target::RatioAtMost(2.0)),
         });
     }
 
@@ -212,6 +231,12 @@ fn main() {
     // 6. Backlog and 7. raw flush latency.
     if wanted("backlog") {
         rows.extend(backlog(sizes.backlog));
+    }
+    // 8. The real binary with the default config. Several minutes at full size (200,000 events
+    // through the binary among them), so `cargo bench` runs it only when named; the smoke pass
+    // always runs its tiny version.
+    if named("binary") || (!full && wanted("binary")) {
+        rows.extend(binary::rows(&receiver, &sizes.binary));
     }
     rows.push(Row {
         figure: "raw flush (write + fdatasync) latency of the data dir".into(),
@@ -321,21 +346,16 @@ fn print_table(rows: &[Row], full: bool) {
     println!("| --- | ---: | ---: | ---: | --- | --- | --- |");
     for row in rows {
         let ratio = if row.baseline > 0.0 { row.ours / row.baseline } else { f64::NAN };
+        let verdict = |met: bool| if met { "met" } else { "NOT met" };
         let target = match row.target {
             None => String::new(),
-            Some((expected, _)) if row.figure.starts_with("rate limit") => {
-                let met = (row.ours - expected).abs() <= expected / 10.0;
-                format!("{expected} ± 10 %: {}", if met { "met" } else { "NOT met" })
+            Some(Target::Within10Percent(expected)) => {
+                format!("{expected} ± 10 %: {}", verdict((row.ours - expected).abs() <= expected / 10.0))
             }
-            Some((limit, true)) if row.unit == "ms" && row.figure.contains("arrival") => {
-                format!("≤ {limit} ms: {}", if row.ours <= limit { "met" } else { "NOT met" })
-            }
-            Some((limit, true)) => {
-                format!("ratio ≤ {limit}: {}", if ratio <= limit { "met" } else { "NOT met" })
-            }
-            Some((limit, false)) => {
-                format!("ratio ≥ {limit}: {}", if ratio >= limit { "met" } else { "NOT met" })
-            }
+            Some(Target::AtLeast(limit)) => format!("≥ {limit} {}: {}", row.unit, verdict(row.ours >= limit)),
+            Some(Target::AtMost(limit)) => format!("≤ {limit} {}: {}", row.unit, verdict(row.ours <= limit)),
+            Some(Target::RatioAtMost(limit)) => format!("ratio ≤ {limit}: {}", verdict(ratio <= limit)),
+            Some(Target::RatioAtLeast(limit)) => format!("ratio ≥ {limit}: {}", verdict(ratio >= limit)),
         };
         println!(
             "| {} | {:.1} | {:.1} | {:.2} | {} | {} | {} |",
@@ -452,7 +472,10 @@ fn post(agent: &ureq::Agent, addr: SocketAddr, path: &str, body: &str) -> Option
 #[derive(Default)]
 struct Arrivals {
     per_path: HashMap<String, u64>,
-    latencies_us: Vec<u64>,
+    /// The latest arrival per path, µs since the receiver's epoch.
+    last_us: HashMap<String, u64>,
+    /// Per timed event (a `"sentUs"` field in its data): (arrival, arrival − sentUs), both µs.
+    timed_us: Vec<(u64, u64)>,
 }
 
 /// A fast in-process receiver answering 200 at once (and hanging on `/hang…` paths).
@@ -478,11 +501,12 @@ impl FastReceiver {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                     }
                     let sent_us = timed_field(&body);
+                    let now_us = epoch.elapsed().as_micros() as u64;
                     let mut arrivals = shared.lock().unwrap();
                     *arrivals.per_path.entry(path.as_str().to_owned()).or_default() += 1;
+                    arrivals.last_us.insert(path.as_str().to_owned(), now_us);
                     if let Some(sent_us) = sent_us {
-                        let now_us = epoch.elapsed().as_micros() as u64;
-                        arrivals.latencies_us.push(now_us.saturating_sub(sent_us));
+                        arrivals.timed_us.push((now_us, now_us.saturating_sub(sent_us)));
                     }
                     warp::http::StatusCode::OK
                 }
@@ -498,8 +522,19 @@ impl FastReceiver {
         self.arrivals.lock().unwrap().per_path.get(path).copied().unwrap_or(0)
     }
 
+    /// The latencies (µs) of the timed events that arrived since the last take.
     fn take_latencies(&self) -> Vec<u64> {
-        std::mem::take(&mut self.arrivals.lock().unwrap().latencies_us)
+        self.take_timed().into_iter().map(|(_, latency)| latency).collect()
+    }
+
+    /// (arrival µs since the epoch, latency µs) of the timed events since the last take.
+    fn take_timed(&self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.arrivals.lock().unwrap().timed_us)
+    }
+
+    /// When the latest request to `path` arrived, µs since the epoch.
+    fn last_arrival_us(&self, path: &str) -> Option<u64> {
+        self.arrivals.lock().unwrap().last_us.get(path).copied()
     }
 
     fn micros(&self) -> u64 {
@@ -790,7 +825,7 @@ fn rate_limited(runtime: &tokio::runtime::Runtime, receiver: &FastReceiver, back
         baseline: unlimited_rate,
         unit: "deliveries/s",
         baseline_name: "same backlog, no limit",
-        target: Some((f64::from(RATE_LIMIT), false)),
+        target: Some(Target::Within10Percent(f64::from(RATE_LIMIT))),
     }
 }
 
@@ -971,4 +1006,820 @@ fn raw_fsync_ms() -> f64 {
         file.sync_data().unwrap();
     }
     started.elapsed().as_secs_f64() * 1000.0 / rounds as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real binary with the default config (issue 12).
+// ---------------------------------------------------------------------------------------------
+
+/// `BENCH_ONLY=binary`: the daemon as users run it. The binary cargo built for this target (the
+/// release build under `cargo bench`, the debug build under `cargo test`) runs as a child with the
+/// default config — only a loopback listener, a temporary data dir, one tenant and key, and plain
+/// HTTP to private addresses allowed — and [`CLIENTS`] hyper clients publish single 300-byte
+/// events to it over HTTP. Every section starts a fresh child on a fresh data dir and stops it
+/// with SIGTERM; every rate has a same-run baseline: the same load generator posting the same
+/// body straight to the receiver.
+mod binary {
+    use std::collections::VecDeque;
+    use std::io::BufRead;
+    use std::net::SocketAddr;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    use serde_json::json;
+
+    use super::{agent, percentiles, post, FastReceiver, Row, Target, KEY};
+    use atender_webhooks::config::key_digest;
+
+    /// Concurrent HTTP clients of the load generator.
+    const CLIENTS: usize = 64;
+    /// Size of every published (and every raw) request body, bytes.
+    const BODY_BYTES: usize = 300;
+    /// Subscriptions receiving every event in the fan-out section.
+    const FAN_OUT: usize = 10;
+    /// A million bytes: disk and memory figures are in MB, as their targets are.
+    const MB: f64 = 1e6;
+    /// Publish→arrival latencies above this (ms) are listed with the second they happened at.
+    const SLOW_MS: f64 = 10.0;
+
+    /// Sizes of the binary mode.
+    pub(super) struct Sizes {
+        /// Events of the end-to-end figure.
+        e2e_events: usize,
+        /// Open-loop publish rates of the latency figures, events/s.
+        latency_rates: [f64; 2],
+        /// How long each latency run sends.
+        latency_window: Duration,
+        /// How long the publishers of the fan-out section run.
+        fan_out_window: Duration,
+        /// Events of the disk and memory figures (`BENCH_BINARY_EVENTS`).
+        volume_events: usize,
+        /// Measure the data dir and memory after every this many of them
+        /// (`BENCH_BINARY_SAMPLE_EVERY`); None: only at the end.
+        sample_every: Option<usize>,
+    }
+
+    impl Sizes {
+        pub(super) fn full() -> Sizes {
+            let number = |name: &str| std::env::var(name).ok().and_then(|value| value.parse().ok());
+            Sizes {
+                e2e_events: 20_000,
+                latency_rates: [200.0, 2_000.0],
+                latency_window: Duration::from_secs(10),
+                fan_out_window: Duration::from_secs(5),
+                volume_events: number("BENCH_BINARY_EVENTS").unwrap_or(200_000),
+                sample_every: number("BENCH_BINARY_SAMPLE_EVERY").filter(|&every| every > 0),
+            }
+        }
+
+        /// Tiny sizes for the smoke pass; sampling on, so that code runs too.
+        pub(super) fn smoke() -> Sizes {
+            Sizes {
+                e2e_events: 200,
+                latency_rates: [200.0, 2_000.0],
+                latency_window: Duration::from_millis(500),
+                fan_out_window: Duration::from_millis(500),
+                volume_events: 200,
+                sample_every: Some(100),
+            }
+        }
+    }
+
+    /// Every section's rows, in order: end-to-end, latency at each rate, fan-out, volume.
+    pub(super) fn rows(receiver: &FastReceiver, sizes: &Sizes) -> Vec<Row> {
+        let load = LoadGen::start();
+        let mut rows = end_to_end(&load, receiver, sizes.e2e_events);
+        for rate in sizes.latency_rates {
+            rows.extend(latency(&load, receiver, rate, sizes.latency_window));
+        }
+        rows.extend(fan_out(&load, receiver, sizes.fan_out_window));
+        rows.extend(volume(&load, receiver, sizes.volume_events, sizes.sample_every));
+        rows
+    }
+
+    /// Deliveries per second to one healthy subscription: `events` / (time from the first publish
+    /// to the last arrival), the publishers' own rate meanwhile, and the child's CPU per delivery.
+    fn end_to_end(load: &LoadGen, receiver: &FastReceiver, events: usize) -> Vec<Row> {
+        let child = Child::start();
+        let path = "/binary-e2e";
+        child.subscribe(receiver, path, 1);
+        let (before, cpu) = (receiver.count(path), child.cpu_seconds());
+        let first_publish_us = receiver.micros();
+        let published = load.burst(child.addr, "/v1/events", Until::Total(events));
+        published.assert_clean("end-to-end publishes");
+        child.wait_arrivals(receiver, path, before, published.accepted, "end-to-end deliveries");
+        let last_us = receiver.last_arrival_us(path).unwrap();
+        let cpu = child.cpu_seconds() - cpu;
+        child.stop();
+        let rate = published.accepted as f64 / seconds_between(first_publish_us, last_us);
+        let raw = load.burst(receiver.addr, "/binary-raw", Until::Total(events));
+        raw.assert_clean("raw posts");
+        let baseline_name = "64 hyper clients → receiver, same body";
+        vec![
+            Row {
+                figure: format!(
+                    "binary: end-to-end, {events} events, 1 subscription (first publish → last arrival)"
+                ),
+                ours: rate,
+                baseline: raw.rate(),
+                unit: "deliveries/s",
+                baseline_name,
+                target: Some(Target::AtLeast(8_000.0)),
+            },
+            Row {
+                figure: "binary: publish rate meanwhile (64 clients, 202s)".into(),
+                ours: published.rate(),
+                baseline: raw.rate(),
+                unit: "events/s",
+                baseline_name,
+                target: None,
+            },
+            cpu_row("end-to-end", cpu, published.accepted),
+        ]
+    }
+
+    /// Publish→arrival p50, p99 and max (ms) at a steady `rate`, open loop, against the raw round
+    /// trip to the receiver at the same rate; the max's row says when in the run it happened.
+    fn latency(load: &LoadGen, receiver: &FastReceiver, rate: f64, window: Duration) -> Vec<Row> {
+        let child = Child::start();
+        let path = format!("/binary-latency-{rate}");
+        child.subscribe(receiver, &path, 1);
+        receiver.take_timed();
+        let (before, cpu) = (receiver.count(&path), child.cpu_seconds());
+        let sent = load.open_loop(child.addr, "/v1/events", rate, window, receiver.epoch, true);
+        sent.assert_clean("paced publishes");
+        child.wait_arrivals(receiver, &path, before, sent.sends.len() as u64, "paced deliveries");
+        let cpu = child.cpu_seconds() - cpu;
+        let timed = receiver.take_timed();
+        let child_started_us = child.spawned.saturating_duration_since(receiver.epoch).as_micros() as u64;
+        child.stop();
+        let raw = load.open_loop(receiver.addr, "/binary-raw-latency", rate, window, receiver.epoch, false);
+        raw.assert_clean("paced raw posts");
+
+        // When each latency happened: its scheduled send, in seconds from the run's first send.
+        let at = |arrival_us: u64, latency_us: u64| seconds_between(sent.start_us, arrival_us - latency_us);
+        let (max_arrival, max_latency) = timed.iter().copied().max_by_key(|&(_, latency)| latency).unwrap();
+        let max_at = at(max_arrival, max_latency);
+        let child_age = max_at + seconds_between(child_started_us, sent.start_us);
+        // The slow ones by the tenth of a second of the run they were scheduled in.
+        let mut slow = std::collections::BTreeMap::<u64, (usize, f64)>::new();
+        for &(arrival, latency) in &timed {
+            let ms = latency as f64 / 1000.0;
+            if ms > SLOW_MS {
+                let tenth = slow.entry((at(arrival, latency) * 10.0) as u64).or_default();
+                *tenth = (tenth.0 + 1, tenth.1.max(ms));
+            }
+        }
+        let slow_count = slow.values().map(|&(count, _)| count).sum::<usize>();
+        let tenths: Vec<String> = slow
+            .iter()
+            .take(30)
+            .map(|(tenth, (count, max))| format!("{:.1} s: {count} (max {max:.1} ms)", *tenth as f64 / 10.0))
+            .collect();
+        println!(
+            "binary latency at {rate}/s: {} publishes, {slow_count} over {SLOW_MS} ms{}{}",
+            timed.len(),
+            if slow_count == 0 { "" } else { "; by 100 ms of the run: " },
+            tenths.join(", ")
+        );
+
+        let ours = percentiles(timed.iter().map(|&(_, latency)| latency).collect());
+        let base = percentiles(raw.sends.iter().map(|&(_, round_trip)| round_trip).collect());
+        let targets = if rate <= 200.0 { [None, Some(2.0), Some(10.0)] } else { [None, Some(10.0), None] };
+        let mut rows: Vec<Row> = ["p50", "p99", "max"]
+            .into_iter()
+            .enumerate()
+            .map(|(index, name)| Row {
+                figure: format!("binary: publish→arrival {name} at {rate}/s, open loop, {window:?}"),
+                ours: ours[index],
+                baseline: base[index],
+                unit: "ms",
+                baseline_name: "raw round trip to the receiver, same rate",
+                target: targets[index].map(Target::AtMost),
+            })
+            .collect();
+        rows[2].figure += &format!(" (at {max_at:.2} s of the run; child up {child_age:.2} s)");
+        rows.push(cpu_row(&format!("latency at {rate}/s"), cpu, sent.sends.len() as u64));
+        rows
+    }
+
+    /// Publishes answered 202 per second from [`CLIENTS`] clients during `window` while
+    /// [`FAN_OUT`] subscriptions receive every event; then the deliveries per second from the
+    /// first publish to the last arrival.
+    fn fan_out(load: &LoadGen, receiver: &FastReceiver, window: Duration) -> Vec<Row> {
+        let child = Child::start();
+        let path = "/binary-fan-out";
+        child.subscribe(receiver, path, FAN_OUT);
+        let (before, cpu) = (receiver.count(path), child.cpu_seconds());
+        let first_publish_us = receiver.micros();
+        let published = load.burst(child.addr, "/v1/events", Until::Window(window));
+        published.assert_clean("fan-out publishes");
+        let deliveries = published.accepted * FAN_OUT as u64;
+        child.wait_arrivals(receiver, path, before, deliveries, "fan-out deliveries");
+        let last_us = receiver.last_arrival_us(path).unwrap();
+        let cpu = child.cpu_seconds() - cpu;
+        child.stop();
+        let raw = load.burst(receiver.addr, "/binary-raw", Until::Window(window));
+        raw.assert_clean("raw posts");
+        let baseline_name = "64 hyper clients → receiver, same body";
+        vec![
+            Row {
+                figure: format!("binary: publish rate, 64 clients, fan-out {FAN_OUT}, {window:?}"),
+                ours: published.rate(),
+                baseline: raw.rate(),
+                unit: "events/s",
+                baseline_name,
+                target: Some(Target::AtLeast(5_000.0)),
+            },
+            Row {
+                figure: format!(
+                    "binary: fan-out {FAN_OUT}, {deliveries} deliveries (first publish → last arrival)"
+                ),
+                ours: deliveries as f64 / seconds_between(first_publish_us, last_us),
+                baseline: raw.rate(),
+                unit: "deliveries/s",
+                baseline_name,
+                target: None,
+            },
+            cpu_row("fan-out", cpu, deliveries),
+        ]
+    }
+
+    /// After `events` published to one subscription and all delivered (every arrival seen and
+    /// the child's `deliveries_queued{state="pending"}` at 0): the data dir's size (apparent and
+    /// allocated) against the bodies' bytes, and the child's VmRSS and VmHWM against its own
+    /// right after start-up.
+    fn volume(
+        load: &LoadGen,
+        receiver: &FastReceiver,
+        events: usize,
+        sample_every: Option<usize>,
+    ) -> Vec<Row> {
+        let child = Child::start();
+        let path = "/binary-volume";
+        child.subscribe(receiver, path, 1);
+        let (idle_rss, idle_hwm) = child.memory();
+        let (before, cpu) = (receiver.count(path), child.cpu_seconds());
+        let started = Instant::now();
+        let mut published = 0;
+        while published < events {
+            let chunk = sample_every.unwrap_or(events).min(events - published);
+            let burst = load.burst(child.addr, "/v1/events", Until::Total(chunk));
+            burst.assert_clean("volume publishes");
+            published += chunk;
+            if sample_every.is_some() {
+                let (apparent, allocated) = disk_usage(&child.data_dir);
+                let (rss, hwm) = child.memory();
+                println!(
+                    "binary volume: {published} published, {} arrived, {:.0} s: data dir {:.1} MB \
+                     ({:.1} MB allocated), VmRSS {:.1} MB, VmHWM {:.1} MB",
+                    receiver.count(path) - before,
+                    started.elapsed().as_secs_f64(),
+                    apparent as f64 / MB,
+                    allocated as f64 / MB,
+                    rss as f64 / MB,
+                    hwm as f64 / MB
+                );
+            }
+        }
+        child.wait_arrivals(receiver, path, before, events as u64, "volume deliveries");
+        child.wait_nothing_pending();
+        let cpu = child.cpu_seconds() - cpu;
+        let (apparent, allocated) = disk_usage(&child.data_dir);
+        let (rss, hwm) = child.memory();
+        println!(
+            "binary volume: {events} events published and delivered in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        child.stop();
+        let bodies = (events * BODY_BYTES) as f64 / MB;
+        let (disk, memory) = ("the published bodies' bytes", "the same child right after start-up");
+        vec![
+            Row {
+                figure: format!(
+                    "binary: data dir after {events} events delivered, apparent (sum of file sizes)"
+                ),
+                ours: apparent as f64 / MB,
+                baseline: bodies,
+                unit: "MB",
+                baseline_name: disk,
+                target: Some(Target::AtMost(100.0)),
+            },
+            Row {
+                figure: format!("binary: data dir after {events} events delivered, allocated (du)"),
+                ours: allocated as f64 / MB,
+                baseline: bodies,
+                unit: "MB",
+                baseline_name: disk,
+                target: Some(Target::AtMost(100.0)),
+            },
+            Row {
+                figure: format!("binary: resident memory (VmRSS) after {events} events delivered"),
+                ours: rss as f64 / MB,
+                baseline: idle_rss as f64 / MB,
+                unit: "MB",
+                baseline_name: memory,
+                target: Some(Target::AtMost(150.0)),
+            },
+            Row {
+                figure: format!("binary: peak resident memory (VmHWM) over {events} events"),
+                ours: hwm as f64 / MB,
+                baseline: idle_hwm as f64 / MB,
+                unit: "MB",
+                baseline_name: memory,
+                target: Some(Target::AtMost(150.0)),
+            },
+            cpu_row("volume", cpu, events as u64),
+        ]
+    }
+
+    /// The child's user + system CPU per delivery in a section, µs (no baseline: compare with
+    /// peers, e.g. ANCHORS.md's CPU-s per 1,000 deliveries, which is this figure in ms).
+    fn cpu_row(section: &str, cpu_seconds: f64, deliveries: u64) -> Row {
+        Row {
+            figure: format!("binary, {section}: child CPU (user + system) per delivery"),
+            ours: cpu_seconds * 1e6 / deliveries.max(1) as f64,
+            baseline: 0.0,
+            unit: "µs",
+            baseline_name: "-",
+            target: None,
+        }
+    }
+
+    /// Seconds from `from_us` to `to_us` (µs on the receiver's clock).
+    fn seconds_between(from_us: u64, to_us: u64) -> f64 {
+        to_us.saturating_sub(from_us) as f64 / 1e6
+    }
+
+    /// A body of exactly [`BODY_BYTES`]: a `message.received` event, timed (its data carries
+    /// `sentUs`, the scheduled send in µs on the receiver's clock) or not.
+    fn event_body(sent_us: Option<u64>) -> String {
+        let head = match sent_us {
+            Some(sent_us) => format!(r#"{{"event":"message.received","data":{{"sentUs":{sent_us},"text":""#),
+            None => r#"{"event":"message.received","data":{"conversationId":"c_123","text":""#.to_owned(),
+        };
+        let tail = r#""}}"#;
+        format!("{head}{}{tail}", "x".repeat(BODY_BYTES - head.len() - tail.len()))
+    }
+
+    /// How long to wait for `count` deliveries: a minute plus 2 ms each (500/s, far below any
+    /// rate this daemon reaches; a miss is a failure, reported with the counts).
+    fn generous(count: u64) -> Duration {
+        Duration::from_secs(60) + Duration::from_millis(2) * count as u32
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The child.
+    // -----------------------------------------------------------------------------------------
+
+    /// The default config: only what a loopback benchmark needs, everything else left at its
+    /// default (workers, caps, caches, timeouts, retention).
+    fn default_config(data_dir: &Path) -> String {
+        format!(
+            r#"listen = "127.0.0.1:0"
+data_dir = "{}"
+[delivery]
+allow_http = true
+allow_private_targets = true
+[[tenants]]
+id = "bench"
+[[tenants.api_keys]]
+name = "bench"
+key_sha256 = "{}"
+scopes = ["webhooks:read", "webhooks:write", "events:write"]
+"#,
+            data_dir.display(),
+            key_digest(KEY).iter().map(|b| format!("{b:02x}")).collect::<String>()
+        )
+    }
+
+    /// The binary running as a child on a fresh data dir, its stderr drained by a thread (the
+    /// last lines kept for failure messages); killed on drop if not stopped.
+    struct Child {
+        process: std::process::Child,
+        addr: SocketAddr,
+        /// When it was spawned, to place a stall in the child's life.
+        spawned: Instant,
+        data_dir: PathBuf,
+        log_tail: Arc<Mutex<VecDeque<String>>>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Child {
+        /// Spawns the binary and waits (60 s at most) for `/readyz` to answer 200.
+        fn start() -> Child {
+            let dir = tempfile::tempdir().unwrap();
+            let data_dir = dir.path().join("data");
+            let config = dir.path().join("config.toml");
+            std::fs::write(&config, default_config(&data_dir)).unwrap();
+            let spawned = Instant::now();
+            let mut process = Command::new(env!("CARGO_BIN_EXE_atender-webhooks"))
+                .args(["serve", "--config"])
+                .arg(&config)
+                .env_remove("ATENDER_LOG")
+                .env_remove("NOTIFY_SOCKET")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn the binary");
+            let stderr = process.stderr.take().unwrap();
+            let log_tail = Arc::new(Mutex::new(VecDeque::new()));
+            let listening = Arc::new(Mutex::new(None));
+            let (tail, found) = (log_tail.clone(), listening.clone());
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(at) = line.find("local_addr=") {
+                        let text = line[at + 11..].split_whitespace().next().unwrap_or_default();
+                        *found.lock().unwrap() = text.parse::<SocketAddr>().ok();
+                    }
+                    let mut tail = tail.lock().unwrap();
+                    if tail.len() == 40 {
+                        tail.pop_front();
+                    }
+                    tail.push_back(line);
+                }
+            });
+            let mut child = Child {
+                process,
+                addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                spawned,
+                data_dir,
+                log_tail,
+                _dir: dir,
+            };
+            let client = agent();
+            child.wait("the binary's /readyz 200", Duration::from_secs(60), |child| {
+                let Some(addr) = *listening.lock().unwrap() else { return false };
+                child.addr = addr;
+                client.get(format!("http://{addr}/readyz")).call().is_ok_and(|reply| reply.status() == 200)
+            });
+            child
+        }
+
+        /// Polls `condition` every 2 ms until it holds; panics with the child's last log lines
+        /// when `timeout` passes or the child exits first.
+        fn wait(&mut self, what: &str, timeout: Duration, mut condition: impl FnMut(&mut Child) -> bool) {
+            let deadline = Instant::now() + timeout;
+            while !condition(self) {
+                if let Some(status) = self.process.try_wait().unwrap() {
+                    panic!("the binary exited ({status}) while waiting for {what}\n{}", self.log());
+                }
+                assert!(Instant::now() < deadline, "no {what} within {timeout:?}\n{}", self.log());
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+
+        fn log(&self) -> String {
+            let tail = self.log_tail.lock().unwrap();
+            format!(
+                "--- last lines of the binary's log ---\n{}",
+                tail.iter().cloned().collect::<Vec<_>>().join("\n")
+            )
+        }
+
+        /// Creates `count` subscriptions to `path` on the receiver, for `message.received`.
+        fn subscribe(&self, receiver: &FastReceiver, path: &str, count: usize) {
+            let url = format!("http://{}{path}", receiver.addr);
+            let body = json!({ "name": "bench", "url": url, "events": ["message.received"] }).to_string();
+            for _ in 0..count {
+                post(&agent(), self.addr, "/v1/webhooks", &body).expect("create a subscription");
+            }
+        }
+
+        /// Waits until `expected` requests arrived at `path` since `before`; a miss panics with
+        /// the counts and the child's queue.
+        fn wait_arrivals(&self, receiver: &FastReceiver, path: &str, before: u64, expected: u64, what: &str) {
+            let deadline = Instant::now() + generous(expected);
+            while receiver.count(path) < before + expected {
+                if Instant::now() >= deadline {
+                    panic!(
+                        "{what}: {} of {expected} arrived within {:?}; the child reports {:?} pending\n{}",
+                        receiver.count(path) - before,
+                        generous(expected),
+                        self.pending(),
+                        self.log()
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let extra = receiver.count(path) - before - expected;
+            if extra > 0 {
+                println!("binary: {what}: {extra} more arrivals than events (redeliveries)");
+            }
+        }
+
+        /// Waits until the child has no pending delivery (its recorder caught up with the arrivals).
+        fn wait_nothing_pending(&self) {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while self.pending() != Some(0) {
+                assert!(
+                    Instant::now() < deadline,
+                    "still {:?} pending after 60 s\n{}",
+                    self.pending(),
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+
+        /// `atender_deliveries_queued{state="pending"}` from the child's `/metrics`.
+        fn pending(&self) -> Option<u64> {
+            let mut reply = agent().get(format!("http://{}/metrics", self.addr)).call().ok()?;
+            let text = reply.body_mut().read_to_string().ok()?;
+            let line = text
+                .lines()
+                .find(|line| line.starts_with(r#"atender_deliveries_queued{state="pending"}"#))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        }
+
+        /// User + system CPU the child used so far, seconds (`/proc/<pid>/stat`).
+        fn cpu_seconds(&self) -> f64 {
+            let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.process.id())).unwrap();
+            // After the command name in parentheses: state is the first field, utime the 12th.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            ticks as f64 / clock_ticks_per_second()
+        }
+
+        /// (VmRSS, VmHWM) in bytes (`/proc/<pid>/status`).
+        fn memory(&self) -> (u64, u64) {
+            let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.id())).unwrap();
+            let kib = |key: &str| -> u64 {
+                let line = status.lines().find(|line| line.starts_with(key)).unwrap();
+                line.split_whitespace().nth(1).unwrap().parse().unwrap()
+            };
+            (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
+        }
+
+        /// SIGTERM, then waits (60 s at most: the daemon's grace is 20 s) for a clean exit.
+        fn stop(mut self) {
+            let pid = self.process.id().to_string();
+            let signalled = Command::new("kill").args(["-TERM", &pid]).status().expect("run kill");
+            assert!(signalled.success(), "kill -TERM {pid} failed");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let status = loop {
+                if let Some(status) = self.process.try_wait().unwrap() {
+                    break status;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the binary did not exit within 60 s of SIGTERM\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            assert!(status.success(), "the binary exited with {status} after SIGTERM\n{}", self.log());
+        }
+    }
+
+    impl Drop for Child {
+        fn drop(&mut self) {
+            if let Ok(None) = self.process.try_wait() {
+                let _ = self.process.kill();
+                let _ = self.process.wait();
+            }
+        }
+    }
+
+    /// Clock ticks per second of `/proc/<pid>/stat`'s times (`getconf CLK_TCK`; 100 if unknown).
+    fn clock_ticks_per_second() -> f64 {
+        static TICKS: OnceLock<f64> = OnceLock::new();
+        *TICKS.get_or_init(|| {
+            Command::new("getconf")
+                .arg("CLK_TCK")
+                .output()
+                .ok()
+                .and_then(|output| String::from_utf8(output.stdout).ok())
+                .and_then(|text| text.trim().parse().ok())
+                .unwrap_or(100.0)
+        })
+    }
+
+    /// (apparent, allocated) bytes of the files under `path`: the sum of their lengths, and of
+    /// their allocated 512-byte blocks (what `du` counts).
+    fn disk_usage(path: &Path) -> (u64, u64) {
+        let mut sizes = (0, 0);
+        for entry in std::fs::read_dir(path).unwrap().map(Result::unwrap) {
+            let meta = entry.metadata().unwrap();
+            let (apparent, allocated) =
+                if meta.is_dir() { disk_usage(&entry.path()) } else { (meta.len(), meta.blocks() * 512) };
+            sizes = (sizes.0 + apparent, sizes.1 + allocated);
+        }
+        sizes
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // The load generator.
+    // -----------------------------------------------------------------------------------------
+
+    /// When a closed-loop burst ends.
+    #[derive(Clone, Copy)]
+    enum Until {
+        /// After this many requests in all.
+        Total(usize),
+        /// When this long has passed since the start (requests under way finish).
+        Window(Duration),
+    }
+
+    /// What a batch of requests achieved.
+    #[derive(Default)]
+    struct Tally {
+        /// Requests answered 2xx.
+        accepted: AtomicU64,
+        /// Requests answered otherwise, or failed.
+        failed: AtomicU64,
+        /// The first failure's status and body, or error.
+        first_failure: Mutex<Option<String>>,
+    }
+
+    impl Tally {
+        fn record(&self, outcome: Result<(), String>) {
+            match outcome {
+                Ok(()) => self.accepted.fetch_add(1, Ordering::Relaxed),
+                Err(failure) => {
+                    self.first_failure.lock().unwrap().get_or_insert(failure);
+                    self.failed.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+
+        fn assert_clean(&self, what: &str) {
+            let failed = self.failed.load(Ordering::Relaxed);
+            assert!(
+                failed == 0,
+                "{what}: {failed} failed, {} accepted; first failure: {:?}",
+                self.accepted.load(Ordering::Relaxed),
+                self.first_failure.lock().unwrap()
+            );
+        }
+    }
+
+    /// A closed-loop burst's outcome.
+    struct Burst {
+        tally: Arc<Tally>,
+        /// Requests answered 2xx.
+        accepted: u64,
+        /// From the first send to the last answer.
+        elapsed: Duration,
+    }
+
+    impl Burst {
+        /// Requests answered 2xx per second.
+        fn rate(&self) -> f64 {
+            self.accepted as f64 / self.elapsed.as_secs_f64()
+        }
+
+        fn assert_clean(&self, what: &str) {
+            self.tally.assert_clean(what);
+        }
+    }
+
+    /// An open-loop run's outcome.
+    struct Paced {
+        tally: Arc<Tally>,
+        /// The first send's scheduled instant, µs on the receiver's clock.
+        start_us: u64,
+        /// Per answered send: (scheduled µs on the receiver's clock, µs from then to the answer).
+        sends: Vec<(u64, u64)>,
+    }
+
+    impl Paced {
+        fn assert_clean(&self, what: &str) {
+            self.tally.assert_clean(what);
+        }
+    }
+
+    /// [`CLIENTS`] HTTP/1.1 keep-alive clients (hyper's pooled client) on a tokio runtime of
+    /// their own (two threads), apart from the receiver's runtime and from the child.
+    struct LoadGen {
+        runtime: tokio::runtime::Runtime,
+        client: Client<HttpConnector, Full<Bytes>>,
+    }
+
+    impl LoadGen {
+        fn start() -> LoadGen {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("load-generator")
+                .enable_all()
+                .build()
+                .unwrap();
+            let client = {
+                let _inside = runtime.enter();
+                Client::builder(TokioExecutor::new()).pool_max_idle_per_host(CLIENTS).build_http()
+            };
+            LoadGen { runtime, client }
+        }
+
+        /// [`CLIENTS`] clients POST an untimed event to `addr` + `path` back to back until `until`.
+        fn burst(&self, addr: SocketAddr, path: &'static str, until: Until) -> Burst {
+            let body = Bytes::from(event_body(None));
+            let tally = Arc::new(Tally::default());
+            let next = Arc::new(AtomicUsize::new(0));
+            let started = Instant::now();
+            self.runtime.block_on(async {
+                let clients: Vec<_> = (0..CLIENTS)
+                    .map(|_| {
+                        let (client, body, tally, next) =
+                            (self.client.clone(), body.clone(), tally.clone(), next.clone());
+                        tokio::spawn(async move {
+                            while match until {
+                                Until::Total(total) => next.fetch_add(1, Ordering::Relaxed) < total,
+                                Until::Window(window) => started.elapsed() < window,
+                            } {
+                                tally.record(send(&client, addr, path, body.clone()).await);
+                            }
+                        })
+                    })
+                    .collect();
+                for client in clients {
+                    client.await.unwrap();
+                }
+            });
+            let elapsed = started.elapsed();
+            Burst { accepted: tally.accepted.load(Ordering::Relaxed), tally, elapsed }
+        }
+
+        /// Sends at a steady `rate` (events/s) for `window`, open loop: send n is scheduled at
+        /// start + n / rate (this thread sleeps until then) and handed to the runtime, where it
+        /// takes one of [`CLIENTS`] connections (waiting if all are busy). A `timed` body carries
+        /// its scheduled instant (`sentUs`), so the receiver measures arrival − schedule.
+        fn open_loop(
+            &self,
+            addr: SocketAddr,
+            path: &'static str,
+            rate: f64,
+            window: Duration,
+            epoch: Instant,
+            timed: bool,
+        ) -> Paced {
+            let tally = Arc::new(Tally::default());
+            let clients = Arc::new(tokio::sync::Semaphore::new(CLIENTS));
+            let sends = Arc::new(Mutex::new(Vec::new()));
+            let start = Instant::now() + Duration::from_millis(5);
+            let micros = move |at: Instant| at.saturating_duration_since(epoch).as_micros() as u64;
+            let mut tasks = Vec::new();
+            for n in 0u64.. {
+                let due = start + Duration::from_secs_f64(n as f64 / rate);
+                if due >= start + window {
+                    break;
+                }
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                let due_us = micros(due);
+                let body = Bytes::from(event_body(timed.then_some(due_us)));
+                let (client, clients, tally, sends) =
+                    (self.client.clone(), clients.clone(), tally.clone(), sends.clone());
+                tasks.push(self.runtime.spawn(async move {
+                    let _client = clients.acquire_owned().await.unwrap();
+                    let outcome = send(&client, addr, path, body).await;
+                    if outcome.is_ok() {
+                        sends.lock().unwrap().push((due_us, micros(Instant::now()) - due_us));
+                    }
+                    tally.record(outcome);
+                }));
+            }
+            self.runtime.block_on(async {
+                for task in tasks {
+                    task.await.unwrap();
+                }
+            });
+            let sends = std::mem::take(&mut *sends.lock().unwrap());
+            Paced { tally, start_us: micros(start), sends }
+        }
+    }
+
+    /// One POST with the bench key; Ok on a 2xx answer, whose body is read to the end so the
+    /// connection goes back to the pool.
+    async fn send(
+        client: &Client<HttpConnector, Full<Bytes>>,
+        addr: SocketAddr,
+        path: &str,
+        body: Bytes,
+    ) -> Result<(), String> {
+        let request = warp::http::Request::post(format!("http://{addr}{path}"))
+            .header("authorization", format!("Bearer {KEY}"))
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap();
+        let response = client.request(request).await.map_err(|err| format!("{err:?}"))?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(|err| err.to_string())?.to_bytes();
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+        }
+    }
 }
