@@ -14,6 +14,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::event_schema::DataSchema;
+use crate::store::CacheSizes;
 
 /// The development default used by `serve` without `--config`: loopback only, data in
 /// `./atender-data`, and one demo tenant whose key is generated at start-up.
@@ -164,6 +165,12 @@ pub struct RawStorage {
     /// Bytes that must stay free on the data dir's file system (sled); below it client writes
     /// get 503, below half of it every write does and delivery pauses. 0 turns the guard off.
     pub min_free_bytes: u64,
+    /// Bytes of sled's page cache (sled).
+    pub page_cache_bytes: u64,
+    /// Bytes of recently stored events kept in memory for their first attempts; 0: none (sled).
+    pub event_cache_bytes: u64,
+    /// Subscriptions kept in memory for attempts, at most (sled).
+    pub subscription_cache_entries: u64,
 }
 
 impl Default for RawStorage {
@@ -174,6 +181,9 @@ impl Default for RawStorage {
             pool_size: 16,
             lease: "30s".into(),
             min_free_bytes: crate::store::DEFAULT_MIN_FREE_BYTES,
+            page_cache_bytes: CacheSizes::default().page_cache_bytes,
+            event_cache_bytes: CacheSizes::default().event_cache_bytes,
+            subscription_cache_entries: CacheSizes::default().subscription_cache_entries as u64,
         }
     }
 }
@@ -360,6 +370,9 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     /// Free-space reserve of the data dir's file system, in bytes (`storage.min_free_bytes`).
     pub min_free_bytes: u64,
+    /// The sled backend's cache sizes (`storage.page_cache_bytes`, `storage.event_cache_bytes`,
+    /// `storage.subscription_cache_entries`).
+    pub caches: CacheSizes,
     /// The storage backend (`storage.backend` and its settings).
     pub storage: StorageBackend,
     /// Known event types, in the order the file lists them.
@@ -500,6 +513,7 @@ impl Config {
         if raw.storage.min_free_bytes > 1 << 50 {
             return Err(invalid("storage.min_free_bytes", "must be at most 1125899906842624 (1 PiB)"));
         }
+        let caches = validate_caches(&raw.storage)?;
         let storage = validate_storage(&raw.storage, &delivery, std::env::var(STORAGE_URL_ENV).ok())?;
         let event_types = validate_event_types(&raw.events.types)?;
         let event_details = validate_event_details(&raw.events, &event_types)?;
@@ -519,6 +533,7 @@ impl Config {
             max_subscription_body_bytes: api.max_subscription_body_bytes,
             delivery,
             min_free_bytes: raw.storage.min_free_bytes,
+            caches,
             storage,
             event_types,
             event_details,
@@ -789,6 +804,33 @@ fn validate_event_details(
 
 /// `[storage]`: the backend and its settings. `env_url` is `ATENDER_STORAGE_URL`, which takes the
 /// place of `url` when set.
+const MIB: u64 = 1024 * 1024;
+
+/// `[storage]`'s cache sizes. sled needs a few MiB of page cache to hold the trees' upper nodes;
+/// the upper bounds only catch a unit mistake (a value meant in MiB is fine, one in bits is not).
+fn validate_caches(raw: &RawStorage) -> Result<CacheSizes, ConfigError> {
+    if !(4 * MIB..=64 * 1024 * MIB).contains(&raw.page_cache_bytes) {
+        return Err(invalid(
+            "storage.page_cache_bytes",
+            "must be between 4194304 (4 MiB) and 68719476736 (64 GiB)",
+        ));
+    }
+    if raw.event_cache_bytes > 16 * 1024 * MIB {
+        return Err(invalid(
+            "storage.event_cache_bytes",
+            "must be at most 17179869184 (16 GiB); 0 turns it off",
+        ));
+    }
+    if !(1..=10_000_000).contains(&raw.subscription_cache_entries) {
+        return Err(invalid("storage.subscription_cache_entries", "must be between 1 and 10000000"));
+    }
+    Ok(CacheSizes {
+        page_cache_bytes: raw.page_cache_bytes,
+        event_cache_bytes: raw.event_cache_bytes,
+        subscription_cache_entries: raw.subscription_cache_entries as usize,
+    })
+}
+
 fn validate_storage(
     raw: &RawStorage,
     delivery: &DeliveryConfig,
@@ -941,6 +983,9 @@ mod tests {
         assert_eq!(config.delivery.delivery_retention, defaults.delivery.delivery_retention);
         assert_eq!(config.event_types, defaults.event_types);
         assert_eq!(config.max_event_body_bytes, defaults.max_event_body_bytes);
+        assert_eq!(config.min_free_bytes, defaults.min_free_bytes);
+        assert_eq!(config.caches, defaults.caches);
+        assert_eq!(defaults.caches, CacheSizes::default());
     }
 
     #[test]
@@ -1000,6 +1045,13 @@ mod tests {
             ("[events]\ntypes = [\"Message Received\"]", "events.types:"),
             ("[events]\ntypes = [\"a.b\", \"a.b\"]", "listed twice"),
             ("[api]\nmax_event_body_bytes = 1", "api.max_event_body_bytes:"),
+            ("[storage]\npage_cache_bytes = 1024", "storage.page_cache_bytes: must be between"),
+            ("[storage]\npage_cache_bytes = 137438953472", "storage.page_cache_bytes: must be between"),
+            ("[storage]\npage_cache_bytes = -1", "invalid value"),
+            ("[storage]\npage_cache_bytes = \"32MiB\"", "invalid type"),
+            ("[storage]\nevent_cache_bytes = 17179869185", "storage.event_cache_bytes: must be at most"),
+            ("[storage]\nsubscription_cache_entries = 0", "storage.subscription_cache_entries: must be between"),
+            ("[storage]\ncache_capacity = 1", "unknown field `cache_capacity`"),
             ("[portal]\ncolour = 1", "unknown field `colour`"),
             ("[portal]\nframe_ancestors = [\"https://a.example; script-src *\"]", "portal.frame_ancestors:"),
             ("[portal]\nframe_ancestors = [\"'none'\", \"'self'\"]", "portal.frame_ancestors:"),

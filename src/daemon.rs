@@ -37,8 +37,13 @@ impl Daemon {
         // Queue notices: the store announces committed queue writes, the engine listens.
         let (notices, notices_rx) = crossbeam_channel::unbounded();
         let secrets = crate::secrets::configured_keys(config.secrets_key_file.as_deref())?;
-        let options =
-            StoreOptions { min_free_bytes: config.min_free_bytes, health: health.clone(), notices, secrets };
+        let options = StoreOptions {
+            min_free_bytes: config.min_free_bytes,
+            health: health.clone(),
+            notices,
+            secrets,
+            caches: config.caches,
+        };
         let backend = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || crate::store::open(&backend, &data_dir, &options))
             .await?
@@ -137,6 +142,15 @@ impl Daemon {
         if new.min_free_bytes != current.min_free_bytes {
             kept.push("storage.min_free_bytes");
         }
+        if new.caches.page_cache_bytes != current.caches.page_cache_bytes {
+            kept.push("storage.page_cache_bytes");
+        }
+        if new.caches.event_cache_bytes != current.caches.event_cache_bytes {
+            kept.push("storage.event_cache_bytes");
+        }
+        if new.caches.subscription_cache_entries != current.caches.subscription_cache_entries {
+            kept.push("storage.subscription_cache_entries");
+        }
         if new.storage != current.storage {
             kept.push("storage");
         }
@@ -149,6 +163,7 @@ impl Daemon {
         new.delivery.timeout = current.delivery.timeout;
         new.delivery.allow_private_targets = current.delivery.allow_private_targets;
         new.min_free_bytes = current.min_free_bytes;
+        new.caches = current.caches;
         new.storage = current.storage.clone();
         new.secrets_key_file = current.secrets_key_file.clone();
         self.config.replace(new);

@@ -127,6 +127,31 @@ pub const PROBE_OVERDUE: std::time::Duration = std::time::Duration::from_secs(10
 /// Default free-space reserve of the data dir's file system (`storage.min_free_bytes`).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 128 * 1024 * 1024;
 
+/// How much the sled backend keeps in memory (`[storage] page_cache_bytes`, `event_cache_bytes`,
+/// `subscription_cache_entries`; PostgreSQL keeps no such caches). Together with the allocator's
+/// own overhead these are most of the daemon's resident memory (BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSizes {
+    /// sled's page cache, in bytes: the tree nodes it keeps decoded in memory.
+    pub page_cache_bytes: u64,
+    /// Recently stored events kept for their first attempts, in bytes (bodies, ids, type and a
+    /// fixed overhead per event); 0 keeps none (attempts read them from sled).
+    pub event_cache_bytes: u64,
+    /// Subscriptions kept in memory for attempts, at most (the cache empties when full and
+    /// refills with the busy ones); at least 1.
+    pub subscription_cache_entries: usize,
+}
+
+impl Default for CacheSizes {
+    fn default() -> Self {
+        CacheSizes {
+            page_cache_bytes: 32 * 1024 * 1024,
+            event_cache_bytes: 2 * 1024 * 1024,
+            subscription_cache_entries: 10_000,
+        }
+    }
+}
+
 /// How long a client idempotency id is remembered (24 h, as Stripe and Svix do).
 pub const IDEMPOTENCY_WINDOW_MS: Millis = 24 * 60 * 60 * 1000;
 
@@ -144,6 +169,8 @@ pub struct StoreOptions {
     /// The keys subscription secrets are sealed and opened with (`[secrets] key_file`); the
     /// default has none: secrets are written in plaintext (see `crate::secrets`).
     pub secrets: crate::secrets::SecretKeys,
+    /// The sled backend's cache sizes (`[storage]`).
+    pub caches: CacheSizes,
 }
 
 impl Default for StoreOptions {
@@ -153,6 +180,7 @@ impl Default for StoreOptions {
             health: Arc::default(),
             notices: crossbeam_channel::unbounded().0,
             secrets: crate::secrets::SecretKeys::default(),
+            caches: CacheSizes::default(),
         }
     }
 }

@@ -62,10 +62,6 @@ impl From<TransactionError<StoreError>> for StoreError {
     }
 }
 
-/// Bytes of sled's page cache; sled's own default (1 GiB) is far more than a webhook daemon
-/// needs and would make resident memory grow with the data.
-const CACHE_CAPACITY_BYTES: u64 = 64 * 1024 * 1024;
-
 /// The sled trees and every synchronous operation on them (the `impl Trees` blocks of the
 /// submodules). [`SledStore`] adds the threads that combine writes.
 #[derive(Clone)]
@@ -139,7 +135,9 @@ impl SledStore {
         remove_unfinished_snapshots(dir)?;
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(CACHE_CAPACITY_BYTES)
+            // `[storage] page_cache_bytes`: sled's own default (1 GiB) would make resident
+            // memory grow with the data.
+            .cache_capacity(options.caches.page_cache_bytes)
             .flush_every_ms(Some(500))
             .open()?;
         let data_file = std::fs::File::open(dir.join("db"))
@@ -165,9 +163,13 @@ impl SledStore {
             idempotency_expiry: tree("idempotency_expiry")?,
             db,
             notices: options.notices.clone(),
-            subscription_cache: Arc::default(),
+            subscription_cache: Arc::new(cache::SubscriptionCache::new(
+                options.caches.subscription_cache_entries,
+            )),
             secrets: options.secrets.clone(),
-            event_cache: Arc::default(),
+            event_cache: Arc::new(cache::EventCache::new(
+                usize::try_from(options.caches.event_cache_bytes).unwrap_or(usize::MAX),
+            )),
             space: space.clone(),
             errors: errors.clone(),
             health: health.clone(),
