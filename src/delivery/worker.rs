@@ -33,7 +33,6 @@ pub fn run(
     progress: crossbeam_channel::Sender<Progress>,
     beat: BeatGuard,
 ) {
-    yield_to_clients();
     while let Ok(job) = jobs.recv() {
         // At shutdown, jobs not yet started stay queued for the next start.
         if beat.stopping() {
@@ -64,26 +63,6 @@ pub fn run(
         if !sent {
             break;
         }
-    }
-}
-
-/// How much nicer than the rest of the daemon a delivery worker runs (Linux nice, per thread).
-/// Workers are many (`delivery.workers`, 64 by default) and each runnable one gets an equal
-/// share of the CPU under the kernel's fair scheduler, so under a backlog they crowded out the
-/// few threads that accept events (the API's and the publish writer's): publishing at fan-out
-/// 10 fell to a sixth of its rate (BENCHMARKS.md, issue 12). At +10 a worker weighs about a tenth
-/// of a normal thread (CFS weights 110 against 1024): accepting an event comes first, and the
-/// backlog drains with whatever CPU is left, which is all of it once intake pauses.
-pub const WORKER_NICE: i32 = 10;
-
-/// Lowers the calling worker thread's priority to [`WORKER_NICE`]. Raising one's own nice needs
-/// no privilege; where it is refused (a seccomp filter without `setpriority`) the worker runs at
-/// the normal priority, which is only slower under load, and says so once.
-fn yield_to_clients() {
-    #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WORKER_NICE) {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| tracing::warn!(error = %err, "cannot lower the delivery workers' priority"));
     }
 }
 
