@@ -18,6 +18,8 @@ mod index;
 mod keys;
 mod rate;
 mod records;
+#[cfg(test)]
+mod sizing;
 mod space;
 mod subscriptions;
 mod writer;
