@@ -193,8 +193,19 @@ fn data_dir_size_per_event() {
 
     let (notices, incoming) = crossbeam_channel::unbounded();
     let options = StoreOptions { min_free_bytes: 0, notices, ..StoreOptions::default() };
-    let store = SledStore::open_with(&dir, &options).unwrap();
-
+    if knob("SIZING_COMPRESSION", 1) == 0 {
+        // A data dir made without compression, as before compression existed: opened as it is.
+        drop(sled::Config::new().path(&dir).use_compression(false).open().unwrap());
+    }
+    let store = loop {
+        // sled's file lock goes with its threads, just after the last handle.
+        match SledStore::open_with(&dir, &options) {
+            Ok(store) => break store,
+            Err(err) if err.to_string().contains("lock") => std::thread::sleep(Duration::from_millis(50)),
+            Err(err) => panic!("{err}"),
+        }
+    };
+    println!("compressed: {}", super::compressed(&dir));
     let now = now_millis();
     let subscription =
         Subscription::new("acme", "chat", "https://a.example/hook", vec!["message.received".into()], now);
@@ -202,9 +213,11 @@ fn data_dir_size_per_event() {
 
     // The recorder: claims every queued delivery and records a 200 for it, up to 32 a group.
     let recorded = Arc::new(AtomicU64::new(0));
+    let record_groups = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicBool::new(false));
     let recorder = {
         let (store, recorded, done) = (store.clone(), recorded.clone(), done.clone());
+        let record_groups = record_groups.clone();
         std::thread::spawn(move || loop {
             let first = match incoming.recv_timeout(Duration::from_millis(100)) {
                 Ok(notice) => notice,
@@ -229,6 +242,7 @@ fn data_dir_size_per_event() {
                 drop(context);
             }
             store.record_attempts(&group).unwrap();
+            record_groups.fetch_add(1, Ordering::Relaxed);
             recorded.fetch_add(group.len() as u64, Ordering::Relaxed);
         })
     };
@@ -248,6 +262,7 @@ fn data_dir_size_per_event() {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let published = Arc::new(AtomicU64::new(0));
+    let (written_before, cpu_before) = (written_bytes(), cpu_seconds());
     let started = Instant::now();
     let sample_every = events.div_ceil(samples);
     println!("events\tseconds\tfile MB\tB/ev\tsize_on_disk MB\tours MB\tlive deliveries");
@@ -327,6 +342,13 @@ fn data_dir_size_per_event() {
         store.commit.stats().flushes.load(Ordering::Relaxed),
         store.commit.stats().requests.load(Ordering::Relaxed),
     );
+    println!(
+        "CPU {:.0} µs/ev; written to files: {:.0} B/ev; {} outcome groups ({:.1} outcomes a group)",
+        (cpu_seconds() - cpu_before) * 1e6 / events as f64,
+        written_bytes().saturating_sub(written_before) as f64 / events as f64,
+        record_groups.load(Ordering::Relaxed),
+        events as f64 / record_groups.load(Ordering::Relaxed).max(1) as f64,
+    );
     let sample = crate::store::embedded::codec::decode::<crate::model::Event>(
         &store.trees.events.iter().next().map(|entry| entry.unwrap().1).unwrap_or_default(),
     )
@@ -338,6 +360,25 @@ fn data_dir_size_per_event() {
     std::thread::sleep(Duration::from_secs(5));
     println!("\n5 s later (sled's flusher and GC ran):");
     report(&measure(&store.trees, &dir), events);
+}
+
+/// Bytes this process has written to files so far (`wchar` of `/proc/self/io`; the store is
+/// all that writes).
+fn written_bytes() -> u64 {
+    let io = std::fs::read_to_string("/proc/self/io").unwrap_or_default();
+    io.lines()
+        .find_map(|line| line.strip_prefix("wchar:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time this process has used so far (user + system, seconds; `/proc/self/stat`).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The fields after the command name (which may hold spaces) closed by ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&at| fields.get(at)?.parse::<f64>().ok()).sum();
+    ticks / 100.0
 }
 
 /// The files' length and sled's `size_on_disk()`, without iterating the trees.
