@@ -140,6 +140,14 @@ pub(crate) fn measure(trees: &Trees, dir: &Path) -> Sizes {
     Sizes { trees: figures, size_on_disk: trees.db.size_on_disk().unwrap_or(0), file_bytes, allocated_bytes }
 }
 
+/// The length of a file, or of every file under a directory.
+fn files_of(path: &Path) -> u64 {
+    match path.is_dir() {
+        true => files(path).0,
+        false => std::fs::metadata(path).map_or(0, |meta| meta.len()),
+    }
+}
+
 fn files(path: &Path) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     let mut sum = (0, 0);
@@ -360,6 +368,50 @@ fn data_dir_size_per_event() {
     std::thread::sleep(Duration::from_secs(5));
     println!("\n5 s later (sled's flusher and GC ran):");
     report(&measure(&store.trees, &dir), events);
+    let mut listing: Vec<(String, u64)> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| (entry.file_name().to_string_lossy().into_owned(), files_of(&entry.path())))
+        .collect();
+    listing.sort();
+    println!("files: {listing:?}");
+    let copy = temp.path().join("copy");
+    println!(
+        "a copy of every tree into a new data dir, in key order: {:.1} B/ev",
+        compacted(&store.trees, &copy, super::compressed(&dir), None) as f64 / events as f64
+    );
+    if std::env::var("SIZING_PER_TREE").is_ok() {
+        for name in store.trees.db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let copy = temp.path().join(format!("copy-{name}"));
+            let size = compacted(&store.trees, &copy, super::compressed(&dir), Some(&name));
+            println!("  {name}: {:.1} B/ev", size as f64 / events as f64);
+        }
+    }
+}
+
+/// The size of a fresh data dir holding what `trees` hold, each tree written in key order in
+/// batches of 1,000 keys (what a restore would take, near sled's floor for this data).
+fn compacted(trees: &Trees, dir: &Path, compression: bool, only: Option<&str>) -> u64 {
+    let db = sled::Config::new().path(dir).use_compression(compression).compression_factor(1).open().unwrap();
+    for name in trees.db.tree_names() {
+        if only.is_some_and(|only| only.as_bytes() != &name[..]) {
+            continue;
+        }
+        let (from, to) = (trees.db.open_tree(&name).unwrap(), db.open_tree(&name).unwrap());
+        let mut batch = sled::Batch::default();
+        for (n, entry) in from.iter().enumerate() {
+            let (key, value) = entry.unwrap();
+            batch.insert(key, value);
+            if n % 1000 == 999 {
+                to.apply_batch(std::mem::take(&mut batch)).unwrap();
+            }
+        }
+        to.apply_batch(batch).unwrap();
+    }
+    db.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    files(dir).0
 }
 
 /// Bytes this process has written to files so far (`wchar` of `/proc/self/io`; the store is
