@@ -83,6 +83,10 @@ pub enum Command {
         /// The data dir to create; must not exist or be empty.
         #[arg(long, value_name = "DIR")]
         data_dir: PathBuf,
+        /// Make the new data dir compressed (as `[storage] compression = true` would; sled fixes
+        /// the choice when it creates a data dir, so this is how an existing install changes it).
+        #[arg(long)]
+        compression: bool,
     },
     /// Re-encrypt every stored subscription secret under a new master key. Stop the daemon
     /// first (every daemon, on PostgreSQL); then point [secrets] key_file at the new file and
@@ -182,7 +186,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Backup { to, config } => backup(&to, config.as_deref()),
-        Command::Restore { from, data_dir } => restore(&from, &data_dir),
+        Command::Restore { from, data_dir, compression } => restore(&from, &data_dir, compression),
         Command::RotateMasterKey { new_key_file, config } => rotate_master_key(&new_key_file, &config),
         Command::MasterKeygen { out } => {
             let key = crate::secrets::MasterKey::create_file(&out)?;
@@ -347,9 +351,9 @@ fn write_atomically(
     written
 }
 
-/// `restore --from FILE --data-dir DIR`.
-fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<()> {
-    let summary = crate::store::restore_backup(from, data_dir)
+/// `restore --from FILE --data-dir DIR [--compression]`.
+fn restore(from: &Path, data_dir: &Path, compression: bool) -> anyhow::Result<()> {
+    let summary = crate::store::restore_backup(from, data_dir, compression)
         .with_context(|| format!("cannot restore {} into {}", from.display(), data_dir.display()))?;
     let began = std::time::UNIX_EPOCH + Duration::from_millis(summary.backup.began_at);
     let mut line = format!(

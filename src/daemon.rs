@@ -43,6 +43,7 @@ impl Daemon {
             notices,
             secrets,
             caches: config.caches,
+            compression: config.compression,
         };
         let backend = config.storage.clone();
         let store = tokio::task::spawn_blocking(move || crate::store::open(&backend, &data_dir, &options))
@@ -151,6 +152,9 @@ impl Daemon {
         if new.caches.subscription_cache_entries != current.caches.subscription_cache_entries {
             kept.push("storage.subscription_cache_entries");
         }
+        if new.compression != current.compression {
+            kept.push("storage.compression");
+        }
         if new.storage != current.storage {
             kept.push("storage");
         }
@@ -164,6 +168,7 @@ impl Daemon {
         new.delivery.allow_private_targets = current.delivery.allow_private_targets;
         new.min_free_bytes = current.min_free_bytes;
         new.caches = current.caches;
+        new.compression = current.compression;
         new.storage = current.storage.clone();
         new.secrets_key_file = current.secrets_key_file.clone();
         self.config.replace(new);

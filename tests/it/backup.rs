@@ -208,12 +208,22 @@ fn a_backup_without_a_daemon_reads_the_data_dir_and_restore_refuses_what_it_cann
     missing.assert_code(1);
     assert!(missing.stderr.contains("cannot read the backup"), "{missing:#?}");
 
-    // The intact file restores, and a daemon on it has everything.
+    // The intact file restores (compressed, as an install turning `[storage] compression` on
+    // does), and a daemon on it has everything.
     let data = scratch.path().join("data");
-    run_binary(&["restore", "--from", path_text(&file), "--data-dir", path_text(&data)]).assert_success();
+    run_binary(&["restore", "--from", path_text(&file), "--data-dir", path_text(&data), "--compression"])
+        .assert_success();
     let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&data).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o700, "the restored data dir is the owner's only");
+    let conf = String::from_utf8_lossy(&std::fs::read(data.join("conf")).unwrap()).into_owned();
+    assert!(conf.contains("use_compression: true"), "{conf}");
+    // Its config leaves compression off: the data dir keeps what it was made with, and says so.
     let restored = Served::start_with_file(scratch, config_for(target_dir(&data), &data), &[]);
+    assert!(
+        restored.process.transcript().contains("applies to new data dirs only"),
+        "{}",
+        restored.process.transcript()
+    );
     let logged = logged_event_ids(&restored, &subscription);
     assert_eq!(logged, published.iter().cloned().collect::<HashSet<_>>());
     let reply = restored.call("GET", &format!("/v1/webhooks/{subscription}"), ACME_KEY, None);

@@ -531,7 +531,11 @@ fn check_target(dir: &Path) -> Result<(), BackupError> {
 }
 
 /// Restores the backup `file` into `dir` (see `crate::store::restore_backup`).
-pub(in crate::store) fn restore(file: &Path, dir: &Path) -> Result<RestoreSummary, BackupError> {
+pub(in crate::store) fn restore(
+    file: &Path,
+    dir: &Path,
+    compression: bool,
+) -> Result<RestoreSummary, BackupError> {
     check_target(dir)?;
     let open = || {
         std::fs::File::open(file).map_err(|err| {
@@ -550,7 +554,8 @@ pub(in crate::store) fn restore(file: &Path, dir: &Path) -> Result<RestoreSummar
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(dir)
         .map_err(|err| BackupError::Target(format!("cannot create {}: {err}", dir.display())))?;
-    let written = write_marker(dir).and_then(|()| restore_into(&mut open()?, dir, &plan, backup));
+    let written =
+        write_marker(dir).and_then(|()| restore_into(&mut open()?, dir, &plan, backup, compression));
     match written {
         Ok(summary) => Ok(summary),
         Err(err) => {
@@ -641,9 +646,10 @@ fn restore_into(
     dir: &Path,
     plan: &Plan,
     backup: BackupSummary,
+    compression: bool,
 ) -> Result<RestoreSummary, BackupError> {
-    let store =
-        SledStore::open_unchecked(dir, &StoreOptions { min_free_bytes: 0, ..StoreOptions::default() })?;
+    let options = StoreOptions { min_free_bytes: 0, compression, ..StoreOptions::default() };
+    let store = SledStore::open_unchecked(dir, &options)?;
     let trees = &store.trees;
     let restored_at = now_millis();
     let mut summary = RestoreSummary { backup, ..RestoreSummary::default() };
@@ -832,7 +838,7 @@ mod tests {
 
         let target = tempfile::tempdir().unwrap();
         let restored_dir = target.path().join("data");
-        let summary = restore(&file, &restored_dir).unwrap();
+        let summary = restore(&file, &restored_dir, false).unwrap();
         assert_eq!(
             (summary.subscriptions, summary.events, summary.deliveries, summary.idempotency_ids),
             (3, 3, 5, 3)
@@ -919,24 +925,26 @@ mod tests {
         damaged[middle] ^= 1;
         std::fs::write(&file, &damaged).unwrap();
         let fresh = target.path().join("fresh");
-        assert!(matches!(restore(&file, &fresh), Err(BackupError::Invalid(_))));
+        assert!(matches!(restore(&file, &fresh, false), Err(BackupError::Invalid(_))));
         assert!(!fresh.exists(), "nothing written for a damaged file");
 
         std::fs::write(&file, &bytes).unwrap();
         let used = target.path().join("used");
         std::fs::create_dir(&used).unwrap();
         std::fs::write(used.join("db"), b"x").unwrap();
-        let Err(BackupError::Target(why)) = restore(&file, &used) else { panic!("a used dir is refused") };
+        let Err(BackupError::Target(why)) = restore(&file, &used, false) else {
+            panic!("a used dir is refused")
+        };
         assert!(why.contains("is not empty"), "{why}");
         assert_eq!(std::fs::read(used.join("db")).unwrap(), b"x");
 
         let not_dir = used.join("db");
-        assert!(matches!(restore(&file, &not_dir), Err(BackupError::Target(_))));
+        assert!(matches!(restore(&file, &not_dir, false), Err(BackupError::Target(_))));
 
         // An empty existing dir (a mount point) is fine.
         let empty_dir = target.path().join("empty");
         std::fs::create_dir(&empty_dir).unwrap();
-        assert_eq!(restore(&file, &empty_dir).unwrap().deliveries, 5);
+        assert_eq!(restore(&file, &empty_dir, false).unwrap().deliveries, 5);
     }
 
     #[test]
@@ -990,7 +998,7 @@ mod tests {
         let file = dir.path().join("backup");
         std::fs::write(&file, &bytes).unwrap();
         let target = tempfile::tempdir().unwrap();
-        let summary = restore(&file, &target.path().join("data")).unwrap();
+        let summary = restore(&file, &target.path().join("data"), true).unwrap();
         assert_eq!((summary.events, summary.deliveries, summary.subscriptions), (1, 1, 1));
         assert_eq!(summary.skipped_deliveries, 4);
         let restored = SledStore::open_with(&target.path().join("data"), &options()).unwrap();

@@ -13,11 +13,23 @@ use crate::model::{
     Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
 use crate::store::embedded::codec::{decode, encode};
-use crate::store::embedded::index::{move_indexes, store_delivery, Indexes};
+use crate::store::embedded::index::{move_indexes, store_delivery, Indexes, ON_TIME_MS};
 use crate::store::embedded::{
     abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, StoreError, Trees, WriteClass,
 };
 use crate::store::{Operational, RECOVER_BATCH};
+
+/// Deliveries examined (and purged) in one transaction of the retention purge.
+const PURGE_BATCH: usize = 256;
+
+/// The key, in the default tree, of the last delivery id the on-time retention purge examined
+/// ([`Trees::purge_finished`]).
+const PURGE_CURSOR: &[u8] = b"purge-cursor";
+
+/// Whether `delivery` finished before `cutoff` (Unix ms): the retention purge's rule.
+fn finished_before(delivery: &Delivery, cutoff: Millis) -> bool {
+    delivery.state.is_finished() && delivery.finished_at.is_some_and(|at| at < cutoff)
+}
 
 /// Most log index entries examined for one page of a filtered listing, so a rare status on a
 /// busy subscription costs a bounded scan; the page then ends early with a cursor.
@@ -384,28 +396,61 @@ impl Trees {
     }
 
     /// Removes finished deliveries (and events nobody references any more) that finished
-    /// before `now - retention`. Returns how many deliveries were purged.
+    /// before `now - retention`, in transactions of [`PURGE_BATCH`]. Late finishers are found
+    /// by their `finished` key; on-time ones (see [`ON_TIME_MS`]) in id order, which is
+    /// creation order, up to the deliveries created before `now - retention - ON_TIME_MS`
+    /// (every on-time one among them finished before `now - retention`), continuing after
+    /// the last id an earlier purge examined (`purge-cursor` in the default tree). What that
+    /// scan passes without purging is pending, held or a late finisher, and so has, or will
+    /// have when it finishes (late, by then), a `finished` key. Returns how many deliveries
+    /// were purged.
     pub(crate) fn purge_finished(&self, now: Millis, retention_ms: Millis) -> Result<usize, StoreError> {
         self.admit(WriteClass::Internal)?;
         let cutoff = now.saturating_sub(retention_ms);
         let mut purged = 0;
-        for entry in self.finished.range(..keys::timed(cutoff, b"")) {
-            let (key, _) = entry?;
-            let delivery = match keys::finished_delivery(&key) {
-                Some(delivery_id) => self.delivery(&delivery_id)?,
-                None => None,
-            };
-            match delivery {
-                // Its key goes with the record, in the record's transaction.
-                Some(delivery) if delivery.state.is_finished() => {
-                    self.remove_delivery(&delivery.id)?;
-                    purged += 1;
-                }
-                // A stray key: its record is gone, or was redelivered (no longer finished).
-                _ => {
-                    self.finished.remove(&key)?;
-                }
+        // Late finishers: every key before the cutoff goes, with its record when that finished
+        // before the cutoff (otherwise the key is stray: a record gone, redelivered, or
+        // finished again later under another key).
+        loop {
+            let batch: Vec<sled::IVec> = self
+                .finished
+                .range(..keys::timed(cutoff, b""))
+                .keys()
+                .take(PURGE_BATCH)
+                .collect::<Result<_, _>>()?;
+            if batch.is_empty() {
+                break;
             }
+            let ids: Vec<DeliveryId> = batch.iter().filter_map(|key| keys::finished_delivery(key)).collect();
+            purged +=
+                self.remove_deliveries(&ids, |delivery| finished_before(delivery, cutoff), &batch, None)?;
+        }
+        // On-time finishers, in id order from the cursor.
+        let end = DeliveryId::first_at(cutoff.saturating_sub(ON_TIME_MS));
+        let mut cursor = self.db.get(PURGE_CURSOR)?;
+        loop {
+            let start = match &cursor {
+                Some(cursor) => Bound::Excluded(cursor.to_vec()),
+                None => Bound::Unbounded,
+            };
+            let mut ids = Vec::with_capacity(PURGE_BATCH);
+            let mut last = None;
+            for entry in self
+                .deliveries
+                .range::<Vec<u8>, _>((start, Bound::Excluded(end.as_bytes().to_vec())))
+                .take(PURGE_BATCH)
+            {
+                let (key, bytes) = entry?;
+                let delivery: Delivery = decode(&bytes)?;
+                if finished_before(&delivery, cutoff) {
+                    ids.push(delivery.id);
+                }
+                last = Some(key);
+            }
+            let Some(last) = last else { break };
+            purged +=
+                self.remove_deliveries(&ids, |delivery| finished_before(delivery, cutoff), &[], Some(&last))?;
+            cursor = Some(last);
         }
         Ok(purged)
     }
@@ -413,31 +458,68 @@ impl Trees {
     /// Removes a delivery record with every index entry pointing at it, and its event when it
     /// was the last delivery referencing it.
     pub(super) fn remove_delivery(&self, delivery_id: &DeliveryId) -> Result<(), StoreError> {
-        (
+        self.remove_deliveries(std::slice::from_ref(delivery_id), |_| true, &[], None).map(drop)
+    }
+
+    /// Removes, in one transaction, each delivery of `ids` whose record (read in the
+    /// transaction) `purge` accepts, with every index entry pointing at it, and each event no
+    /// delivery references any more (an event is read and written once for the batch, however
+    /// many of its deliveries go). Also removes the `finished` keys `stray` and stores `cursor`
+    /// as the on-time purge's `purge-cursor`. Returns how many deliveries were removed.
+    fn remove_deliveries(
+        &self,
+        ids: &[DeliveryId],
+        purge: impl Fn(&Delivery) -> bool,
+        stray: &[sled::IVec],
+        cursor: Option<&[u8]>,
+    ) -> Result<usize, StoreError> {
+        let trees = (
             &self.deliveries,
             &self.events,
             &self.queue,
             &self.held,
             &self.subscription_deliveries,
             &self.finished,
-        )
-            .transaction(|(deliveries, events, queue, held, log, finished)| {
-                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { return Ok(()) };
+            &*self.db,
+        );
+        let removed = trees.transaction(|(deliveries, events, queue, held, log, finished, default)| {
+            let indexes = Indexes { queue, held, log, finished };
+            for key in stray {
+                finished.remove(key)?;
+            }
+            let mut released: HashMap<&EventId, u32> = HashMap::new();
+            let mut removed = 0;
+            let mut gone = Vec::with_capacity(ids.len());
+            for delivery_id in ids {
+                let Some(bytes) = deliveries.get(delivery_id.as_bytes())? else { continue };
                 let delivery: Delivery = abort_on(decode(&bytes))?;
-                deliveries.remove(delivery_id.as_bytes())?;
-                move_indexes(&Indexes { queue, held, log, finished }, Some(&delivery), None, 0)?;
-                if let Some(bytes) = events.get(delivery.event_id.as_bytes())? {
-                    let mut event: Event = abort_on(decode(&bytes))?;
-                    event.live_deliveries = event.live_deliveries.saturating_sub(1);
-                    if event.live_deliveries == 0 {
-                        events.remove(delivery.event_id.as_bytes())?;
-                    } else {
-                        events.insert(delivery.event_id.as_bytes(), encode(&event))?;
-                    }
+                if !purge(&delivery) {
+                    continue;
                 }
-                Ok(())
-            })?;
-        Ok(())
+                deliveries.remove(delivery_id.as_bytes())?;
+                move_indexes(&indexes, Some(&delivery), None, 0)?;
+                gone.push(delivery);
+                removed += 1;
+            }
+            for delivery in &gone {
+                *released.entry(&delivery.event_id).or_default() += 1;
+            }
+            for (event_id, count) in released {
+                let Some(bytes) = events.get(event_id.as_bytes())? else { continue };
+                let mut event: Event = abort_on(decode(&bytes))?;
+                event.live_deliveries = event.live_deliveries.saturating_sub(count);
+                if event.live_deliveries == 0 {
+                    events.remove(event_id.as_bytes())?;
+                } else {
+                    events.insert(event_id.as_bytes(), encode(&event))?;
+                }
+            }
+            if let Some(cursor) = cursor {
+                default.insert(PURGE_CURSOR, cursor)?;
+            }
+            Ok(removed)
+        })?;
+        Ok(removed)
     }
 
     /// Queues a delivery again with a fresh round of retries (held instead while the
@@ -687,6 +769,87 @@ mod tests {
         let stored = store.subscription_by_id(&subscription.id).unwrap().unwrap();
         assert_eq!(stored.consecutive_failures, 0);
         assert_eq!(stored.last_delivery_status, Some(crate::model::LastDeliveryStatus::Succeeded));
+    }
+
+    /// The retention purge takes each finished delivery once it finished `retention` ago (an
+    /// on-time one at most ON_TIME_MS later), through its `finished` key or in id order, never
+    /// one that finished since, nor a pending one; a key an older version wrote for an on-time
+    /// delivery goes with its record; an event goes with its last delivery.
+    #[test]
+    fn the_retention_purge_finds_on_time_and_late_finishers_and_never_purges_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
+        let day = 24 * 3_600_000;
+        let retention = 7 * day;
+        // Ids are made greater than every id the process made before (another test makes some
+        // in the year 8308): past them, so that these deliveries' ids are from t0, as the
+        // purge's id-order scan expects of ids made at the real time.
+        let t0 = 250_000_000_000_000;
+        let subscription =
+            Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], t0);
+        store.create_subscription(&subscription, 10).unwrap();
+        let events: Vec<NewEvent> = (0..4).map(|_| NewEvent::plain("message.received", t0)).collect();
+        store.publish("acme", true, &events, t0).unwrap();
+        let queued = store.queued_after(&subscription.id, None, 10).unwrap();
+        let record = |(due, delivery_id): &(Millis, DeliveryId), at: Millis, decision| AttemptRecord {
+            subscription_id: subscription.id.clone(),
+            due: *due,
+            delivery_id: delivery_id.clone(),
+            attempt: Attempt { at, duration_ms: 1, response_code: Some(200), error: None },
+            decision,
+        };
+        let (on_time, late, pending, legacy) = (&queued[0], &queued[1], &queued[2], &queued[3]);
+        let two_hours = 2 * 3_600_000;
+        store
+            .record_attempts(&[
+                record(on_time, t0 + 1_000, AttemptDecision::Succeeded),
+                record(late, t0 + 1_000, AttemptDecision::Retry { due: t0 + two_hours }),
+                record(legacy, t0 + 2_000, AttemptDecision::Succeeded),
+            ])
+            .unwrap();
+        store
+            .record_attempts(&[record(
+                &(t0 + two_hours, late.1.clone()),
+                t0 + two_hours,
+                AttemptDecision::Succeeded,
+            )])
+            .unwrap();
+        assert_eq!(store.finished.len(), 1, "only the late finisher has a `finished` key");
+        // What a version before ON_TIME_MS stored for an on-time delivery: a key as well.
+        let legacy_record = store.delivery(&legacy.1).unwrap().unwrap();
+        store
+            .finished
+            .insert(crate::store::embedded::index::finished_key(&legacy_record).unwrap(), &[])
+            .unwrap();
+
+        assert_eq!(
+            store.purge_finished(t0 + 1_001 + retention, retention).unwrap(),
+            0,
+            "not a retention yet"
+        );
+        // Past the retention of both on-time ones (and ON_TIME_MS), before the late one's.
+        assert_eq!(store.purge_finished(t0 + retention + ON_TIME_MS + 3_000, retention).unwrap(), 2);
+        assert!(
+            store.delivery(&on_time.1).unwrap().is_none() && store.delivery(&legacy.1).unwrap().is_none()
+        );
+        assert_eq!(store.finished.len(), 1, "the old key went with its record");
+        assert!(store.delivery(&late.1).unwrap().is_some());
+        assert_eq!(
+            store.purge_finished(t0 + retention + two_hours, retention).unwrap(),
+            0,
+            "finished less than a retention ago"
+        );
+        assert_eq!(store.purge_finished(t0 + retention + two_hours + 2, retention).unwrap(), 1);
+        assert_eq!(
+            (store.finished.len(), store.deliveries.len(), store.events.len()),
+            (0, 1, 1),
+            "the pending one and its event stay"
+        );
+        assert!(store.delivery(&pending.1).unwrap().is_some());
+        // The on-time scan goes on after the last id it examined: the pending one.
+        assert_eq!(store.db.get(PURGE_CURSOR).unwrap().as_deref(), Some(pending.1.as_bytes()));
+        assert_eq!(store.purge_finished(t0 + 30 * day, retention).unwrap(), 0);
     }
 
     #[test]
