@@ -110,6 +110,8 @@ struct Shared {
     /// The keys subscription secrets are sealed and opened with (`crate::secrets`): sealed in
     /// [`write_subscription`], opened in `rows::subscription`.
     secrets: crate::secrets::SecretKeys,
+    /// Claims waiting for their subscription's next round ([`claim`]).
+    claims: ClaimRounds,
 }
 
 /// What the monitor last saw of the server.
@@ -322,6 +324,7 @@ impl PgStore {
             native,
             status,
             secrets: options.secrets.clone(),
+            claims: ClaimRounds::default(),
         }));
         runtime.spawn(monitor(db.clone(), server.clone(), options.health.clone()));
         let (publisher, incoming) = tokio::sync::mpsc::unbounded_channel();
@@ -1365,6 +1368,30 @@ async fn queued_after(
         .collect()
 }
 
+/// Most claims of one subscription one transaction makes ([`claim_round`]).
+const CLAIM_ROUND: usize = 64;
+
+/// Claims waiting for their subscription's next round, by subscription ([`claim`]). A key is
+/// present while a round task of that subscription runs ([`claim_rounds`]); its vector holds
+/// the claims that came meanwhile.
+#[derive(Default)]
+struct ClaimRounds(Mutex<HashMap<SubscriptionId, Vec<WaitingClaim>>>);
+
+/// A claim waiting for a round: the queue entry `(due, id)`, the caller's cap, and where its
+/// answer goes.
+struct WaitingClaim {
+    due: Millis,
+    id: DeliveryId,
+    cap: usize,
+    answer: tokio::sync::oneshot::Sender<Result<Claim, StoreError>>,
+}
+
+/// [`DueWork::claim`]: claims of one subscription are made in rounds, one transaction each. The
+/// subscription's row lock orders every claim and recorded outcome of a subscription on every
+/// node, so one claim per transaction would hold that lock three round trips per attempt; a
+/// round holds it as long for every claim of the subscription that came while the round before
+/// it ran (up to [`CLAIM_ROUND`]), as the publish writers group publishes. A claim with no round
+/// under way starts one at once, so a lone claim waits for nothing.
 async fn claim(
     db: Db,
     subscription_id: SubscriptionId,
@@ -1372,119 +1399,195 @@ async fn claim(
     id: DeliveryId,
     cap: usize,
 ) -> Result<Claim, StoreError> {
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let waiting = WaitingClaim { due, id, cap, answer };
+    let first = {
+        let mut rounds = db.0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match rounds.get_mut(&subscription_id) {
+            Some(next) => {
+                next.push(waiting);
+                None
+            }
+            None => {
+                rounds.insert(subscription_id.clone(), Vec::new());
+                Some(waiting)
+            }
+        }
+    };
+    if let Some(first) = first {
+        tokio::spawn(claim_rounds(db, subscription_id, first));
+    }
+    // A round that went away without answering (a panic, the runtime shutting down).
+    answered.await.unwrap_or(Err(StoreError::Unavailable))
+}
+
+/// Runs rounds of `subscription_id`'s claims, starting with `first`, until no claim waits.
+async fn claim_rounds(db: Db, subscription_id: SubscriptionId, first: WaitingClaim) {
+    /// Ends the rounds however the task ends: the waiting claims' senders go with the entry, so
+    /// their callers hear [`StoreError::Unavailable`] rather than wait for a round that never
+    /// comes, and the next claim starts rounds afresh.
+    struct Ending<'a>(&'a Db, &'a SubscriptionId);
+    impl Drop for Ending<'_> {
+        fn drop(&mut self) {
+            let mut rounds = self.0 .0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rounds.remove(self.1);
+        }
+    }
+    let _ending = Ending(&db, &subscription_id);
+    let mut round = vec![first];
+    loop {
+        let claims: Vec<(Millis, &DeliveryId, usize)> =
+            round.iter().map(|waiting| (waiting.due, &waiting.id, waiting.cap)).collect();
+        // The callers stop waiting after DURABLE_WAIT; so does the round (a hung server), so
+        // that the claims after it get a round of their own.
+        let answers: Vec<Result<Claim, StoreError>> =
+            match tokio::time::timeout(DURABLE_WAIT, claim_round(&db, &subscription_id, &claims)).await {
+                Ok(Ok(claims)) => claims.into_iter().map(Ok).collect(),
+                Ok(Err(err)) => claims.iter().map(|_| Err(err.clone())).collect(),
+                Err(_) => claims.iter().map(|_| Err(StoreError::Stalled)).collect(),
+            };
+        for (waiting, answer) in round.into_iter().zip(answers) {
+            let _ = waiting.answer.send(answer);
+        }
+        let mut rounds = db.0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(next) = rounds.get_mut(&subscription_id) else { return };
+        if next.is_empty() {
+            rounds.remove(&subscription_id);
+            return;
+        }
+        let rest = next.split_off(next.len().min(CLAIM_ROUND));
+        round = std::mem::replace(next, rest);
+    }
+}
+
+/// One round: claims each of `claims` — `(due, delivery, cap)`, in the order they came — for
+/// one attempt, in one transaction under the subscription's row lock, and answers each.
+///
+/// The subscription's lock, the deliveries with their events (`FOR UPDATE OF d`, in id order),
+/// the subscription's live claims (claims within their lease, every node's) and its last rate
+/// grant are read in one pipelined exchange; they run in the order sent, so the count is taken
+/// under the lock. Each claim in turn: gone, no longer pending or due at another time —
+/// [`Claim::Stale`]; held by a claim within its lease, or the live claims at its cap —
+/// [`Claim::Busy`]; a deliverable, rate-limited subscription whose next start is later (one
+/// grant per round at most: the others wait for the interval after it) — [`Claim::Limited`];
+/// otherwise granted, and counted in the live claims for the claims after it. The granted ones
+/// are stamped `claimed_by = node, claimed_until = now + lease` in one statement. A paused or
+/// disabled subscription's claims are granted unstamped, for the worker to hold them; a deleted
+/// subscription's deliveries go (with their events when no longer referenced).
+async fn claim_round(
+    db: &Db,
+    subscription_id: &SubscriptionId,
+    claims: &[(Millis, &DeliveryId, usize)],
+) -> Result<Vec<Claim>, StoreError> {
     let now = now_millis();
-    // The delivery (its columns under their own names) and its event (prefixed), in one read.
-    let delivery_and_event = format!(
+    // The deliveries (their columns under their own names) with their events (prefixed).
+    let deliveries_and_events = format!(
         "SELECT {}, e.id AS event_id_found, e.tenant_id AS event_tenant_id, e.event_type AS event_event_type, \
          e.created_at AS event_created_at, e.body AS event_body, e.live_deliveries AS event_live_deliveries \
-         FROM deliveries d LEFT JOIN events e ON e.id = d.event_id WHERE d.id = $1 FOR UPDATE OF d",
+         FROM deliveries d LEFT JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1) ORDER BY d.id FOR UPDATE OF d",
         DELIVERY_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ")
     );
+    let ids: Vec<&str> = claims.iter().map(|(_, id, _)| id.as_str()).collect();
+    let (subscription_text, now_sql) = (subscription_id.as_str(), sql_millis(now));
     transaction!(db, |tx| {
-        // The subscription's row lock orders every claim of this subscription, on every node.
-        // The three statements go out together (tokio-postgres pipelines queries polled at
-        // once) and run in the order sent — the subscription's lock, then the delivery's, as
-        // before — so the lock is held for two round trips fewer. Errors are taken in that
-        // order too: a statement after a failed one only reports the aborted transaction.
-        let delivery_id = id.as_str();
-        let delivery_params: [&(dyn ToSql + Sync); 1] = [&delivery_id];
-        let (setting, subscription, found) = tokio::join!(
-            engine_write(&db, &tx),
-            select_subscription(&tx, &db.0.secrets, &subscription_id, true),
-            tx.qopt(&delivery_and_event, &delivery_params),
+        let ids_params: [&(dyn ToSql + Sync); 1] = [&ids];
+        let live_params: [&(dyn ToSql + Sync); 2] = [&subscription_text, &now_sql];
+        let (setting, subscription, found, live) = tokio::join!(
+            engine_write(db, &tx),
+            select_subscription(&tx, &db.0.secrets, subscription_id, true),
+            tx.q(&deliveries_and_events, &ids_params),
+            tx.q1(
+                "SELECT (SELECT count(*) FROM deliveries WHERE subscription_id = $1 AND claimed_by IS NOT NULL \
+                 AND claimed_until > $2), (SELECT rate_granted_at_us FROM subscriptions WHERE id = $1)",
+                &live_params,
+            ),
         );
         setting?;
-        let subscription = subscription?;
-        let found = found?;
-        let row = found.as_ref().map(rows::delivery).transpose()?;
-        match (subscription, row) {
-            (None, _) => {
-                // Deleted: a delivery a publish wrote meanwhile goes too.
+        let (subscription, found, live) = (subscription?, found?, live?);
+        match subscription {
+            None => {
+                // Deleted: the deliveries a publish wrote meanwhile go too.
                 let gone =
-                    tx.q("DELETE FROM deliveries WHERE id = $1 RETURNING event_id", &[&id.as_str()]).await?;
+                    tx.q("DELETE FROM deliveries WHERE id = ANY($1) RETURNING event_id", &ids_params).await?;
                 release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
-                Claim::Stale
+                claims.iter().map(|_| Claim::Stale).collect()
             }
-            (Some(_), None) => Claim::Stale,
-            (Some(_), Some(row))
-                if row.delivery.state != DeliveryState::Pending
-                    || row.delivery.next_attempt_at != Some(due) =>
-            {
-                Claim::Stale
-            }
-            (Some(_), Some(row)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
-            (Some(subscription), Some(row)) => {
-                // The rate limit first: under the subscription's row lock, so the check here and
-                // the stamp below are one step across every node. Read only for a limited
-                // subscription; `now_us` is fresh on every try of the transaction.
-                let limit = subscription.rate_limit_per_second.filter(|_| subscription.is_deliverable());
+            Some(subscription) => {
+                let mut rows = HashMap::with_capacity(found.len());
+                for row in &found {
+                    rows.insert(row.get::<_, String>("id"), (rows::delivery(row)?, row));
+                }
+                let deliverable = subscription.is_deliverable();
+                let limit = subscription.rate_limit_per_second.filter(|_| deliverable);
                 let now_us = now_micros();
-                let next_start = match limit {
-                    Some(per_second) => {
-                        let previous: Option<i64> = tx
-                            .q1(
-                                "SELECT rate_granted_at_us FROM subscriptions WHERE id = $1",
-                                &[&subscription_id.as_str()],
-                            )
-                            .await?
-                            .get(0);
-                        rate_next_start(
-                            previous.map(|previous| previous.max(0) as Micros),
-                            per_second,
-                            now_us,
-                        )
-                    }
+                let previous: Option<i64> = live.get(1);
+                let mut next_start = match limit {
+                    Some(per_second) => rate_next_start(
+                        previous.map(|previous| previous.max(0) as Micros),
+                        per_second,
+                        now_us,
+                    ),
                     None => now_us,
                 };
-                if next_start > now_us {
-                    Claim::Limited { until: next_start }
-                } else {
-                    // Claimed only below the cap: the count of live claims and the stamp are one
-                    // statement, under the subscription's lock.
-                    let claimed = !subscription.is_deliverable()
-                        || tx
-                            .exec(
-                                "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1 AND \
-                                 (SELECT count(*) FROM deliveries WHERE subscription_id = $4 AND claimed_by IS NOT NULL \
-                                 AND claimed_until > $5) < $6",
-                                &[
-                                    &id.as_str(),
-                                    &db.0.node,
-                                    &sql_millis(now + db.0.lease),
-                                    &subscription_id.as_str(),
-                                    &sql_millis(now),
-                                    &(cap.min(i64::MAX as usize) as i64),
-                                ],
-                            )
-                            .await?
-                            == 1;
-                    let event =
-                        found.as_ref().and_then(|found| rows::joined_event(found).transpose()).transpose()?;
-                    match (claimed, event) {
-                        (false, _) => Claim::Busy,
-                        (true, None) => Claim::Stale,
-                        (true, Some(event)) => {
-                            // Granted: this start is the one the next claim counts from.
-                            let rate_granted_at = match limit {
-                                Some(_) => {
-                                    tx.exec(
-                                        "UPDATE subscriptions SET rate_granted_at_us = $2 WHERE id = $1",
-                                        &[&subscription_id.as_str(), &(now_us.min(i64::MAX as u64) as i64)],
-                                    )
-                                    .await?;
-                                    Some(now_us)
-                                }
-                                None => None,
-                            };
-                            Claim::Ready(Box::new(AttemptContext {
-                                delivery: row.delivery,
-                                subscription: Arc::new(subscription),
-                                event: Arc::new(event),
-                                rate_granted_at,
-                            }))
+                let mut live = live.get::<_, i64>(0).max(0) as usize;
+                let subscription = Arc::new(subscription);
+                let (mut answers, mut granted, mut ready) =
+                    (Vec::with_capacity(claims.len()), Vec::new(), Vec::new());
+                let mut rate_granted_at = None;
+                for &(due, id, cap) in claims {
+                    let answer = match rows.get(id.as_str()) {
+                        None => Claim::Stale,
+                        Some((row, _))
+                            if row.delivery.state != DeliveryState::Pending
+                                || row.delivery.next_attempt_at != Some(due) =>
+                        {
+                            Claim::Stale
                         }
-                    }
+                        Some((row, _)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
+                        // Asked twice in one round: the first one has it.
+                        Some(_) if ready.contains(&id.as_str()) => Claim::Busy,
+                        Some(_) if next_start > now_us => Claim::Limited { until: next_start },
+                        Some(_) if deliverable && live >= cap => Claim::Busy,
+                        Some((row, found)) => match rows::joined_event(found)? {
+                            None => Claim::Stale,
+                            Some(event) => {
+                                ready.push(id.as_str());
+                                if deliverable {
+                                    live += 1;
+                                    granted.push(id.as_str());
+                                }
+                                if let Some(per_second) = limit {
+                                    // This start is the one the next grant counts from.
+                                    rate_granted_at = Some(now_us);
+                                    next_start = rate_next_start(Some(now_us), per_second, now_us);
+                                }
+                                Claim::Ready(Box::new(AttemptContext {
+                                    delivery: row.delivery.clone(),
+                                    subscription: subscription.clone(),
+                                    event: Arc::new(event),
+                                    rate_granted_at: limit.map(|_| now_us),
+                                }))
+                            }
+                        },
+                    };
+                    answers.push(answer);
                 }
+                if !granted.is_empty() {
+                    let until = sql_millis(now + db.0.lease);
+                    tx.exec(
+                        "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = ANY($1)",
+                        &[&granted, &db.0.node, &until],
+                    )
+                    .await?;
+                }
+                if let Some(granted_at) = rate_granted_at {
+                    tx.exec(
+                        "UPDATE subscriptions SET rate_granted_at_us = $2 WHERE id = $1",
+                        &[&subscription_text, &(granted_at.min(i64::MAX as u64) as i64)],
+                    )
+                    .await?;
+                }
+                answers
             }
         }
     })
