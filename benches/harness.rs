@@ -254,6 +254,8 @@ fn main() {
 /// endpoint on sled, on PostgreSQL with one daemon and with two daemons sharing the database, each
 /// against the same run's baselines; publish→arrival at half the one-daemon rate. Every figure
 /// gets fresh daemons (and a fresh database, `fsync` on) so no earlier subscription fans out.
+/// The end-to-end rows (PostgreSQL and their sled baseline) run the delivery defaults users get
+/// ([`default_delivery`]); the raw baseline posts at the default cap of concurrency.
 fn postgres_rows(
     runtime: &tokio::runtime::Runtime,
     receiver: &FastReceiver,
@@ -266,11 +268,11 @@ fn postgres_rows(
     sled.subscribe(receiver, "/pg-publish-sled", true);
     let sled_publish = publish_rate(sled.addr, 64, 1, sizes.publish_window);
     sled.stop(runtime);
-    let sled = BenchDaemon::start(runtime);
+    let sled = BenchDaemon::sled_default_delivery(runtime);
     sled.subscribe(receiver, "/pg-e2e-sled", false);
     let sled_e2e = e2e_rate(&sled, receiver, "/pg-e2e-sled", sizes.e2e_events, 1);
     sled.stop(runtime);
-    let raw = raw_post_rate(receiver.addr, IN_FLIGHT_PER_SUBSCRIPTION, sizes.e2e_events);
+    let raw = raw_post_rate(receiver.addr, DEFAULT_IN_FLIGHT_CAP, sizes.e2e_events);
 
     // `nodes` daemons on a fresh database; the first one creates the subscription.
     let cluster_of = |nodes: usize| {
@@ -397,6 +399,25 @@ scopes = ["webhooks:read", "webhooks:write", "events:write"]
     )
 }
 
+/// `max_in_flight_per_subscription` when the config leaves it out (`[delivery]`'s default).
+const DEFAULT_IN_FLIGHT_CAP: usize = 32;
+
+/// `text` (a [`config_text`]) with `workers` and `max_in_flight_per_subscription` left out, so
+/// the daemon runs the delivery defaults users get (64 workers, a cap of 32, adaptive
+/// concurrency from 4): what the PostgreSQL rows of issue 13 compare with Svix on.
+fn default_delivery(text: String) -> String {
+    let fixed = [
+        format!("workers = {WORKERS}\n"),
+        format!("max_in_flight_per_subscription = {IN_FLIGHT_PER_SUBSCRIPTION}\n"),
+    ];
+    let text = fixed.iter().fold(text, |text, line| text.replace(line.as_str(), ""));
+    assert_eq!(
+        Config::parse(&text).unwrap().delivery.max_in_flight_per_subscription as usize,
+        DEFAULT_IN_FLIGHT_CAP
+    );
+    text
+}
+
 struct BenchDaemon {
     daemon: Daemon,
     addr: SocketAddr,
@@ -408,10 +429,19 @@ impl BenchDaemon {
         BenchDaemon::with_timeout(runtime, "10s")
     }
 
-    /// A daemon on the PostgreSQL database at `url` (several may share it).
+    /// A daemon on sled with the delivery settings of [`default_delivery`].
+    fn sled_default_delivery(runtime: &tokio::runtime::Runtime) -> BenchDaemon {
+        let dir = tempfile::tempdir().unwrap();
+        let text = default_delivery(config_text(&dir.path().join("data"), "10s"));
+        let daemon = runtime.block_on(Daemon::start(Config::parse(&text).unwrap())).unwrap();
+        BenchDaemon { addr: daemon.local_addr(), daemon, _dir: dir }
+    }
+
+    /// A daemon on the PostgreSQL database at `url` (several may share it), with the delivery
+    /// settings of [`default_delivery`].
     fn postgres(runtime: &tokio::runtime::Runtime, url: &str) -> BenchDaemon {
         let dir = tempfile::tempdir().unwrap();
-        let text = config_text(&dir.path().join("data"), "10s");
+        let text = default_delivery(config_text(&dir.path().join("data"), "10s"));
         let text = format!("{text}\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 32\n");
         let daemon = runtime.block_on(Daemon::start(Config::parse(&text).unwrap())).unwrap();
         BenchDaemon { addr: daemon.local_addr(), daemon, _dir: dir }
