@@ -37,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod};
+use futures_util::future::try_join_all;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -1620,30 +1621,46 @@ async fn hold(
 }
 
 async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, StoreError> {
+    let select_deliveries =
+        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE");
+    let delivery_ids: Vec<&str> = records.iter().map(|record| record.delivery_id.as_str()).collect();
+    // The subscriptions in one order on every node (no deadlock between recorders).
+    let subscription_ids: BTreeMap<&str, &SubscriptionId> =
+        records.iter().map(|record| (record.subscription_id.as_str(), &record.subscription_id)).collect();
     let (disabled, retries) = transaction!(db, |tx| {
-        engine_write(&db, &tx).await?;
-        // Retries and operational deliveries, announced after the commit.
-        // Lock the subscriptions in one order on every node (no deadlock between recorders).
-        let mut touched: BTreeMap<String, Option<Subscription>> = BTreeMap::new();
-        for record in &records {
-            touched.entry(record.subscription_id.to_string()).or_insert(None);
-        }
-        let ids: Vec<String> = touched.keys().cloned().collect();
-        for id in ids {
-            if let Some(id_typed) = SubscriptionId::parse(&id) {
-                touched.insert(id, select_subscription(&tx, &db.0.secrets, &id_typed, true).await?);
-            }
+        // Three exchanges whatever the group's size, under the subscriptions' row locks: the
+        // locks (subscriptions, then the deliveries in id order) and the reads go out pipelined
+        // and run in the order sent; every write goes out pipelined after them; the commit.
+        let ids_params: [&(dyn ToSql + Sync); 1] = [&delivery_ids];
+        let (setting, subscriptions, found) = tokio::join!(
+            engine_write(&db, &tx),
+            try_join_all(subscription_ids.values().map(|id| select_subscription(
+                &tx,
+                &db.0.secrets,
+                id,
+                true
+            ))),
+            tx.q(&select_deliveries, &ids_params),
+        );
+        setting?;
+        let mut touched: BTreeMap<&str, Option<Subscription>> =
+            subscription_ids.keys().copied().zip(subscriptions?).collect();
+        let mut current: HashMap<String, DeliveryRow> = HashMap::with_capacity(records.len());
+        for row in &found? {
+            let row = rows::delivery(row)?;
+            current.insert(row.delivery.id.to_string(), row);
         }
         let mut disabled = 0;
         let mut queued = Vec::new();
         let mut operational = Vec::new();
+        // (the row before, the delivery after, when), in the order of the records.
+        let mut writes: Vec<(DeliveryRow, Delivery, Millis)> = Vec::with_capacity(records.len());
         for record in &records {
             let AttemptRecord { subscription_id, delivery_id, attempt, decision, .. } = record;
             let ended = attempt.at + Millis::from(attempt.duration_ms);
-            let Some(before) = select_delivery(&tx, delivery_id, true).await? else { continue };
+            let Some(before) = current.remove(delivery_id.as_str()) else { continue };
             let mut after = before.delivery.clone();
             after.record_attempt(attempt.clone(), decision, ended);
-            store_delivery(&tx, Some(&before), &after, ended).await?;
             operational.extend(Operational::exhausted(&before.delivery, &after, attempt, ended));
             if let Some(Some(subscription)) = touched.get_mut(subscription_id.as_str()) {
                 if subscription.apply_outcome(attempt, decision) {
@@ -1658,10 +1675,28 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
                     delivery_id: delivery_id.clone(),
                 });
             }
+            // A second record of the same delivery in this group applies to what the first wrote.
+            let held_since = crate::lifecycle::held_since(
+                Some((before.delivery.state, before.held_since)),
+                after.state,
+                ended,
+            );
+            let next = DeliveryRow { delivery: after.clone(), held_since, claimed_until: None };
+            current.insert(delivery_id.to_string(), next);
+            writes.push((before, after, ended));
         }
-        for subscription in touched.values().flatten() {
-            write_subscription(&tx, &db.0.secrets, subscription).await?;
-        }
+        let deliveries = try_join_all(
+            writes.iter().map(|(before, after, ended)| store_delivery(&tx, Some(before), after, *ended)),
+        );
+        let subscriptions = try_join_all(
+            touched
+                .values()
+                .flatten()
+                .map(|subscription| write_subscription(&tx, &db.0.secrets, subscription)),
+        );
+        let (deliveries, subscriptions) = tokio::join!(deliveries, subscriptions);
+        deliveries?;
+        subscriptions?;
         let fresh: Vec<&Subscription> = touched.values().flatten().collect();
         store_operational(&db, &tx, &operational, &fresh, &mut queued).await?;
         (disabled, queued)
