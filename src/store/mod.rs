@@ -387,14 +387,15 @@ pub struct AttemptRecord {
 /// per subscription of the tenant that lists its type — `pending` and due at `now` when the
 /// subscription is deliverable, `held` otherwise (`Delivery::new`). An event nobody wants has no
 /// deliveries (backends then keep only its answer).
-pub(crate) fn fan_out(
+pub(crate) fn fan_out<S: std::borrow::Borrow<Subscription>>(
     tenant_id: &str,
     event: &NewEvent,
-    subscriptions: &[Subscription],
+    subscriptions: &[S],
     now: Millis,
 ) -> (Event, Vec<Delivery>) {
     let deliveries: Vec<Delivery> = subscriptions
         .iter()
+        .map(<S as std::borrow::Borrow<Subscription>>::borrow)
         .filter(|subscription| subscription.wants(&event.event_type))
         .map(|subscription| {
             Delivery::new(DeliveryId::new(now), subscription, &event.id, &event.event_type, now)
@@ -511,14 +512,15 @@ impl Operational {
     /// the type ([`fan_out`]), but `about` only when [`Operational::to_itself`]. `fresh` are
     /// subscriptions the same write changed, read in their new state (the rest of
     /// `subscriptions` may be a little older, as at publish).
-    pub(crate) fn fan_out(
+    pub(crate) fn fan_out<S: std::borrow::Borrow<Subscription>>(
         &self,
-        subscriptions: &[Subscription],
+        subscriptions: &[S],
         fresh: &[&Subscription],
         now: Millis,
     ) -> (Event, Vec<Delivery>) {
         let targets: Vec<Subscription> = subscriptions
             .iter()
+            .map(<S as std::borrow::Borrow<Subscription>>::borrow)
             .filter(|subscription| self.to_itself || subscription.id != self.about)
             .map(|subscription| {
                 let newer = fresh.iter().find(|changed| changed.id == subscription.id);

@@ -12,6 +12,7 @@ use crate::lifecycle::AttemptDecision;
 use crate::model::{
     Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
+use crate::store::embedded::cache::TenantSubscriptions;
 use crate::store::embedded::codec::{decode, encode};
 use crate::store::embedded::index::{move_indexes, store_delivery, Indexes, ON_TIME_MS};
 use crate::store::embedded::{
@@ -192,9 +193,7 @@ impl Trees {
             })?;
         let (updated, disabled, created) = updated;
         // Still under the write lock: the cache changes in commit order.
-        for subscription in &updated {
-            self.subscription_cache.refresh(subscription);
-        }
+        self.subscription_cache.refresh_all(&updated);
         drop(writes);
         self.operational_stored(created)?;
         for record in records {
@@ -215,7 +214,7 @@ impl Trees {
     fn operational_audiences(
         &self,
         records: &[AttemptRecord],
-    ) -> Result<HashMap<String, Vec<Subscription>>, StoreError> {
+    ) -> Result<HashMap<String, TenantSubscriptions>, StoreError> {
         let mut audiences = HashMap::new();
         for record in records {
             if !matches!(record.decision, AttemptDecision::GiveUp { .. }) {
@@ -684,7 +683,7 @@ pub(super) fn store_operational(
     deliveries: &sled::transaction::TransactionalTree,
     indexes: &Indexes<'_>,
     event: &Operational,
-    audience: &[Subscription],
+    audience: &[Arc<Subscription>],
     fresh: &[&Subscription],
 ) -> Result<Option<(Event, Vec<Delivery>)>, sled::transaction::ConflictableTransactionError<StoreError>> {
     let at = event.event.id.created_at();
