@@ -223,17 +223,17 @@ impl Trees {
             self.event_cache.put(Arc::new(plan.event.clone()));
         }
 
-        for delivery in created()
+        // One message for the whole group (one send, one wake-up of the scheduler).
+        let notices = created()
             .flat_map(|plan| plan.deliveries.iter())
             .filter(live)
             .filter(|delivery| delivery.state == DeliveryState::Pending)
-        {
-            self.announce(QueueNotice::Queued {
+            .map(|delivery| QueueNotice::Queued {
                 subscription_id: delivery.subscription_id.clone(),
                 due: delivery.created_at,
                 delivery_id: delivery.id.clone(),
             });
-        }
+        self.announce(notices.collect());
         Ok(answers)
     }
 

@@ -289,7 +289,7 @@ impl Trees {
         drop(writes);
         if removed {
             self.purge_subscription_data(id)?;
-            self.announce(QueueNotice::Rescan { subscription_id: id.clone() });
+            self.announce(vec![QueueNotice::Rescan { subscription_id: id.clone() }]);
         }
         Ok(removed)
     }
