@@ -109,7 +109,7 @@ impl Engine {
     /// channel and gave the sending end to the store).
     pub fn start(
         store: Arc<dyn Storage>,
-        notices: crossbeam_channel::Receiver<crate::store::QueueNotice>,
+        notices: crossbeam_channel::Receiver<crate::store::QueueNotices>,
         config: Arc<SharedConfig>,
         metrics: Arc<Metrics>,
         health: Arc<Health>,

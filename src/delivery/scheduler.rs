@@ -39,7 +39,7 @@ use crate::delivery::wheel::TimingWheel;
 use crate::delivery::{Job, Progress};
 use crate::health::BeatGuard;
 use crate::model::{now_micros, now_millis, DeliveryId, Micros, Millis, SubscriptionId};
-use crate::store::{DueWork, QueueNotice};
+use crate::store::{DueWork, QueueNotice, QueueNotices};
 
 /// Keys of one subscription kept in memory; refilled from sled when half empty.
 pub const LANE_WINDOW: usize = 256;
@@ -140,7 +140,7 @@ impl Scheduler {
 
     /// Runs until the daemon's shutdown signal (carried by `beat`). Starts by recovering every
     /// queued delivery, including attempts that were in flight when a previous process died.
-    pub fn run(mut self, notices: Receiver<QueueNotice>, completions: Receiver<Progress>, beat: BeatGuard) {
+    pub fn run(mut self, notices: Receiver<QueueNotices>, completions: Receiver<Progress>, beat: BeatGuard) {
         match self.store.subscriptions_with_queue() {
             Ok(subscriptions) => {
                 tracing::info!(subscriptions = subscriptions.len(), "recovering queued deliveries");
@@ -185,8 +185,8 @@ impl Scheduler {
                 );
             beat.idle();
             select! {
-                recv(notices) -> notice => match notice {
-                    Ok(notice) => self.on_notice(notice),
+                recv(notices) -> batch => match batch {
+                    Ok(batch) => self.on_notices(batch),
                     Err(_) => return,
                 },
                 recv(completions) -> progress => match progress {
@@ -198,8 +198,8 @@ impl Scheduler {
             }
             beat.busy();
             // Take whatever else arrived meanwhile before looking at the clock.
-            for notice in notices.try_iter() {
-                self.on_notice(notice);
+            for batch in notices.try_iter() {
+                self.on_notices(batch);
             }
             for progress in completions.try_iter() {
                 self.on_progress(progress);
@@ -223,13 +223,34 @@ impl Scheduler {
     /// nodes' writes only as hints): every subscription with queued work is rescanned, so work
     /// another node queued, or left when it died, is found within one poll interval.
     fn poll(&mut self) -> Result<(), crate::store::StoreError> {
-        for subscription_id in self.store.subscriptions_with_queue()? {
-            self.on_notice(QueueNotice::Rescan { subscription_id });
-        }
+        let subscriptions = self.store.subscriptions_with_queue()?;
+        self.on_notices(
+            subscriptions
+                .into_iter()
+                .map(|subscription_id| QueueNotice::Rescan { subscription_id })
+                .collect(),
+        );
         Ok(())
     }
 
-    fn on_notice(&mut self, notice: QueueNotice) {
+    /// Takes the notices of one write into their lanes, then dispatches each lane they touched
+    /// once: a publish group's ~26 keys for one subscription cost one dispatch, not 26.
+    fn on_notices(&mut self, notices: QueueNotices) {
+        let mut seen = HashSet::new();
+        let mut touched = Vec::new();
+        for notice in notices {
+            let id = self.note(notice);
+            if seen.insert(id.clone()) {
+                touched.push(id);
+            }
+        }
+        for id in &touched {
+            self.dispatch(id);
+        }
+    }
+
+    /// Puts what `notice` says into its lane (without dispatching); returns the lane's id.
+    fn note(&mut self, notice: QueueNotice) -> SubscriptionId {
         match notice {
             QueueNotice::Queued { subscription_id: id, due, delivery_id } => {
                 match self.lanes.get_mut(&id) {
@@ -248,14 +269,14 @@ impl Scheduler {
                         }
                     }
                 }
-                self.dispatch(&id);
+                id
             }
             QueueNotice::Rescan { subscription_id: id } => {
                 let lane = self.lanes.entry(id.clone()).or_default();
                 lane.window.clear();
                 lane.cursor = None;
                 lane.exhausted = false;
-                self.dispatch(&id);
+                id
             }
         }
     }
@@ -499,6 +520,7 @@ fn trim(lane: &mut Lane) {
 mod tests {
     use super::*;
     use crate::config::{Config, DEVELOPMENT_DEFAULT};
+    use crate::model::DeliveryId;
     use crate::model::Subscription;
     use crate::store::{NewEvent, SledStore, StoreOptions, Subscriptions};
 
@@ -644,6 +666,47 @@ mod tests {
         let next = sent(&fixture);
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].subscription_id, lanes[2]);
+    }
+
+    /// A publish group's notices arrive as one message; the scheduler takes them all, sends
+    /// each key once (each lane dispatched once), and a repeated message sends nothing again.
+    #[test]
+    fn a_group_arrives_as_one_message_and_each_key_goes_out_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (notices, incoming) = crossbeam_channel::unbounded();
+        let options = StoreOptions { min_free_bytes: 0, notices, ..StoreOptions::default() };
+        let store = Arc::new(SledStore::open_with(dir.path(), &options).unwrap());
+        let config = Arc::new(SharedConfig::new(Config::parse(DEVELOPMENT_DEFAULT).unwrap()));
+        let (jobs_tx, jobs) = crossbeam_channel::unbounded();
+        let mut scheduler = Scheduler::new(store.clone(), config, jobs_tx, 16);
+        let now = now_millis();
+        let lanes: Vec<SubscriptionId> = (0..3)
+            .map(|_| {
+                let subscription =
+                    Subscription::new("demo", "s", "https://a.example/", vec!["a.b".into()], now);
+                store.create_subscription(&subscription, 100).unwrap();
+                scheduler.trusted.insert(subscription.id.clone());
+                subscription.id
+            })
+            .collect();
+        let events: Vec<NewEvent> = (0..3).map(|_| NewEvent::plain("a.b", now)).collect();
+        store.publish_now("demo", true, &events, now).unwrap();
+
+        let batches: Vec<QueueNotices> = incoming.try_iter().collect();
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), [9], "one message for the group");
+        scheduler.on_notices(batches[0].clone());
+        let out: Vec<Job> = jobs.try_iter().collect();
+        let mut keys: Vec<(Millis, DeliveryId)> =
+            out.iter().map(|job| (job.due, job.delivery_id.clone())).collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!((out.len(), keys.len()), (9, 9), "every key once");
+        for id in &lanes {
+            assert_eq!(out.iter().filter(|job| job.subscription_id == *id).count(), 3);
+        }
+        // The same message again (a notice is a hint): the keys are in flight, nothing goes out.
+        scheduler.on_notices(batches[0].clone());
+        assert_eq!(jobs.try_iter().count(), 0);
     }
 
     #[test]

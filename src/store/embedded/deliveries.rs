@@ -12,10 +12,11 @@ use crate::lifecycle::AttemptDecision;
 use crate::model::{
     Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
+use crate::store::embedded::cache::TenantSubscriptions;
 use crate::store::embedded::codec::{decode, encode};
 use crate::store::embedded::index::{move_indexes, store_delivery, Indexes, ON_TIME_MS};
 use crate::store::embedded::{
-    abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, StoreError, Trees, WriteClass,
+    abort_on, keys, AttemptContext, AttemptRecord, QueueNotice, QueueNotices, StoreError, Trees, WriteClass,
 };
 use crate::store::{Operational, RECOVER_BATCH};
 
@@ -192,20 +193,18 @@ impl Trees {
             })?;
         let (updated, disabled, created) = updated;
         // Still under the write lock: the cache changes in commit order.
-        for subscription in &updated {
-            self.subscription_cache.refresh(subscription);
-        }
+        self.subscription_cache.refresh_all(&updated);
         drop(writes);
         self.operational_stored(created)?;
-        for record in records {
-            if let AttemptDecision::Retry { due } = record.decision {
-                self.announce(QueueNotice::Queued {
-                    subscription_id: record.subscription_id.clone(),
-                    due,
-                    delivery_id: record.delivery_id.clone(),
-                });
-            }
-        }
+        let retries = records.iter().filter_map(|record| match record.decision {
+            AttemptDecision::Retry { due } => Some(QueueNotice::Queued {
+                subscription_id: record.subscription_id.clone(),
+                due,
+                delivery_id: record.delivery_id.clone(),
+            }),
+            _ => None,
+        });
+        self.announce(retries.collect());
         Ok(disabled)
     }
 
@@ -215,7 +214,7 @@ impl Trees {
     fn operational_audiences(
         &self,
         records: &[AttemptRecord],
-    ) -> Result<HashMap<String, Vec<Subscription>>, StoreError> {
+    ) -> Result<HashMap<String, TenantSubscriptions>, StoreError> {
         let mut audiences = HashMap::new();
         for record in records {
             if !matches!(record.decision, AttemptDecision::GiveUp { .. }) {
@@ -233,10 +232,11 @@ impl Trees {
     /// After a transaction stored operational events: what publish does after its commit (the
     /// event cache, the release check of what was held, the queue notices).
     pub(super) fn operational_stored(&self, created: Vec<(Event, Vec<Delivery>)>) -> Result<(), StoreError> {
+        let mut notices = QueueNotices::new();
         for (event, deliveries) in created {
             for delivery in &deliveries {
                 match delivery.state {
-                    DeliveryState::Pending => self.announce(QueueNotice::Queued {
+                    DeliveryState::Pending => notices.push(QueueNotice::Queued {
                         subscription_id: delivery.subscription_id.clone(),
                         due: delivery.created_at,
                         delivery_id: delivery.id.clone(),
@@ -246,6 +246,7 @@ impl Trees {
             }
             self.event_cache.put(Arc::new(event));
         }
+        self.announce(notices);
         Ok(())
     }
 
@@ -343,7 +344,7 @@ impl Trees {
             released += batch.len();
         }
         if released > 0 {
-            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.clone() });
+            self.announce(vec![QueueNotice::Rescan { subscription_id: subscription_id.clone() }]);
         }
         Ok(released)
     }
@@ -549,11 +550,11 @@ impl Trees {
                 })?;
         if let Some(delivery) = &result {
             if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
-                self.announce(QueueNotice::Queued {
+                self.announce(vec![QueueNotice::Queued {
                     subscription_id: subscription_id.clone(),
                     due: now,
                     delivery_id: delivery_id.clone(),
-                });
+                }]);
             }
         }
         Ok(result)
@@ -622,7 +623,7 @@ impl Trees {
                 })?
         };
         if queued > 0 {
-            self.announce(QueueNotice::Rescan { subscription_id: subscription_id.clone() });
+            self.announce(vec![QueueNotice::Rescan { subscription_id: subscription_id.clone() }]);
         }
         if held > 0 {
             // The subscription may have been resumed since it was read: as `hold` does.
@@ -684,7 +685,7 @@ pub(super) fn store_operational(
     deliveries: &sled::transaction::TransactionalTree,
     indexes: &Indexes<'_>,
     event: &Operational,
-    audience: &[Subscription],
+    audience: &[Arc<Subscription>],
     fresh: &[&Subscription],
 ) -> Result<Option<(Event, Vec<Delivery>)>, sled::transaction::ConflictableTransactionError<StoreError>> {
     let at = event.event.id.created_at();

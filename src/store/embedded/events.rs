@@ -9,6 +9,7 @@ use sled::transaction::TransactionalTree;
 use sled::Transactional;
 
 use crate::model::{Delivery, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId};
+use crate::store::embedded::cache::TenantSubscriptions;
 use crate::store::embedded::codec::{decode, encode, IdempotencyRecord};
 use crate::store::embedded::index::{store_delivery, Indexes};
 use crate::store::embedded::{
@@ -79,14 +80,14 @@ impl Trees {
 
     /// Plans every event of every request; each tenant's subscriptions are read once.
     fn plan_group(&self, requests: &[PublishRequest]) -> Result<Vec<Vec<Planned>>, StoreError> {
-        let mut subscriptions: HashMap<&str, Vec<Subscription>> = HashMap::new();
+        let mut subscriptions: HashMap<&str, TenantSubscriptions> = HashMap::new();
         let mut planned = Vec::with_capacity(requests.len());
         for request in requests {
             let tenant_id = request.tenant_id.as_str();
             if request.webhooks_enabled && !subscriptions.contains_key(tenant_id) {
                 subscriptions.insert(tenant_id, self.tenant_subscriptions(tenant_id)?);
             }
-            let fan_out: &[Subscription] = match request.webhooks_enabled {
+            let fan_out: &[Arc<Subscription>] = match request.webhooks_enabled {
                 true => &subscriptions[tenant_id],
                 false => &[],
             };
@@ -180,9 +181,34 @@ impl Trees {
                 .map(|(plan, _)| plan)
         };
 
+        // A subscription deleted after this group planned: its delete's purge may have scanned
+        // before these deliveries existed, and nothing else would ever remove them.
+        let mut lists: HashMap<&str, TenantSubscriptions> = HashMap::new();
+        let mut deleted: Vec<&SubscriptionId> = Vec::new();
+        for plan in created().filter(|plan| !plan.deliveries.is_empty()) {
+            let tenant_id = plan.event.tenant_id.as_str();
+            if !lists.contains_key(tenant_id) {
+                lists.insert(tenant_id, self.tenant_subscriptions(tenant_id)?);
+            }
+            let list = &lists[tenant_id];
+            deleted.extend(
+                plan.deliveries
+                    .iter()
+                    .map(|delivery| &delivery.subscription_id)
+                    .filter(|id| list.binary_search_by(|subscription| subscription.id.cmp(id)).is_err()),
+            );
+        }
+        deleted.sort_unstable();
+        deleted.dedup();
+        for subscription_id in &deleted {
+            self.purge_subscription_data(subscription_id)?;
+        }
+        let live = |delivery: &&Delivery| deleted.binary_search(&&delivery.subscription_id).is_err();
+
         // A subscription un-paused while this transaction ran must not keep what it held.
         let mut held_for: Vec<&SubscriptionId> = created()
             .flat_map(|plan| plan.deliveries.iter())
+            .filter(live)
             .filter(|delivery| delivery.state == DeliveryState::Held)
             .map(|delivery| &delivery.subscription_id)
             .collect();
@@ -197,16 +223,17 @@ impl Trees {
             self.event_cache.put(Arc::new(plan.event.clone()));
         }
 
-        for delivery in created()
+        // One message for the whole group (one send, one wake-up of the scheduler).
+        let notices = created()
             .flat_map(|plan| plan.deliveries.iter())
+            .filter(live)
             .filter(|delivery| delivery.state == DeliveryState::Pending)
-        {
-            self.announce(QueueNotice::Queued {
+            .map(|delivery| QueueNotice::Queued {
                 subscription_id: delivery.subscription_id.clone(),
                 due: delivery.created_at,
                 delivery_id: delivery.id.clone(),
             });
-        }
+        self.announce(notices.collect());
         Ok(answers)
     }
 
@@ -257,7 +284,7 @@ fn remembered(
     Ok((record.created_at + IDEMPOTENCY_WINDOW_MS > now).then_some(record))
 }
 
-fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Subscription], now: Millis) -> Planned {
+fn plan(tenant_id: &str, event: &NewEvent, subscriptions: &[Arc<Subscription>], now: Millis) -> Planned {
     let (event_record, deliveries) = fan_out(tenant_id, event, subscriptions, now);
     Planned {
         event: event_record,
@@ -283,6 +310,54 @@ mod tests {
 
     fn request(tenant_id: &str, events: Vec<NewEvent>) -> PublishRequest {
         PublishRequest { tenant_id: tenant_id.into(), webhooks_enabled: true, events, now: now_millis() }
+    }
+
+    /// The rule for subscription writes racing a group: the group fans out to the tenant's
+    /// subscriptions as they were when it planned — after every write that returned before
+    /// the writer took its requests — and the next group sees every write since.
+    #[test]
+    fn a_group_fans_out_as_planned_and_the_next_one_sees_the_writes_since() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let store = &store.trees;
+        let now = now_millis();
+        let a = Subscription::new("acme", "a", "https://a.example/", vec!["message.received".into()], now);
+        let b = Subscription::new("acme", "b", "https://b.example/", vec!["message.received".into()], now);
+        store.create_subscription(&a, 10).unwrap();
+
+        let planned = store.plan_group(&[request("acme", vec![event(None)])]).unwrap();
+        // Returned after the group planned: not in it.
+        store.create_subscription(&b, 10).unwrap();
+        store.update_subscription("acme", &a.id, |s| s.is_paused = true).unwrap();
+        let answers = store.write_group(&planned).unwrap();
+        assert_eq!(answers[0].as_ref().unwrap()[0].deliveries, 1);
+        assert_eq!(store.queued_after(&a.id, None, 10).unwrap().len(), 1, "pending, as a was at planning");
+        assert!(store.queued_after(&b.id, None, 10).unwrap().is_empty());
+
+        // The next group: b, and a held.
+        let answers = store.publish_group(&[request("acme", vec![event(None)])]);
+        assert_eq!(answers[0].as_ref().unwrap()[0].deliveries, 2);
+        assert_eq!(store.queued_after(&b.id, None, 10).unwrap().len(), 1);
+        assert_eq!(store.held.scan_prefix(keys::subscription_prefix(&a.id)).count(), 1);
+
+        // Deleted after the group planned, its purge done before the group commits: the group's
+        // delivery for it is purged with it, never left behind.
+        let c = Subscription::new("acme", "c", "https://c.example/", vec!["message.received".into()], now);
+        store.create_subscription(&c, 10).unwrap();
+        let planned = store.plan_group(&[request("acme", vec![event(None)])]).unwrap();
+        assert!(store.delete_subscription("acme", &c.id).unwrap());
+        let answers = store.write_group(&planned).unwrap();
+        assert_eq!(answers[0].as_ref().unwrap()[0].deliveries, 3, "the answer as written: a (held), b, c");
+        assert!(store.queued_after(&c.id, None, 10).unwrap().is_empty());
+        assert_eq!(store.subscription_deliveries.scan_prefix(keys::subscription_prefix(&c.id)).count(), 0);
+        assert!(!store.deleted_subscriptions.contains_key(c.id.as_bytes()).unwrap());
+        assert_eq!(store.queued_after(&b.id, None, 10).unwrap().len(), 2, "b's delivery stays");
+
+        // A filter change and a delete, both returned: the next group sends nothing to either.
+        store.update_subscription("acme", &b.id, |s| s.events = vec!["message.sent".into()]).unwrap();
+        assert!(store.delete_subscription("acme", &a.id).unwrap());
+        let answers = store.publish_group(&[request("acme", vec![event(None)])]);
+        assert_eq!(answers[0].as_ref().unwrap()[0].deliveries, 0);
     }
 
     #[test]

@@ -38,8 +38,8 @@ use crate::model::{
     Delivery, DeliveryId, DeliveryState, Event, EventId, Millis, Subscription, SubscriptionId,
 };
 pub(crate) use crate::store::{
-    AttemptContext, AttemptRecord, NewEvent, PublishRequest, Published, QueueNotice, StoreError,
-    StoreOptions, DURABLE_WAIT, PROBE_OVERDUE,
+    AttemptContext, AttemptRecord, NewEvent, PublishRequest, Published, QueueNotice, QueueNotices,
+    StoreError, StoreOptions, DURABLE_WAIT, PROBE_OVERDUE,
 };
 use crate::store::{
     BoxFuture, Claim, DeliveryLog, DueWork, Outcomes, Page, Publishing, Retention, SharedKeys,
@@ -106,7 +106,7 @@ pub(crate) struct Trees {
     finished: sled::Tree,
     idempotency: sled::Tree,
     idempotency_expiry: sled::Tree,
-    notices: crossbeam_channel::Sender<QueueNotice>,
+    notices: crossbeam_channel::Sender<QueueNotices>,
     subscription_cache: Arc<cache::SubscriptionCache>,
     /// The keys subscription secrets are sealed and opened with (see
     /// [`Trees::encode_subscription`]).
@@ -667,9 +667,13 @@ impl Trees {
         err
     }
 
-    fn announce(&self, notice: QueueNotice) {
+    /// Sends the notices of one committed write in one message (none when it queued nothing).
+    fn announce(&self, notices: QueueNotices) {
+        if notices.is_empty() {
+            return;
+        }
         // Without a receiver (no engine, or the engine stopped) a notice has nobody to wake.
-        let _ = self.notices.send(notice);
+        let _ = self.notices.send(notices);
     }
 }
 

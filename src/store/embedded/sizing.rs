@@ -223,14 +223,19 @@ fn data_dir_size_per_event() {
     let recorder = {
         let (store, recorded, done) = (store.clone(), recorded.clone(), done.clone());
         let record_groups = record_groups.clone();
+        // Notices arrive a write's batch at a time; the backlog keeps what one group left.
+        let mut backlog = std::collections::VecDeque::new();
         std::thread::spawn(move || loop {
-            let first = match incoming.recv_timeout(Duration::from_millis(100)) {
-                Ok(notice) => notice,
-                Err(_) if done.load(Ordering::Relaxed) => return,
-                Err(_) => continue,
-            };
+            if backlog.is_empty() {
+                match incoming.recv_timeout(Duration::from_millis(100)) {
+                    Ok(batch) => backlog.extend(batch),
+                    Err(_) if done.load(Ordering::Relaxed) => return,
+                    Err(_) => continue,
+                }
+            }
+            backlog.extend(incoming.try_iter().flatten());
             let mut group = Vec::with_capacity(32);
-            for notice in std::iter::once(first).chain(incoming.try_iter().take(31)) {
+            for notice in backlog.drain(..backlog.len().min(32)) {
                 let QueueNotice::Queued { subscription_id, due, delivery_id } = notice else { continue };
                 let Claim::Ready(context) = store.claim(&subscription_id, due, &delivery_id, 1).unwrap()
                 else {

@@ -8,6 +8,7 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use sled::Transactional;
 
 use crate::model::{Subscription, SubscriptionId};
+use crate::store::embedded::cache::TenantSubscriptions;
 use crate::store::embedded::codec::{decode, encode};
 use crate::store::embedded::deliveries::store_operational;
 use crate::store::embedded::index::Indexes;
@@ -74,7 +75,8 @@ impl Trees {
     }
 
     /// Stores a new subscription unless the tenant already has `max_webhooks`. The count and
-    /// the insert are one transaction, so concurrent creates can never exceed the limit.
+    /// the insert are one transaction, so concurrent creates can never exceed the limit. The
+    /// tenant's cached list has it before this returns: every publish after it fans out to it.
     pub(crate) fn create_subscription(
         &self,
         subscription: &Subscription,
@@ -83,6 +85,7 @@ impl Trees {
         self.admit(WriteClass::Client)?;
         let tenant_id = subscription.tenant_id.as_str();
         let value = self.encode_subscription(subscription);
+        let writes = self.subscription_cache.lock_writes();
         (&self.subscriptions, &self.tenant_subscriptions, &self.tenant_counts).transaction(
             |(subscriptions, index, counts)| {
                 let count = read_count(counts, tenant_id)?;
@@ -95,6 +98,8 @@ impl Trees {
                 Ok(())
             },
         )?;
+        self.subscription_cache.created(Arc::new(subscription.clone()));
+        drop(writes);
         Ok(())
     }
 
@@ -163,15 +168,35 @@ impl Trees {
         Ok((page, next))
     }
 
-    /// All of a tenant's subscriptions (for fan-out at publish).
-    pub(crate) fn tenant_subscriptions(&self, tenant_id: &str) -> Result<Vec<Subscription>, StoreError> {
+    /// All of a tenant's subscriptions, in id order, as the last write of the `subscriptions`
+    /// tree that returned left them (for fan-out at publish and operational events): from
+    /// memory, or read whole from sled under the cache's write lock when the tenant's list is
+    /// not cached (first use since start-up, or after the cache was emptied).
+    pub(crate) fn tenant_subscriptions(&self, tenant_id: &str) -> Result<TenantSubscriptions, StoreError> {
+        if let Some(hit) = self.subscription_cache.tenant(tenant_id) {
+            return Ok(hit);
+        }
+        let _writes = self.subscription_cache.lock_writes();
+        if let Some(hit) = self.subscription_cache.tenant(tenant_id) {
+            return Ok(hit);
+        }
+        let list: TenantSubscriptions = self.stored_tenant_subscriptions(tenant_id)?.into();
+        self.subscription_cache.put_tenant(tenant_id, list.clone());
+        Ok(list)
+    }
+
+    /// All of a tenant's subscriptions as sled holds them, in id order.
+    pub(super) fn stored_tenant_subscriptions(
+        &self,
+        tenant_id: &str,
+    ) -> Result<Vec<Arc<Subscription>>, StoreError> {
         let prefix = keys::tenant_prefix(tenant_id);
         let mut all = Vec::new();
         for entry in self.tenant_subscriptions.scan_prefix(&prefix) {
             let (key, _) = entry?;
             if let Some(id) = SubscriptionId::from_bytes(&key[prefix.len()..]) {
                 if let Some(subscription) = self.subscription_by_id(&id)? {
-                    all.push(subscription);
+                    all.push(Arc::new(subscription));
                 }
             }
         }
@@ -260,11 +285,11 @@ impl Trees {
                 deleted.insert(id.as_bytes(), &[])?;
                 Ok(true)
             })?;
-        self.subscription_cache.forget(id);
+        self.subscription_cache.forget(tenant_id, id);
         drop(writes);
         if removed {
             self.purge_subscription_data(id)?;
-            self.announce(QueueNotice::Rescan { subscription_id: id.clone() });
+            self.announce(vec![QueueNotice::Rescan { subscription_id: id.clone() }]);
         }
         Ok(removed)
     }
@@ -290,7 +315,7 @@ impl Trees {
 
     /// Drops the queue, held and log entries and delivery records of a deleted subscription, in
     /// batches so a subscription with a huge backlog never makes one giant transaction.
-    fn purge_subscription_data(&self, id: &SubscriptionId) -> Result<(), StoreError> {
+    pub(super) fn purge_subscription_data(&self, id: &SubscriptionId) -> Result<(), StoreError> {
         loop {
             let batch: Vec<sled::IVec> = self
                 .subscription_deliveries
@@ -365,6 +390,165 @@ mod tests {
 
         assert!(store.delete_subscription("acme", &subscription.id).unwrap());
         assert!(store.cached_subscription(&subscription.id).unwrap().is_none());
+    }
+
+    /// The tenant's cached list equals what sled holds, subscription for subscription.
+    fn assert_exact(store: &Trees, tenant_id: &str) {
+        let cached: Vec<Subscription> =
+            store.tenant_subscriptions(tenant_id).unwrap().iter().map(|s| (**s).clone()).collect();
+        let stored: Vec<Subscription> =
+            store.stored_tenant_subscriptions(tenant_id).unwrap().iter().map(|s| (**s).clone()).collect();
+        assert_eq!(cached, stored, "the cached list of {tenant_id} differs from storage");
+    }
+
+    fn subscription(tenant_id: &str, name: &str) -> Subscription {
+        Subscription::new(
+            tenant_id,
+            name,
+            "https://a.example/",
+            vec!["message.received".into()],
+            now_millis(),
+        )
+    }
+
+    /// Every write of the `subscriptions` tree — create, update (pause, filters), a recorded
+    /// attempt that disables, delete — is in the tenant's cached list when it returns, and a
+    /// restarted store (an empty cache) reads the same list from sled.
+    #[test]
+    fn the_tenant_list_is_exact_through_every_subscription_write_and_a_restart() {
+        use crate::lifecycle::AttemptDecision;
+        use crate::model::Attempt;
+        use crate::store::AttemptRecord;
+        let dir = tempfile::tempdir().unwrap();
+        let opened = SledStore::open(dir.path()).unwrap();
+        let store = &opened.trees;
+        assert!(store.tenant_subscriptions("acme").unwrap().is_empty(), "loaded, and cached, empty");
+        let (a, b) = (subscription("acme", "a"), subscription("acme", "b"));
+        store.create_subscription(&a, 10).unwrap();
+        store.create_subscription(&b, 10).unwrap();
+        store.create_subscription(&subscription("globex", "g"), 10).unwrap();
+        assert_eq!(store.tenant_subscriptions("acme").unwrap().len(), 2);
+        assert_exact(store, "acme");
+
+        store.update_subscription("acme", &b.id, |s| s.is_paused = true).unwrap();
+        store.update_subscription("acme", &a.id, |s| s.events = vec!["message.sent".into()]).unwrap();
+        // Refused writes change nothing: another tenant's id, a create past the limit.
+        assert!(store.update_subscription("globex", &a.id, |s| s.is_paused = true).unwrap().is_none());
+        assert!(!store.delete_subscription("globex", &a.id).unwrap());
+        let over = subscription("acme", "over");
+        assert!(matches!(store.create_subscription(&over, 2), Err(StoreError::LimitExceeded)));
+        assert_exact(store, "acme");
+        let listed = store.tenant_subscriptions("acme").unwrap();
+        assert!(listed[1].is_paused && listed[0].events == ["message.sent"]);
+
+        // The recorder's write: a give-up disables `a`.
+        store.update_subscription("acme", &a.id, |s| s.events = vec!["message.received".into()]).unwrap();
+        let now = now_millis();
+        store.publish("acme", true, &[crate::store::NewEvent::plain("message.received", now)], now).unwrap();
+        let (due, delivery_id) = store.queued_after(&a.id, None, 1).unwrap().remove(0);
+        let attempt = Attempt { at: now, duration_ms: 1, response_code: Some(500), error: None };
+        let give_up = AttemptDecision::GiveUp { disable_reason: "gone".into() };
+        let record =
+            AttemptRecord { subscription_id: a.id.clone(), due, delivery_id, attempt, decision: give_up };
+        assert_eq!(store.record_attempts(&[record]).unwrap(), 1);
+        assert!(!store.tenant_subscriptions("acme").unwrap()[0].is_active);
+        assert_exact(store, "acme");
+
+        assert!(store.delete_subscription("acme", &a.id).unwrap());
+        assert_eq!(store.tenant_subscriptions("acme").unwrap().len(), 1);
+        assert_exact(store, "acme");
+        assert_exact(store, "globex");
+
+        let expected: Vec<Subscription> =
+            store.tenant_subscriptions("acme").unwrap().iter().map(|s| (**s).clone()).collect();
+        // A restart starts with an empty cache over the same trees.
+        let restarted = Trees {
+            subscription_cache: Arc::new(crate::store::embedded::cache::SubscriptionCache::new(10_000)),
+            ..store.clone()
+        };
+        let again: Vec<Subscription> =
+            restarted.tenant_subscriptions("acme").unwrap().iter().map(|s| (**s).clone()).collect();
+        assert_eq!(again, expected);
+    }
+
+    /// The lists are bounded by `subscription_cache_entries` and emptied when full; a write to
+    /// a tenant whose list was dropped is found when the list is read from sled again.
+    #[test]
+    fn tenant_lists_stay_exact_when_the_cache_empties() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = SledStore::open(dir.path()).unwrap();
+        let store = Trees {
+            subscription_cache: Arc::new(crate::store::embedded::cache::SubscriptionCache::new(3)),
+            ..opened.trees.clone()
+        };
+        for (tenant_id, name) in [("acme", "a1"), ("acme", "a2"), ("globex", "g1"), ("globex", "g2")] {
+            store.create_subscription(&subscription(tenant_id, name), 10).unwrap();
+        }
+        assert_eq!(store.tenant_subscriptions("acme").unwrap().len(), 2);
+        // globex's two would make four: acme's list goes.
+        assert_eq!(store.tenant_subscriptions("globex").unwrap().len(), 2);
+        assert!(store.subscription_cache.tenant("acme").is_none());
+        let late = subscription("acme", "a3");
+        store.create_subscription(&late, 10).unwrap();
+        let acme = store.tenant_subscriptions("acme").unwrap();
+        assert_eq!(acme.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["a1", "a2", "a3"]);
+        // A tenant bigger than the bound is still cached, alone.
+        assert!(store.subscription_cache.tenant("acme").is_some());
+        assert!(store.subscription_cache.tenant("globex").is_none());
+        assert_exact(&store, "acme");
+        assert_exact(&store, "globex");
+    }
+
+    /// How many deliveries of `event_id` were made for `subscription_id`.
+    fn made_for(store: &Trees, subscription_id: &SubscriptionId, event_id: &crate::model::EventId) -> usize {
+        let log = store.subscription_deliveries.scan_prefix(keys::subscription_prefix(subscription_id));
+        log.keys()
+            .filter_map(|key| keys::delivery_of(&key.unwrap()))
+            .filter_map(|delivery_id| store.delivery(&delivery_id).unwrap())
+            .filter(|delivery| delivery.event_id == *event_id)
+            .count()
+    }
+
+    /// Read-your-writes under contention: while other threads create, pause, rename and delete
+    /// subscriptions of the same tenant and publish to it, every publish that starts after a
+    /// create returned makes a delivery for it, and none after a delete returned; afterwards
+    /// the cached list is exactly storage.
+    #[test]
+    fn a_publish_after_a_write_returned_sees_it_whatever_runs_beside() {
+        use crate::store::NewEvent;
+        let dir = tempfile::tempdir().unwrap();
+        let opened = SledStore::open(dir.path()).unwrap();
+        let store = &opened.trees;
+        let steady = subscription("acme", "steady");
+        store.create_subscription(&steady, 1000).unwrap();
+        let publish = |store: &Trees| {
+            let now = now_millis();
+            store.publish("acme", true, &[NewEvent::plain("message.received", now)], now).unwrap()
+        };
+        std::thread::scope(|scope| {
+            let churn = scope.spawn(|| {
+                for round in 0..40 {
+                    let other = subscription("acme", &format!("churn {round}"));
+                    store.create_subscription(&other, 1000).unwrap();
+                    store.update_subscription("acme", &steady.id, |s| s.is_paused = round % 2 == 0).unwrap();
+                    store.update_subscription("acme", &other.id, |s| s.name = "renamed".into()).unwrap();
+                    publish(store);
+                    assert!(store.delete_subscription("acme", &other.id).unwrap());
+                }
+            });
+            for round in 0..40 {
+                let created = subscription("acme", &format!("checked {round}"));
+                store.create_subscription(&created, 1000).unwrap();
+                let answer = publish(store);
+                assert_eq!(made_for(store, &created.id, &answer[0].event_id), 1, "after create {round}");
+                assert!(store.delete_subscription("acme", &created.id).unwrap());
+                let answer = publish(store);
+                assert_eq!(made_for(store, &created.id, &answer[0].event_id), 0, "after delete {round}");
+                assert!(answer[0].deliveries >= 1, "steady is always there");
+            }
+            churn.join().unwrap();
+        });
+        assert_exact(store, "acme");
     }
 
     /// Plaintext records (written before a key) are sealed by one re-seal, which a second run

@@ -50,9 +50,9 @@ use crate::model::{
 };
 use crate::store::{
     fan_out, first_conflict, AttemptContext, AttemptRecord, BoxFuture, Claim, DeliveryLog, DueWork,
-    Operational, Outcomes, Page, PublishRequest, Published, Publishing, QueueNotice, Retention, SharedKeys,
-    StorageFigures, StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals, DURABLE_WAIT,
-    IDEMPOTENCY_WINDOW_MS, PROBE_OVERDUE, RECOVER_BATCH,
+    Operational, Outcomes, Page, PublishRequest, Published, Publishing, QueueNotice, QueueNotices, Retention,
+    SharedKeys, StorageFigures, StoreError, StoreOptions, SubscriptionChange, Subscriptions, Vitals,
+    DURABLE_WAIT, IDEMPOTENCY_WINDOW_MS, PROBE_OVERDUE, RECOVER_BATCH,
 };
 use rows::{sql_millis, sql_millis_opt, DeliveryRow, DELIVERY_COLUMNS, SUBSCRIPTION_COLUMNS};
 
@@ -102,7 +102,7 @@ struct Shared {
     /// This daemon's name in claims and notifications: host, process id, random suffix.
     node: String,
     lease: Millis,
-    notices: crossbeam_channel::Sender<QueueNotice>,
+    notices: crossbeam_channel::Sender<QueueNotices>,
     /// True on PostgreSQL itself, false on servers that speak its protocol without `NOTIFY` and
     /// `synchronous_commit` (CockroachDB): other nodes then learn by polling alone, and engine
     /// transactions commit as the server does.
@@ -495,7 +495,7 @@ async fn monitor(db: Db, server: tls::Connection, health: Arc<Health>) {
 async fn listen(
     server: tls::Connection,
     node: String,
-    notices: crossbeam_channel::Sender<QueueNotice>,
+    notices: crossbeam_channel::Sender<QueueNotices>,
     health: Arc<Health>,
 ) {
     use futures_util::StreamExt;
@@ -524,8 +524,9 @@ async fn listen(
             let _client = &client;
             while let Some(message) = messages.next().await {
                 if let tokio_postgres::AsyncMessage::Notification(note) = message? {
-                    for notice in parse_hint(note.payload(), &node) {
-                        let _ = notices.send(notice);
+                    let hinted = parse_hint(note.payload(), &node);
+                    if !hinted.is_empty() {
+                        let _ = notices.send(hinted);
                     }
                 }
             }
@@ -657,9 +658,14 @@ async fn engine_write(db: &Db, tx: &impl GenericClient) -> Result<(), Failure> {
     Ok(())
 }
 
-fn announce(db: &Db, notice: QueueNotice) {
+/// Sends the notices of one committed write to this node's engine in one message (none when
+/// it queued nothing).
+fn announce(db: &Db, notices: QueueNotices) {
+    if notices.is_empty() {
+        return;
+    }
     // Without a receiver (no engine) a notice has nobody to wake.
-    let _ = db.0.notices.send(notice);
+    let _ = db.0.notices.send(notices);
 }
 
 /// Writes a subscription: every column, inserted or replacing the stored row (the id, tenant
@@ -905,9 +911,7 @@ async fn update_subscription(
         }
     })?;
     let Some((was_deliverable, after, queued)) = outcome else { return Ok(None) };
-    for notice in queued {
-        announce(&db, notice);
-    }
+    announce(&db, queued);
     if !was_deliverable && after.is_deliverable() {
         release_held(db, after.id.clone()).await?;
     }
@@ -938,7 +942,7 @@ async fn delete_subscription(db: Db, tenant_id: String, id: SubscriptionId) -> R
     })?;
     if removed {
         purge_subscription_data(db.clone(), id.clone()).await?;
-        announce(&db, QueueNotice::Rescan { subscription_id: id });
+        announce(&db, vec![QueueNotice::Rescan { subscription_id: id }]);
     }
     Ok(removed)
 }
@@ -1025,9 +1029,7 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
     });
     match grouped {
         Ok((answers, queued)) => {
-            for notice in queued {
-                announce(&db, notice);
-            }
+            announce(&db, queued);
             answers
         }
         Err(_) if requests.len() > 1 => {
@@ -1041,9 +1043,7 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
                 });
                 answers.push(match one {
                     Ok((answer, queued)) => {
-                        for notice in queued {
-                            announce(&db, notice);
-                        }
+                        announce(&db, queued);
                         answer
                     }
                     Err(err) => Err(err),
@@ -1267,7 +1267,11 @@ async fn redeliver(
         if delivery.state == DeliveryState::Pending && delivery.next_attempt_at == Some(now) {
             announce(
                 &db,
-                QueueNotice::Queued { subscription_id: subscription.id.clone(), due: now, delivery_id: id },
+                vec![QueueNotice::Queued {
+                    subscription_id: subscription.id.clone(),
+                    due: now,
+                    delivery_id: id,
+                }],
             );
         }
     }
@@ -1332,7 +1336,7 @@ async fn recover_batch(
     })
     .map(|(recovered, next, queued)| {
         if queued {
-            announce(&db, QueueNotice::Rescan { subscription_id });
+            announce(&db, vec![QueueNotice::Rescan { subscription_id }]);
         }
         (recovered, next)
     })
@@ -1701,9 +1705,7 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
         store_operational(&db, &tx, &operational, &fresh, &mut queued).await?;
         (disabled, queued)
     })?;
-    for notice in retries {
-        announce(&db, notice);
-    }
+    announce(&db, retries);
     Ok(disabled)
 }
 
@@ -1781,7 +1783,7 @@ async fn release_held(db: Db, subscription_id: SubscriptionId) -> Result<usize, 
         }
     }
     if released > 0 {
-        announce(&db, QueueNotice::Rescan { subscription_id });
+        announce(&db, vec![QueueNotice::Rescan { subscription_id }]);
     }
     Ok(released)
 }
