@@ -35,6 +35,8 @@ pub struct Setup {
     pub max_in_flight_per_subscription: u32,
     /// Where each subscription's adaptive in-flight limit starts.
     pub initial_in_flight_per_subscription: u32,
+    /// `[delivery] adaptive_concurrency`: off, every trusted subscription may use its whole cap.
+    pub adaptive_concurrency: bool,
     pub allow_private_targets: bool,
     pub tiny_max_webhooks: u32,
     pub hold_retention: &'static str,
@@ -81,6 +83,7 @@ impl Default for Setup {
             max_retry_delay: "6h",
             max_in_flight_per_subscription: 4,
             initial_in_flight_per_subscription: 4,
+            adaptive_concurrency: true,
             allow_private_targets: true,
             tiny_max_webhooks: 3,
             hold_retention: "72h",
@@ -106,6 +109,7 @@ timeout = "{timeout}"
 max_retry_delay = "{max_retry_delay}"
 max_in_flight_per_subscription = {max_in_flight}
 initial_in_flight_per_subscription = {initial_in_flight}
+adaptive_concurrency = {adaptive}
 allow_http = true
 allow_private_targets = {allow_private}
 hold_retention = "{hold_retention}"
@@ -160,6 +164,7 @@ scopes = {all}
             max_retry_delay = self.max_retry_delay,
             max_in_flight = self.max_in_flight_per_subscription,
             initial_in_flight = self.initial_in_flight_per_subscription,
+            adaptive = self.adaptive_concurrency,
             allow_private = self.allow_private_targets,
             hold_retention = self.hold_retention,
             min_free_bytes = self.min_free_bytes,
