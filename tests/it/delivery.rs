@@ -301,7 +301,13 @@ fn rotation_signs_later_attempts_with_the_new_secret_and_grace_keeps_the_old_one
 fn a_hanging_endpoint_never_delays_a_healthy_one() {
     let setup = Setup { workers: 6, timeout: "3s", max_in_flight_per_subscription: 2, ..Setup::default() };
     let daemon = TestDaemon::with(setup);
-    let hanging = Receiver::answering(Answer::status(200).after(Duration::from_secs(30)));
+    // Answers only after the 3 s timeout (the client has given up), but not much later: the
+    // receiver counts a request open until its answer is dropped, which it does not notice when
+    // the client leaves, so a 30 s delay would count every attempt a timeout ended for 30 s and
+    // a loaded run (past 6 s) would see the next attempts on top of them. With 3.5 s, an
+    // abandoned request overlaps the next attempt (suspect: one at a time) by 0.5 s at most, so
+    // the receiver counts at most one more than the daemon holds, never more than the cap.
+    let hanging = Receiver::answering(Answer::status(200).after(Duration::from_millis(3500)));
     let healthy = Receiver::start();
     subscribe(&daemon, &hanging, json!({ "retryDelaySeconds": 1 }));
     subscribe(&daemon, &healthy, json!({}));

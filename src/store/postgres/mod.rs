@@ -1485,22 +1485,28 @@ async fn claim_round(
     claims: &[(Millis, &DeliveryId, usize)],
 ) -> Result<Vec<Claim>, StoreError> {
     let now = now_millis();
-    // The deliveries (their columns under their own names) with their events (prefixed).
-    let deliveries_and_events = format!(
+    // A delivery (its columns under their own names) with its event (prefixed). One statement
+    // per delivery, pipelined, rather than one `= ANY($1)`: a prepared `= ANY` planned while the
+    // tables were small keeps a sequential scan (measured: rounds of ~10 claims took 30 ms on a
+    // 20,000-delivery backlog), where a primary-key equality always plans as an index lookup.
+    let delivery_and_event = format!(
         "SELECT {}, e.id AS event_id_found, e.tenant_id AS event_tenant_id, e.event_type AS event_event_type, \
          e.created_at AS event_created_at, e.body AS event_body, e.live_deliveries AS event_live_deliveries \
-         FROM deliveries d LEFT JOIN events e ON e.id = d.event_id WHERE d.id = ANY($1) ORDER BY d.id FOR UPDATE OF d",
+         FROM deliveries d LEFT JOIN events e ON e.id = d.event_id WHERE d.id = $1 FOR UPDATE OF d",
         DELIVERY_COLUMNS.split(", ").map(|column| format!("d.{column}")).collect::<Vec<_>>().join(", ")
     );
-    let ids: Vec<&str> = claims.iter().map(|(_, id, _)| id.as_str()).collect();
+    // Locked in id order (as every multi-delivery lock is taken).
+    let mut ids: Vec<&str> = claims.iter().map(|(_, id, _)| id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let id_params: Vec<[&(dyn ToSql + Sync); 1]> = ids.iter().map(|id| [id as &(dyn ToSql + Sync)]).collect();
     let (subscription_text, now_sql) = (subscription_id.as_str(), sql_millis(now));
     transaction!(db, |tx| {
-        let ids_params: [&(dyn ToSql + Sync); 1] = [&ids];
         let live_params: [&(dyn ToSql + Sync); 2] = [&subscription_text, &now_sql];
         let (setting, subscription, found, live) = tokio::join!(
             engine_write(db, &tx),
             select_subscription(&tx, &db.0.secrets, subscription_id, true),
-            tx.q(&deliveries_and_events, &ids_params),
+            try_join_all(id_params.iter().map(|params| tx.qopt(&delivery_and_event, params))),
             tx.q1(
                 "SELECT (SELECT count(*) FROM deliveries WHERE subscription_id = $1 AND claimed_by IS NOT NULL \
                  AND claimed_until > $2), (SELECT rate_granted_at_us FROM subscriptions WHERE id = $1)",
@@ -1509,11 +1515,12 @@ async fn claim_round(
         );
         setting?;
         let (subscription, found, live) = (subscription?, found?, live?);
+        let found: Vec<Row> = found.into_iter().flatten().collect();
         match subscription {
             None => {
                 // Deleted: the deliveries a publish wrote meanwhile go too.
                 let gone =
-                    tx.q("DELETE FROM deliveries WHERE id = ANY($1) RETURNING event_id", &ids_params).await?;
+                    tx.q("DELETE FROM deliveries WHERE id = ANY($1) RETURNING event_id", &[&ids]).await?;
                 release_events(&tx, gone.iter().map(|row| row.get(0)).collect()).await?;
                 claims.iter().map(|_| Claim::Stale).collect()
             }
@@ -1579,11 +1586,10 @@ async fn claim_round(
                 }
                 if !granted.is_empty() {
                     let until = sql_millis(now + db.0.lease);
-                    tx.exec(
-                        "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = ANY($1)",
-                        &[&granted, &db.0.node, &until],
-                    )
-                    .await?;
+                    let stamp = "UPDATE deliveries SET claimed_by = $2, claimed_until = $3 WHERE id = $1";
+                    let params: Vec<[&(dyn ToSql + Sync); 3]> =
+                        granted.iter().map(|id| [id as &(dyn ToSql + Sync), &db.0.node, &until]).collect();
+                    try_join_all(params.iter().map(|params| tx.exec(stamp, params))).await?;
                 }
                 if let Some(granted_at) = rate_granted_at {
                     tx.exec(
@@ -1625,9 +1631,10 @@ async fn hold(
 }
 
 async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, StoreError> {
-    let select_deliveries =
-        format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE id = ANY($1) ORDER BY id FOR UPDATE");
-    let delivery_ids: Vec<&str> = records.iter().map(|record| record.delivery_id.as_str()).collect();
+    // Locked in id order; one statement each (see `claim_round` on `= ANY`).
+    let mut delivery_ids: Vec<&DeliveryId> = records.iter().map(|record| &record.delivery_id).collect();
+    delivery_ids.sort_unstable();
+    delivery_ids.dedup();
     // The subscriptions in one order on every node (no deadlock between recorders).
     let subscription_ids: BTreeMap<&str, &SubscriptionId> =
         records.iter().map(|record| (record.subscription_id.as_str(), &record.subscription_id)).collect();
@@ -1635,7 +1642,6 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
         // Three exchanges whatever the group's size, under the subscriptions' row locks: the
         // locks (subscriptions, then the deliveries in id order) and the reads go out pipelined
         // and run in the order sent; every write goes out pipelined after them; the commit.
-        let ids_params: [&(dyn ToSql + Sync); 1] = [&delivery_ids];
         let (setting, subscriptions, found) = tokio::join!(
             engine_write(&db, &tx),
             try_join_all(subscription_ids.values().map(|id| select_subscription(
@@ -1644,14 +1650,13 @@ async fn record_attempts(db: Db, records: Vec<AttemptRecord>) -> Result<usize, S
                 id,
                 true
             ))),
-            tx.q(&select_deliveries, &ids_params),
+            try_join_all(delivery_ids.iter().map(|id| select_delivery(&tx, id, true))),
         );
         setting?;
         let mut touched: BTreeMap<&str, Option<Subscription>> =
             subscription_ids.keys().copied().zip(subscriptions?).collect();
         let mut current: HashMap<String, DeliveryRow> = HashMap::with_capacity(records.len());
-        for row in &found? {
-            let row = rows::delivery(row)?;
+        for row in found?.into_iter().flatten() {
             current.insert(row.delivery.id.to_string(), row);
         }
         let mut disabled = 0;
