@@ -1021,9 +1021,11 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
     let grouped = transaction!(db, |tx| {
         let mut queued = Vec::new();
         let mut answers = Vec::with_capacity(requests.len());
+        let mut writes = PublishWrites::default();
         for request in &requests {
-            answers.push(publish_in(&tx, &db.0.secrets, request, &mut queued).await?);
+            answers.push(publish_in(&tx, &db.0.secrets, request, &mut writes, &mut queued).await?);
         }
+        writes.send(&tx).await?;
         hint(&db, &tx, &queued).await?;
         (answers, queued)
     });
@@ -1037,7 +1039,9 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
             for request in requests {
                 let one = transaction!(db, |tx| {
                     let mut queued = Vec::new();
-                    let answer = publish_in(&tx, &db.0.secrets, &request, &mut queued).await?;
+                    let mut writes = PublishWrites::default();
+                    let answer = publish_in(&tx, &db.0.secrets, &request, &mut writes, &mut queued).await?;
+                    writes.send(&tx).await?;
                     hint(&db, &tx, &queued).await?;
                     (answer, queued)
                 });
@@ -1055,19 +1059,54 @@ async fn publish_group(db: Db, requests: Vec<PublishRequest>) -> Vec<Result<Vec<
     }
 }
 
-/// One request's part of a publish transaction: the tenant's subscriptions, the idempotency
-/// check (a conflict answers `Ok(Err(…))` and writes nothing), the events, their deliveries and
-/// the idempotency rows. The notices of the deliveries it queued are added to `queued`.
+/// The rows a publish transaction inserts that nobody reads back in it — events and their
+/// deliveries — and the tenants' subscriptions it read, kept for the whole transaction.
+#[derive(Default)]
+struct PublishWrites {
+    events: Vec<Event>,
+    /// Each delivery with the instant it was published.
+    deliveries: Vec<(Delivery, Millis)>,
+    /// Each tenant's subscriptions, read once per transaction (the fan-out of its requests).
+    subscriptions: HashMap<String, Vec<Subscription>>,
+}
+
+impl PublishWrites {
+    /// Sends every insert at once (pipelined: one exchange whatever their number).
+    async fn send(&self, tx: &impl GenericClient) -> Result<(), Failure> {
+        let events = try_join_all(self.events.iter().map(|event| insert_event(tx, event)));
+        let deliveries = try_join_all(
+            self.deliveries.iter().map(|(delivery, now)| store_delivery(tx, None, delivery, *now)),
+        );
+        let (events, deliveries) = tokio::join!(events, deliveries);
+        events?;
+        deliveries?;
+        Ok(())
+    }
+}
+
+/// One request's part of a publish transaction: the tenant's subscriptions (read once per
+/// transaction), the idempotency check (a conflict answers `Ok(Err(…))` and writes nothing),
+/// the idempotency rows; the events and their deliveries are added to `writes` for
+/// [`PublishWrites::send`] before the commit. The notices of the deliveries it queued are added
+/// to `queued`.
 async fn publish_in(
     tx: &impl GenericClient,
     keys: &crate::secrets::SecretKeys,
     request: &PublishRequest,
+    writes: &mut PublishWrites,
     queued: &mut Vec<QueueNotice>,
 ) -> Result<Result<Vec<Published>, StoreError>, Failure> {
     let PublishRequest { tenant_id, webhooks_enabled, events, now } = request;
     let (webhooks_enabled, now) = (*webhooks_enabled, *now);
-    let subscriptions =
-        if webhooks_enabled { tenant_subscriptions(tx, keys, tenant_id).await? } else { Vec::new() };
+    if webhooks_enabled && !writes.subscriptions.contains_key(tenant_id) {
+        let read = tenant_subscriptions(tx, keys, tenant_id).await?;
+        writes.subscriptions.insert(tenant_id.clone(), read);
+    }
+    let none = Vec::new();
+    let subscriptions = match webhooks_enabled {
+        true => writes.subscriptions.get(tenant_id).unwrap_or(&none),
+        false => &none,
+    };
     // Live idempotency records of this request's client ids, locked for the transaction.
     let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
     let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
@@ -1106,7 +1145,7 @@ async fn publish_in(
             answers.push(Published { event_id: event_id.clone(), deliveries: *deliveries, duplicate: true });
             continue;
         }
-        let (stored, deliveries) = fan_out(tenant_id, event, &subscriptions, now);
+        let (stored, deliveries) = fan_out(tenant_id, event, subscriptions, now);
         if let Some(client_id) = &event.client_id {
             // Replaces only an expired record. A live one not read above was committed by a
             // concurrent request meanwhile (this insert waited for it): run again, and
@@ -1137,12 +1176,12 @@ async fn publish_in(
                 (stored.id.clone(), deliveries.len() as u32, Some(event.fingerprint)),
             );
         }
-        // An event nobody subscribed to is answered but not kept: nothing references it.
-        if !deliveries.is_empty() {
-            insert_event(tx, &stored).await?;
-        }
+        answers.push(Published {
+            event_id: stored.id.clone(),
+            deliveries: deliveries.len() as u32,
+            duplicate: false,
+        });
         for delivery in &deliveries {
-            store_delivery(tx, None, delivery, now).await?;
             if delivery.state == DeliveryState::Pending {
                 queued.push(QueueNotice::Queued {
                     subscription_id: delivery.subscription_id.clone(),
@@ -1151,11 +1190,11 @@ async fn publish_in(
                 });
             }
         }
-        answers.push(Published {
-            event_id: stored.id.clone(),
-            deliveries: deliveries.len() as u32,
-            duplicate: false,
-        });
+        // An event nobody subscribed to is answered but not kept: nothing references it.
+        if !deliveries.is_empty() {
+            writes.events.push(stored);
+            writes.deliveries.extend(deliveries.into_iter().map(|delivery| (delivery, now)));
+        }
     }
     Ok(Ok(answers))
 }
