@@ -181,6 +181,10 @@ impl Trees {
                 .map(|(plan, _)| plan)
         };
 
+        // The group is committed: what follows tidies up after it, and a failure there (logged)
+        // must not turn the answers into errors — a client told 503 would publish again what is
+        // stored, and the group's retry one request at a time would write it a second time.
+
         // A subscription deleted after this group planned: its delete's purge may have scanned
         // before these deliveries existed, and nothing else would ever remove them.
         let mut lists: HashMap<&str, TenantSubscriptions> = HashMap::new();
@@ -188,7 +192,13 @@ impl Trees {
         for plan in created().filter(|plan| !plan.deliveries.is_empty()) {
             let tenant_id = plan.event.tenant_id.as_str();
             if !lists.contains_key(tenant_id) {
-                lists.insert(tenant_id, self.tenant_subscriptions(tenant_id)?);
+                match self.tenant_subscriptions(tenant_id) {
+                    Ok(list) => lists.insert(tenant_id, list),
+                    Err(err) => {
+                        tracing::warn!(tenant = tenant_id, error = %err, "cannot check a stored publish for subscriptions deleted meanwhile");
+                        continue;
+                    }
+                };
             }
             let list = &lists[tenant_id];
             deleted.extend(
@@ -201,7 +211,9 @@ impl Trees {
         deleted.sort_unstable();
         deleted.dedup();
         for subscription_id in &deleted {
-            self.purge_subscription_data(subscription_id)?;
+            if let Err(err) = self.purge_subscription_data(subscription_id) {
+                tracing::warn!(subscription = %subscription_id, error = %err, "cannot remove the deliveries a publish stored for a subscription deleted meanwhile");
+            }
         }
         let live = |delivery: &&Delivery| deleted.binary_search(&&delivery.subscription_id).is_err();
 
@@ -215,7 +227,9 @@ impl Trees {
         held_for.sort_unstable();
         held_for.dedup();
         for subscription_id in held_for {
-            self.release_if_deliverable(subscription_id)?;
+            if let Err(err) = self.release_if_deliverable(subscription_id) {
+                tracing::warn!(subscription = %subscription_id, error = %err, "cannot release what a publish held for a subscription un-paused meanwhile");
+            }
         }
 
         // Attempts read the event from memory while it is fresh (events never change).
