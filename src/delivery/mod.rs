@@ -62,10 +62,14 @@ pub enum Progress {
     /// in storage and goes back into its lane, attempted again once dispatch resumes. The
     /// slot is freed too when `slot_free` (no [`Progress::Attempted`] was sent for it).
     Requeue { job: Job, slot_free: bool },
-    /// The claim was refused for now (the subscription's cap is reached across nodes, or
-    /// another node holds the delivery): slot and key are free, the key goes back into its lane
-    /// and the lane waits [`BUSY_RETRY`] before it dispatches again.
+    /// The claim was refused for now (the subscription's cap is reached across nodes): slot and
+    /// key are free, the key goes back into its lane and the lane waits [`BUSY_RETRY`] before it
+    /// dispatches again.
     Busy { job: Job },
+    /// Another claim holds this delivery until `until` (Unix ms, `store::Claim::Taken`): the
+    /// slot is free and the lane goes on with its other keys at once; this key stays out of the
+    /// lane (refills skip it) until `until`, then goes back in.
+    Taken { job: Job, until: Millis },
     /// The claim was granted and the attempt is starting (sent before the HTTP exchange, for a
     /// rate-limited subscription or a job of a lane believed limited): the subscription's next
     /// attempt may start at `next_start` (Unix µs), or at any time when `None` (no limit now).
@@ -85,6 +89,7 @@ impl Progress {
             | Progress::Skipped { job }
             | Progress::Requeue { job, .. }
             | Progress::Busy { job }
+            | Progress::Taken { job, .. }
             | Progress::Claimed { job, .. }
             | Progress::Limited { job, .. } => job,
         }

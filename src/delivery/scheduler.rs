@@ -27,7 +27,7 @@
 //! claims it sends too early are refused ([`Progress::Limited`]) with the instant to come back,
 //! and teach it the limit.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ struct Lane {
     waiting_for_budget: bool,
     /// A claim was refused (`Progress::Busy`): nothing is dispatched before this instant.
     not_before: Millis,
+    /// Keys another claim holds (`Progress::Taken`), with the instant (Unix ms) its lease ends:
+    /// kept in `in_flight` meanwhile so refills skip them, back into the window then.
+    taken: BTreeMap<Key, Millis>,
     /// The subscription's rate limit as its claims last told this node; `None` while none is
     /// known (none, or not learned yet).
     rate: Option<LaneRate>,
@@ -327,6 +330,17 @@ impl Scheduler {
                 }
                 (job, true, true)
             }
+            Progress::Taken { job, until } => {
+                if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
+                    // The key stays in flight (refills skip it) until the other claim's lease ends.
+                    lane.taken.insert((job.due, job.delivery_id.clone()), until);
+                    if lane.wake_at.is_none_or(|at| at > until) {
+                        lane.wake_at = Some(until);
+                        self.wheel.insert(until, job.subscription_id.clone());
+                    }
+                }
+                (job, true, false)
+            }
             Progress::Claimed { job, next_start } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
                     // Reports of one lane's claims may arrive out of order: the latest grant wins.
@@ -404,6 +418,20 @@ impl Scheduler {
                 self.wheel.insert(wake, id.clone());
             }
             return;
+        }
+        // Keys whose other claim has run out its lease: back into the window.
+        let ended: Vec<Key> =
+            lane.taken.iter().filter(|(_, until)| **until <= now).map(|(key, _)| key.clone()).collect();
+        for key in ended {
+            lane.taken.remove(&key);
+            lane.in_flight.remove(&key);
+            lane.window.insert(key);
+        }
+        if let Some(&until) = lane.taken.values().min() {
+            if lane.wake_at.is_none_or(|at| at > until) {
+                lane.wake_at = Some(until);
+                self.wheel.insert(until, id.clone());
+            }
         }
         if now < lane.not_before {
             // A claim was refused: look again when the wait is over.
@@ -744,6 +772,48 @@ mod tests {
         fixture.scheduler.lanes.get_mut(&id).unwrap().not_before = 0;
         fixture.scheduler.dispatch(&id);
         assert_eq!(sent(&fixture).pop().unwrap().delivery_id, job.delivery_id);
+    }
+
+    /// A delivery another claim holds (a node killed mid-attempt leaves its claims until their
+    /// lease ends) keeps only itself back: the lane goes on with its other keys at once, refills
+    /// and rescans skip the held key, and it goes out again once the lease has ended.
+    #[test]
+    fn a_delivery_another_claim_holds_waits_for_its_lease_and_the_rest_go_on() {
+        let mut fixture = fixture(16);
+        let id = backlog(&mut fixture, 6);
+        fixture.scheduler.trusted.insert(id.clone());
+        fixture.scheduler.dispatch(&id);
+        let out = sent(&fixture);
+        assert_eq!(out.len(), 4, "the initial adaptive limit");
+        let held = out[0].clone();
+        let until = now_millis() + 60_000;
+        fixture.scheduler.on_progress(Progress::Taken { job: held.clone(), until });
+        let next = sent(&fixture);
+        assert_eq!(next.len(), 1, "its slot goes to the next key at once, no BUSY_RETRY");
+        assert_ne!(next[0].delivery_id, held.delivery_id);
+        let lane = &fixture.scheduler.lanes[&id];
+        assert_eq!(lane.not_before, 0, "the lane does not wait");
+        assert!(lane.wake_at.is_some_and(|at| at <= until), "the wheel wakes it by the lease's end");
+
+        // A rescan (the poll) and the other keys' outcomes: the held key stays out.
+        fixture.scheduler.on_notices(vec![QueueNotice::Rescan { subscription_id: id.clone() }]);
+        for job in out[1..].iter().chain(&next) {
+            fixture.scheduler.on_progress(Progress::Attempted {
+                job: job.clone(),
+                endpoint_ok: true,
+                latency: QUICK,
+            });
+            fixture.scheduler.on_progress(Progress::Recorded { job: job.clone() });
+        }
+        let later = sent(&fixture);
+        assert!(later.iter().all(|job| job.delivery_id != held.delivery_id), "not before the lease ends");
+
+        // The lease has ended: back into the lane, out again.
+        let lane = fixture.scheduler.lanes.get_mut(&id).unwrap();
+        *lane.taken.values_mut().next().unwrap() = now_millis() - 1;
+        fixture.scheduler.dispatch(&id);
+        assert!(sent(&fixture).iter().any(|job| job.delivery_id == held.delivery_id));
+        assert!(fixture.scheduler.lanes[&id].taken.is_empty());
     }
 
     #[test]

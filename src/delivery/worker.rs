@@ -47,6 +47,7 @@ pub fn run(
             }
             Ok(Made::Nothing) => progress.send(Progress::Skipped { job }).is_ok(),
             Ok(Made::Busy) => progress.send(Progress::Busy { job }).is_ok(),
+            Ok(Made::Taken { until }) => progress.send(Progress::Taken { job, until }).is_ok(),
             Ok(Made::Limited { until }) => progress.send(Progress::Limited { job, until }).is_ok(),
             Err(err) => {
                 beat.error();
@@ -75,6 +76,8 @@ enum Made {
     Nothing,
     /// No attempt yet: the claim was refused for now.
     Busy,
+    /// No attempt of this delivery before `until` (Unix ms): another claim holds it.
+    Taken { until: Millis },
     /// No attempt yet: the subscription's rate limit allows the next start at `until` (µs).
     Limited { until: Micros },
 }
@@ -95,6 +98,7 @@ fn attempt(
         match store.claim(&job.subscription_id, job.due, &job.delivery_id, cap)? {
             Claim::Ready(context) => *context,
             Claim::Busy => return Ok(Made::Busy),
+            Claim::Taken { until } => return Ok(Made::Taken { until }),
             Claim::Limited { until } => return Ok(Made::Limited { until }),
             Claim::Stale => return Ok(Made::Nothing),
         };

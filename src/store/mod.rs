@@ -356,8 +356,13 @@ pub enum Claim {
     /// The delivery is this node's to attempt now, with what the attempt needs.
     Ready(Box<AttemptContext>),
     /// Not now: the subscription has its in-flight cap of attempts under way (across every
-    /// node), or another node holds the delivery. The queue entry stays; ask again shortly.
+    /// node). The queue entry stays; ask again shortly.
     Busy,
+    /// Not this delivery now: a claim (another node's, or one this node left behind) holds it
+    /// until `until` (Unix ms, the end of its lease). The queue entry stays; the subscription's
+    /// other deliveries may go meanwhile, and this one is asked for again at `until` (a node
+    /// killed mid-attempt must not stop its subscriptions on every node for the lease).
+    Taken { until: Millis },
     /// Nothing to attempt: the delivery, its subscription or its event is gone, or the entry is
     /// stale (the delivery is no longer due at that time). The stray entry was removed.
     Stale,

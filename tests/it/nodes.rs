@@ -359,3 +359,73 @@ fn the_database_connection_is_encrypted_and_verified_when_the_url_asks() {
     let unknown_ca = refused(format!("{base}?sslmode=require"));
     assert!(unknown_ca.contains("certificate"), "{unknown_ca}");
 }
+
+/// A node killed while it holds claims keeps back only the deliveries it claimed: the
+/// survivor goes on delivering the subscription's other events at once, long before the dead
+/// node's lease ends (before, each of the survivor's claims met the dead claim first and its
+/// whole lane waited, so nothing went out for the lease).
+#[test]
+fn a_killed_nodes_claims_hold_back_only_their_own_deliveries() {
+    let cluster = PgCluster::start();
+    let receiver = Receiver::start();
+    let setup = Setup {
+        lease: Some("30s"),
+        timeout: "25s",
+        max_in_flight_per_subscription: 4,
+        adaptive_concurrency: false,
+        ..Setup::default()
+    };
+    let mut first = node(&cluster, &setup);
+    let second = node(&cluster, &setup);
+    subscribe(&first, &receiver.url("/hook"));
+    let publish = |served: &Served, count: usize| {
+        for _ in 0..count {
+            let reply =
+                served.call("POST", "/v1/events", ACME_KEY, Some(json!({ "event": "message.received" })));
+            assert_eq!(reply.status, 202, "{}", reply.text);
+        }
+    };
+    // Nothing pending or claimed: no node is inside a transaction on the subscription (a node
+    // stopped inside one would hold its row lock).
+    let settled = || {
+        wait_until("every delivery recorded", LONG, || {
+            cluster
+                .psql("SELECT count(*) FROM deliveries WHERE state = 'pending' OR claimed_by IS NOT NULL")
+                .trim()
+                == "0"
+        })
+    };
+    // Each node earns the endpoint's trust (a suspect subscription gets one claim at a time
+    // across nodes), delivering alone while the other is stopped (SIGSTOP).
+    second.process.signal("STOP");
+    publish(&first, 3);
+    receiver.wait_for(3, LONG);
+    settled();
+    second.process.signal("CONT");
+    first.process.signal("STOP");
+    publish(&second, 3);
+    receiver.wait_for(6, LONG);
+    settled();
+    first.process.signal("CONT");
+
+    // Two slow requests claimed by the first node alone; then it is killed while they hang.
+    receiver.script([
+        Answer::status(200).after(Duration::from_secs(20)),
+        Answer::status(200).after(Duration::from_secs(20)),
+    ]);
+    second.process.signal("STOP");
+    publish(&first, 2);
+    receiver.wait_for(8, LONG);
+    second.process.signal("CONT");
+    first.process.signal("KILL");
+    first.process.wait_exit(Duration::from_secs(10));
+
+    let killed_at = Instant::now();
+    publish(&second, 5);
+    receiver.wait_for(13, LONG);
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(15),
+        "the survivor's deliveries waited {:?}, as long as the dead node's lease",
+        killed_at.elapsed()
+    );
+}

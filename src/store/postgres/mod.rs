@@ -1511,11 +1511,12 @@ async fn claim_rounds(db: Db, subscription_id: SubscriptionId, first: WaitingCla
 /// the subscription's live claims (claims within their lease, every node's) and its last rate
 /// grant are read in one pipelined exchange; they run in the order sent, so the count is taken
 /// under the lock. Each claim in turn: gone, no longer pending or due at another time —
-/// [`Claim::Stale`]; held by a claim within its lease, or the live claims at its cap —
-/// [`Claim::Busy`]; a deliverable, rate-limited subscription whose next start is later (one
-/// grant per round at most: the others wait for the interval after it) — [`Claim::Limited`];
-/// otherwise granted, and counted in the live claims for the claims after it. The granted ones
-/// are stamped `claimed_by = node, claimed_until = now + lease` in one statement. A paused or
+/// [`Claim::Stale`]; held by a claim within its lease — [`Claim::Taken`] until the lease ends;
+/// the live claims at its cap — [`Claim::Busy`]; a deliverable, rate-limited subscription whose
+/// next start is later (one grant per round at most: the others wait for the interval after
+/// it) — [`Claim::Limited`]; otherwise granted, and counted in the live claims for the claims
+/// after it. The granted ones are stamped `claimed_by = node, claimed_until = now + lease`,
+/// one statement each, pipelined. A paused or
 /// disabled subscription's claims are granted unstamped, for the worker to hold them; a deleted
 /// subscription's deliveries go (with their events when no longer referenced).
 async fn claim_round(
@@ -1594,7 +1595,9 @@ async fn claim_round(
                         {
                             Claim::Stale
                         }
-                        Some((row, _)) if row.claimed_until.is_some_and(|until| until > now) => Claim::Busy,
+                        Some((row, _)) if row.claimed_until.is_some_and(|until| until > now) => {
+                            Claim::Taken { until: row.claimed_until.unwrap_or(now) }
+                        }
                         // Asked twice in one round: the first one has it.
                         Some(_) if ready.contains(&id.as_str()) => Claim::Busy,
                         Some(_) if next_start > now_us => Claim::Limited { until: next_start },
