@@ -1467,17 +1467,26 @@ async fn claim(
 
 /// Runs rounds of `subscription_id`'s claims, starting with `first`, until no claim waits.
 async fn claim_rounds(db: Db, subscription_id: SubscriptionId, first: WaitingClaim) {
-    /// Ends the rounds however the task ends: the waiting claims' senders go with the entry, so
-    /// their callers hear [`StoreError::Unavailable`] rather than wait for a round that never
-    /// comes, and the next claim starts rounds afresh.
-    struct Ending<'a>(&'a Db, &'a SubscriptionId);
+    /// Ends the rounds if the task ends otherwise than by finding no claim waiting (a panic,
+    /// the runtime shutting down): the waiting claims' senders go with the entry — this task's
+    /// own, as no other task makes one while it is there — so their callers hear
+    /// [`StoreError::Unavailable`] rather than wait for a round that never comes, and the next
+    /// claim starts rounds afresh. A task that ended normally removed its entry itself, under
+    /// the same lock as its last look, and must not remove the entry of a task started since.
+    struct Ending<'a> {
+        db: &'a Db,
+        subscription_id: &'a SubscriptionId,
+        finished: bool,
+    }
     impl Drop for Ending<'_> {
         fn drop(&mut self) {
-            let mut rounds = self.0 .0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            rounds.remove(self.1);
+            if !self.finished {
+                let mut rounds = self.db.0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                rounds.remove(self.subscription_id);
+            }
         }
     }
-    let _ending = Ending(&db, &subscription_id);
+    let mut ending = Ending { db: &db, subscription_id: &subscription_id, finished: false };
     let mut round = vec![first];
     loop {
         let claims: Vec<(Millis, &DeliveryId, usize)> =
@@ -1494,9 +1503,13 @@ async fn claim_rounds(db: Db, subscription_id: SubscriptionId, first: WaitingCla
             let _ = waiting.answer.send(answer);
         }
         let mut rounds = db.0.claims.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let Some(next) = rounds.get_mut(&subscription_id) else { return };
+        let Some(next) = rounds.get_mut(&subscription_id) else {
+            ending.finished = true;
+            return;
+        };
         if next.is_empty() {
             rounds.remove(&subscription_id);
+            ending.finished = true;
             return;
         }
         let rest = next.split_off(next.len().min(CLAIM_ROUND));
