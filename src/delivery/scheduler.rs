@@ -332,12 +332,9 @@ impl Scheduler {
             }
             Progress::Taken { job, until } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
-                    // The key stays in flight (refills skip it) until the other claim's lease ends.
+                    // The key stays in flight (refills skip it) until the other claim's lease ends;
+                    // the dispatch below has the wheel wake the lane then.
                     lane.taken.insert((job.due, job.delivery_id.clone()), until);
-                    if lane.wake_at.is_none_or(|at| at > until) {
-                        lane.wake_at = Some(until);
-                        self.wheel.insert(until, job.subscription_id.clone());
-                    }
                 }
                 (job, true, false)
             }
@@ -412,11 +409,7 @@ impl Scheduler {
         let Some(lane) = self.lanes.get_mut(id) else { return };
         if self.store.dispatch_paused() {
             // Storage cannot take the outcomes now: look again in a second.
-            let wake = now + PAUSED_RETRY.as_millis() as Millis;
-            if lane.wake_at.is_none_or(|at| at > wake) {
-                lane.wake_at = Some(wake);
-                self.wheel.insert(wake, id.clone());
-            }
+            wake_by(&mut self.wheel, lane, id, now + PAUSED_RETRY.as_millis() as Millis);
             return;
         }
         // Keys whose other claim has run out its lease: back into the window.
@@ -428,17 +421,11 @@ impl Scheduler {
             lane.window.insert(key);
         }
         if let Some(&until) = lane.taken.values().min() {
-            if lane.wake_at.is_none_or(|at| at > until) {
-                lane.wake_at = Some(until);
-                self.wheel.insert(until, id.clone());
-            }
+            wake_by(&mut self.wheel, lane, id, until);
         }
         if now < lane.not_before {
             // A claim was refused: look again when the wait is over.
-            if lane.wake_at.is_none_or(|at| at > lane.not_before) {
-                lane.wake_at = Some(lane.not_before);
-                self.wheel.insert(lane.not_before, id.clone());
-            }
+            wake_by(&mut self.wheel, lane, id, lane.not_before);
             return;
         }
         refill(&*self.store, id, lane);
@@ -496,10 +483,7 @@ impl Scheduler {
                 None => Some(*due),
             });
             if let Some(wake) = wake {
-                if lane.wake_at.is_none_or(|at| wake < at) {
-                    lane.wake_at = Some(wake);
-                    self.wheel.insert(wake, id.clone());
-                }
+                wake_by(&mut self.wheel, lane, id, wake);
             }
         }
         if lane.window.is_empty() && lane.exhausted && lane.in_flight.is_empty() && !lane.waiting_for_budget {
@@ -533,6 +517,14 @@ fn refill(store: &dyn DueWork, id: &SubscriptionId, lane: &mut Lane) {
 
 /// Keeps a lane's window bounded when many notices arrive for keys already in range: the
 /// latest keys are dropped from memory (they stay in sled) and the cursor moves back.
+/// Has the wheel wake `lane` (of subscription `id`) at `at` (Unix ms) unless it wakes it sooner.
+fn wake_by(wheel: &mut TimingWheel<SubscriptionId>, lane: &mut Lane, id: &SubscriptionId, at: Millis) {
+    if lane.wake_at.is_none_or(|wake_at| wake_at > at) {
+        lane.wake_at = Some(at);
+        wheel.insert(at, id.clone());
+    }
+}
+
 fn trim(lane: &mut Lane) {
     if lane.window.len() <= 2 * LANE_WINDOW {
         return;
