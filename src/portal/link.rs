@@ -87,7 +87,9 @@ pub fn create(
         Some(url) => url.clone(),
         None => format!("http://{}", request_host(headers)?),
     };
-    let expires_at = now_millis() / 1000 + u64::from(ttl);
+    // Whole seconds in the token, rounded up: a link lives at least `ttlSeconds` (less than one
+    // second more), never a truncated fraction of it.
+    let expires_at = now_millis().div_ceil(1000) + u64::from(ttl);
     let session =
         Session::issue(key, &principal.tenant.id, read_only, expires_at, crate::model::random_bytes());
     tracing::info!(tenant = %principal.tenant.id, read_only, ttl_seconds = ttl, "portal link issued");

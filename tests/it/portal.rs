@@ -127,10 +127,14 @@ fn portal_session_requests_are_validated_like_the_api() {
 #[test]
 fn an_expired_link_and_an_expired_cookie_are_refused_with_a_clear_page() {
     let daemon = TestDaemon::start();
-    let (link, expires_at) = portal_link(&daemon, ACME_KEY, Some(json!({ "ttlSeconds": 1 })));
-    let (cookie, _) = enter(&link);
+    // Two seconds, so a loaded machine still opens the link before it expires.
+    let asked = std::time::SystemTime::now();
+    let (link, expires_at) = portal_link(&daemon, ACME_KEY, Some(json!({ "ttlSeconds": 2 })));
     let expires = humantime::parse_rfc3339(&expires_at).unwrap();
-    wait_until("the link's expiry", Duration::from_secs(5), || std::time::SystemTime::now() > expires);
+    // Whole seconds rounded up: a link lives at least its ttlSeconds, never a truncated part.
+    assert!(expires >= asked + Duration::from_secs(2), "{expires_at} is short of 2 s");
+    let (cookie, _) = enter(&link);
+    wait_until("the link's expiry", Duration::from_secs(10), || std::time::SystemTime::now() > expires);
     for reply in [send("GET", &link, &[], None), page(&daemon, "/portal/", &cookie)] {
         assert_eq!(reply.status, 401, "{}", reply.text);
         assert!(reply.text.contains("This portal link has expired"), "{}", reply.text);
