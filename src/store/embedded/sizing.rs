@@ -14,7 +14,9 @@
 //! Knobs (environment): `SIZING_EVENTS` (default 200 000), `SIZING_PUBLISHERS` (concurrent
 //! single-event clients, default 16), `SIZING_RETENTION_MS` (run the janitor's purges with
 //! this `delivery_retention`; default none), `SIZING_SAMPLES` (size samples over the run,
-//! default 10), `SIZING_DIR` (where the data dir goes; default a temporary dir).
+//! default 10), `SIZING_DIR` (where the data dir goes; default a temporary dir), `SIZING_FANOUT`
+//! (subscriptions every event goes to, default 1; the publish phase's rate is reported on its own),
+//! `SIZING_COMPRESSION` (0: sled uncompressed, as by default; default 1).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -212,9 +214,13 @@ fn data_dir_size_per_event() {
     };
     println!("compressed: {}", super::compressed(&dir, false));
     let now = now_millis();
-    let subscription =
-        Subscription::new("acme", "chat", "https://a.example/hook", vec!["message.received".into()], now);
-    crate::store::Subscriptions::create_subscription(&store, &subscription, 10).unwrap();
+    let fan_out = knob("SIZING_FANOUT", 1);
+    for _ in 0..fan_out {
+        let subscription =
+            Subscription::new("acme", "chat", "https://a.example/hook", vec!["message.received".into()], now);
+        crate::store::Subscriptions::create_subscription(&store, &subscription, 100).unwrap();
+    }
+    let deliveries = events * fan_out;
 
     // The recorder: claims every queued delivery and records a 200 for it, up to 32 a group.
     let recorded = Arc::new(AtomicU64::new(0));
@@ -335,7 +341,12 @@ fn data_dir_size_per_event() {
     for client in clients {
         client.join().unwrap();
     }
-    while recorded.load(Ordering::Relaxed) < events && started.elapsed() < Duration::from_secs(3600) {
+    let publish_seconds = started.elapsed().as_secs_f64();
+    println!(
+        "published {events} events (fan-out {fan_out}) in {publish_seconds:.1} s: {:.0} events/s",
+        events as f64 / publish_seconds
+    );
+    while recorded.load(Ordering::Relaxed) < deliveries && started.elapsed() < Duration::from_secs(3600) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let seconds = started.elapsed().as_secs_f64();
