@@ -236,7 +236,7 @@ fn backup(to: &Path, config_path: Option<&Path>) -> anyhow::Result<()> {
         match crate::store::backup_data_dir(data_dir, file) {
             Ok(_) => Ok("the data dir (no daemon was running)"),
             Err(crate::store::BackupError::Store(err)) if err.to_string().contains("lock") => bail!(
-                "{} is in use by another process, but no daemon answers on {}: if it is the daemon, its log says why it has no control socket; otherwise stop that process ({err})",
+                "{} is in use by another process, but no daemon answers on {}: if it is the daemon, its log says why it has no control socket; otherwise stop that process",
                 data_dir.display(),
                 crate::control::socket_path(data_dir).display()
             ),

@@ -157,11 +157,12 @@ pub struct RawStorage {
     /// PostgreSQL connection URL (`postgres://user@host:port/db`); `ATENDER_STORAGE_URL`, when
     /// set, takes its place.
     pub url: Option<String>,
-    /// Connections to PostgreSQL this daemon keeps at most.
-    pub pool_size: u32,
-    /// How long a node's claim on a delivery lasts (humantime): another node may attempt it
-    /// once the lease ran out without an outcome (the claiming node died).
-    pub lease: String,
+    /// Connections to PostgreSQL this daemon keeps at most (default 16; postgres only).
+    pub pool_size: Option<u32>,
+    /// How long a node's claim on a delivery lasts (humantime, default 30 s; postgres only):
+    /// another node may attempt it once the lease ran out without an outcome (the claiming node
+    /// died).
+    pub lease: Option<String>,
     /// Bytes that must stay free on the data dir's file system (sled); below it client writes
     /// get 503, below half of it every write does and delivery pauses. 0 turns the guard off.
     pub min_free_bytes: u64,
@@ -180,8 +181,8 @@ impl Default for RawStorage {
         RawStorage {
             backend: "sled".into(),
             url: None,
-            pool_size: 16,
-            lease: "30s".into(),
+            pool_size: None,
+            lease: None,
             min_free_bytes: crate::store::DEFAULT_MIN_FREE_BYTES,
             page_cache_bytes: CacheSizes::default().page_cache_bytes,
             event_cache_bytes: CacheSizes::default().event_cache_bytes,
@@ -190,6 +191,11 @@ impl Default for RawStorage {
         }
     }
 }
+
+/// `[storage] pool_size` when not set: connections to PostgreSQL per daemon.
+const DEFAULT_POOL_SIZE: u32 = 16;
+/// `[storage] lease` when not set (humantime).
+const DEFAULT_LEASE: &str = "30s";
 
 /// The environment variable that holds the PostgreSQL URL (so the password can live in a
 /// systemd credential or an environment file rather than in the config file).
@@ -846,8 +852,14 @@ fn validate_storage(
 ) -> Result<StorageBackend, ConfigError> {
     match raw.backend.as_str() {
         "sled" => {
-            if raw.url.is_some() {
-                return Err(invalid("storage.url", "is only for backend = \"postgres\""));
+            // A PostgreSQL setting under sled would do nothing: say so rather than ignore it.
+            let postgres_only = [
+                ("storage.url", raw.url.is_some()),
+                ("storage.pool_size", raw.pool_size.is_some()),
+                ("storage.lease", raw.lease.is_some()),
+            ];
+            if let Some((key, _)) = postgres_only.into_iter().find(|(_, set)| *set) {
+                return Err(invalid(key, "is only for backend = \"postgres\""));
             }
             Ok(StorageBackend::Sled)
         }
@@ -869,10 +881,12 @@ fn validate_storage(
             }
             // What the backend will read of it: the driver's settings, `sslmode`, `sslrootcert`.
             crate::store::check_postgres_url(&url).map_err(|err| invalid("storage.url", err))?;
-            if !(1..=1024).contains(&raw.pool_size) {
+            let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+            if !(1..=1024).contains(&pool_size) {
                 return Err(invalid("storage.pool_size", "must be between 1 and 1024"));
             }
-            let lease = duration("storage.lease", &raw.lease, SECOND, Duration::from_secs(3600))?;
+            let lease = raw.lease.as_deref().unwrap_or(DEFAULT_LEASE);
+            let lease = duration("storage.lease", lease, SECOND, Duration::from_secs(3600))?;
             if lease <= delivery.timeout {
                 return Err(invalid(
                     "storage.lease",
@@ -882,7 +896,7 @@ fn validate_storage(
                     ),
                 ));
             }
-            Ok(StorageBackend::Postgres(PostgresConfig { url, pool_size: raw.pool_size as usize, lease }))
+            Ok(StorageBackend::Postgres(PostgresConfig { url, pool_size: pool_size as usize, lease }))
         }
         other => Err(invalid("storage.backend", format!("must be \"sled\" or \"postgres\" (got {other:?})"))),
     }
@@ -1022,6 +1036,8 @@ mod tests {
             ("[storage]\nbackend = \"postgres\"", "storage.url"),
             ("[storage]\nbackend = \"postgres\"\nurl = \"mysql://h/db\"", "storage.url"),
             ("[storage]\nurl = \"postgres://h/db\"", "storage.url"),
+            ("[storage]\npool_size = 4", "storage.pool_size"),
+            ("[storage]\nbackend = \"sled\"\nlease = \"60s\"", "storage.lease"),
             (
                 "[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"\npool_size = 0",
                 "storage.pool_size",

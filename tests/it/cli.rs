@@ -460,3 +460,20 @@ fn serve_without_config_runs_the_development_default() {
     }
     assert!(cwd.path().join("atender-data").is_dir(), "the data dir is ./atender-data");
 }
+
+#[test]
+fn a_second_daemon_on_a_data_dir_in_use_says_so_and_exits_1() {
+    let mut first = Served::start(&Setup { storage: Storage::Sled, ..Setup::default() }, &[]);
+    let second = run_binary(&["serve", "--config", first.config_path.to_str().unwrap()]);
+    second.assert_code(1);
+    assert!(
+        second.stderr.contains("is in use by another process")
+            && second.stderr.contains("is a daemon already running on it?")
+            && !second.stderr.contains("WouldBlock"),
+        "{second:#?}"
+    );
+    // The first one never noticed.
+    let ready = send("GET", &first.url("/readyz"), &[], None);
+    assert_eq!(ready.status, 200, "{}", ready.text);
+    first.stop("TERM");
+}

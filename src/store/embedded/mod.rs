@@ -177,7 +177,19 @@ impl SledStore {
             .flush_every_ms(Some(500))
             .use_compression(compression)
             .compression_factor(COMPRESSION_LEVEL)
-            .open()?;
+            .open()
+            .map_err(|err| match err {
+                // sled's file lock (`flock` of `db`): another process has this data dir open.
+                // sled gives it as an `Other` error with this text.
+                sled::Error::Io(io) if io.to_string().starts_with("could not acquire lock") => {
+                    StoreError::Io(format!(
+                        "{} is in use by another process (sled holds a lock on its data file): is a daemon \
+                     already running on it? Stop it, or give this one another data_dir",
+                        dir.display()
+                    ))
+                }
+                other => other.into(),
+            })?;
         let data_file = std::fs::File::open(dir.join("db"))
             .map_err(|err| StoreError::Io(format!("cannot open the data file: {err}")))?;
         let health = options.health.clone();
