@@ -1125,14 +1125,27 @@ mod binary {
     }
 
     /// Every section's rows, in order: end-to-end, latency at each rate, fan-out, volume.
+    /// `BENCH_BINARY_SECTIONS=latency,fanout` (any of `e2e`, `latency`, `fanout`, `volume`) runs
+    /// only those, for profiling one of them.
     pub(super) fn rows(receiver: &FastReceiver, sizes: &Sizes) -> Vec<Row> {
+        let sections = std::env::var("BENCH_BINARY_SECTIONS").ok();
+        let wanted = |name: &str| sections.as_deref().is_none_or(|list| list.split(',').any(|s| s == name));
         let load = LoadGen::start();
-        let mut rows = end_to_end(&load, receiver, sizes.e2e_events);
-        for rate in sizes.latency_rates {
-            rows.extend(latency(&load, receiver, rate, sizes.latency_window));
+        let mut rows = Vec::new();
+        if wanted("e2e") {
+            rows.extend(end_to_end(&load, receiver, sizes.e2e_events));
         }
-        rows.extend(fan_out(&load, receiver, sizes.fan_out_window));
-        rows.extend(volume(&load, receiver, sizes.volume_events, sizes.sample_every));
+        if wanted("latency") {
+            for rate in sizes.latency_rates {
+                rows.extend(latency(&load, receiver, rate, sizes.latency_window));
+            }
+        }
+        if wanted("fanout") {
+            rows.extend(fan_out(&load, receiver, sizes.fan_out_window));
+        }
+        if wanted("volume") {
+            rows.extend(volume(&load, receiver, sizes.volume_events, sizes.sample_every));
+        }
         rows
     }
 

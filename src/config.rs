@@ -864,23 +864,30 @@ fn validate_storage(
             Ok(StorageBackend::Sled)
         }
         "postgres" => {
-            let url = env_url.filter(|url| !url.is_empty()).or_else(|| raw.url.clone()).ok_or_else(|| {
-                invalid(
-                    "storage.url",
-                    format!("is required for backend = \"postgres\" (or set {STORAGE_URL_ENV})"),
-                )
-            })?;
+            // Errors name where the URL came from: the environment variable takes the key's place.
+            let (url, source) = match env_url.filter(|url| !url.is_empty()) {
+                Some(url) => (url, STORAGE_URL_ENV),
+                None => match &raw.url {
+                    Some(url) => (url.clone(), "storage.url"),
+                    None => {
+                        return Err(invalid(
+                            "storage.url",
+                            format!("is required for backend = \"postgres\" (or set {STORAGE_URL_ENV})"),
+                        ))
+                    }
+                },
+            };
             let parsed = url::Url::parse(&url)
                 .ok()
                 .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"));
             if parsed.is_none() {
                 return Err(invalid(
-                    "storage.url",
+                    source,
                     format!("{} is not a URL like \"postgres://user@host:5432/db\"", redact_password(&url)),
                 ));
             }
             // What the backend will read of it: the driver's settings, `sslmode`, `sslrootcert`.
-            crate::store::check_postgres_url(&url).map_err(|err| invalid("storage.url", err))?;
+            crate::store::check_postgres_url(&url).map_err(|err| invalid(source, err))?;
             let pool_size = raw.pool_size.unwrap_or(DEFAULT_POOL_SIZE);
             if !(1..=1024).contains(&pool_size) {
                 return Err(invalid("storage.pool_size", "must be between 1 and 1024"));
@@ -1031,6 +1038,10 @@ mod tests {
         // The environment variable takes the place of the file's url.
         let from_env = storage("[storage]\nbackend = \"postgres\"", Some("postgres://env@h/db")).unwrap();
         assert!(matches!(from_env, StorageBackend::Postgres(pg) if pg.url == "postgres://env@h/db"));
+        // A bad URL from the environment is named as the environment variable, not the key.
+        let err =
+            storage("[storage]\nbackend = \"postgres\"", Some("mysql://env@h/db")).unwrap_err().to_string();
+        assert!(err.starts_with(STORAGE_URL_ENV), "{err}");
         for (text, key) in [
             ("[storage]\nbackend = \"mysql\"", "storage.backend"),
             ("[storage]\nbackend = \"postgres\"", "storage.url"),
