@@ -155,14 +155,20 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                         crate::config::redact_password(&target.url)
                     )
                 })?;
+            let copied = &report.copied;
             println!(
-                "copied {} subscriptions, {} events, {} deliveries and {} idempotency ids from {} into {}",
-                report.subscriptions,
-                report.events,
-                report.deliveries,
-                report.idempotency_ids,
+                "copied {} subscriptions, {} events, {} deliveries and {} idempotency ids from {} into {}{}",
+                copied.subscriptions,
+                copied.events,
+                copied.deliveries,
+                copied.idempotency_ids,
                 loaded.data_dir.display(),
-                crate::config::redact_password(&target.url)
+                crate::config::redact_password(&target.url),
+                match report.already_there {
+                    0 => String::new(),
+                    kept =>
+                        format!(" ({kept} records were there already, from an earlier run, and were kept)"),
+                }
             );
             Ok(())
         }

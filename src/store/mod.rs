@@ -251,13 +251,34 @@ pub enum Exported {
     },
 }
 
-/// What a migration copied.
+/// Records of each kind: what a migration copied, or what it found already in the target.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
     pub subscriptions: usize,
     pub events: usize,
     pub deliveries: usize,
     pub idempotency_ids: usize,
+}
+
+impl MigrationReport {
+    fn total(&self) -> usize {
+        self.subscriptions + self.events + self.deliveries + self.idempotency_ids
+    }
+
+    fn add(&mut self, other: &MigrationReport) {
+        self.subscriptions += other.subscriptions;
+        self.events += other.events;
+        self.deliveries += other.deliveries;
+        self.idempotency_ids += other.idempotency_ids;
+    }
+}
+
+/// What `migrate-storage` did: the records it copied and how many of those it read were in the
+/// target already (an earlier, interrupted run's) and were kept as they are.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Migrated {
+    pub copied: MigrationReport,
+    pub already_there: usize,
 }
 
 /// Copies everything in the sled store of `data_dir` into the PostgreSQL database of `target`
@@ -271,7 +292,7 @@ pub fn migrate_sled_to_postgres(
     data_dir: &Path,
     target: &crate::config::PostgresConfig,
     secrets: crate::secrets::SecretKeys,
-) -> Result<MigrationReport, StoreError> {
+) -> Result<Migrated, StoreError> {
     if !data_dir.join("db").exists() {
         return Err(StoreError::Io(format!("{} holds no sled database", data_dir.display())));
     }
@@ -280,24 +301,19 @@ pub fn migrate_sled_to_postgres(
     secrets_at_rest::prepare(&source, &options.secrets)?;
     let target = PgStore::open(target, &options)?;
     secrets_at_rest::prepare(&target, &options.secrets)?;
-    let mut report = MigrationReport::default();
+    let (mut read, mut copied) = (0, MigrationReport::default());
     let mut batch = Vec::with_capacity(500);
     source.export(&mut |record| {
-        match &record {
-            Exported::Subscription(_) => report.subscriptions += 1,
-            Exported::Event(_) => report.events += 1,
-            Exported::Delivery(..) => report.deliveries += 1,
-            Exported::Idempotency { .. } => report.idempotency_ids += 1,
-        }
+        read += 1;
         batch.push(record);
         if batch.len() == 500 {
-            target.import(std::mem::take(&mut batch))?;
+            copied.add(&target.import(std::mem::take(&mut batch))?);
         }
         Ok(())
     })?;
-    target.import(batch)?;
+    copied.add(&target.import(batch)?);
     target.finish_import()?;
-    Ok(report)
+    Ok(Migrated { already_there: read - copied.total(), copied })
 }
 
 /// An event ready to store: its id and exact delivery body were made by the caller.

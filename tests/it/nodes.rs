@@ -292,8 +292,15 @@ fn migrate_storage_moves_a_sled_install_to_postgres() {
         "{}",
         copied.stdout
     );
-    // Run again (after an interruption, say): nothing is copied twice.
-    crate::process::run_binary(&args).assert_success();
+    // Run again (after an interruption, say): nothing is copied twice, and it says so.
+    let again = crate::process::run_binary(&args);
+    again.assert_success();
+    assert!(
+        again.stdout.contains("copied 0 subscriptions, 0 events, 0 deliveries and 0 idempotency ids")
+            && again.stdout.contains("(12 records were there already, from an earlier run, and were kept)"),
+        "{}",
+        again.stdout
+    );
     assert_eq!(cluster.psql("SELECT count(*) FROM deliveries"), "6");
 
     let mut served = served.restart(&[]);

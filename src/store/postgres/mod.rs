@@ -1939,27 +1939,35 @@ async fn purge_deleted_subscriptions(db: Db) -> Result<usize, StoreError> {
     Ok(found.len())
 }
 
-/// Inserts exported records, keeping rows already there (a migration can run again).
-async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), StoreError> {
+/// Inserts exported records, keeping rows already there (a migration can run again). Returns
+/// what it inserted, by kind.
+async fn import(
+    db: Db,
+    records: Vec<crate::store::Exported>,
+) -> Result<crate::store::MigrationReport, StoreError> {
     use crate::store::Exported;
     transaction!(db, |tx| {
+        let mut inserted = crate::store::MigrationReport::default();
         for record in &records {
             match record {
                 Exported::Subscription(subscription) => {
                     if select_subscription(&tx, &db.0.secrets, &subscription.id, false).await?.is_none() {
                         write_subscription(&tx, &db.0.secrets, subscription).await?;
+                        inserted.subscriptions += 1;
                     }
                 }
                 Exported::Event(event) => {
                     let exists = tx.qopt("SELECT 1 FROM events WHERE id = $1", &[&event.id.as_str()]).await?;
                     if exists.is_none() {
                         insert_event(&tx, event).await?;
+                        inserted.events += 1;
                     }
                 }
                 Exported::Delivery(delivery, held_since) => {
                     if select_delivery(&tx, &delivery.id, false).await?.is_none() {
                         let now = held_since.unwrap_or(0);
                         store_delivery(&tx, None, delivery, now).await?;
+                        inserted.deliveries += 1;
                     }
                 }
                 Exported::Idempotency {
@@ -1970,22 +1978,25 @@ async fn import(db: Db, records: Vec<crate::store::Exported>) -> Result<(), Stor
                     deliveries,
                     fingerprint,
                 } => {
-                    tx.exec(
-                        "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
-                         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO NOTHING",
-                        &[
-                            tenant_id,
-                            client_id,
-                            &sql_millis(*created_at),
-                            &event_id.as_str(),
-                            &(*deliveries as i32),
-                            &fingerprint.as_ref().map(|fingerprint| fingerprint.as_slice()),
-                        ],
-                    )
-                    .await?;
+                    let rows = tx
+                        .exec(
+                            "INSERT INTO idempotency (tenant_id, client_id, created_at, event_id, deliveries, fingerprint) \
+                             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, client_id) DO NOTHING",
+                            &[
+                                tenant_id,
+                                client_id,
+                                &sql_millis(*created_at),
+                                &event_id.as_str(),
+                                &(*deliveries as i32),
+                                &fingerprint.as_ref().map(|fingerprint| fingerprint.as_slice()),
+                            ],
+                        )
+                        .await?;
+                    inserted.idempotency_ids += rows as usize;
                 }
             }
         }
+        inserted
     })
 }
 
@@ -2003,8 +2014,12 @@ async fn finish_import(db: Db) -> Result<(), StoreError> {
 }
 
 impl PgStore {
-    /// Stores exported records (`store::migrate_sled_to_postgres`).
-    pub(crate) fn import(&self, records: Vec<crate::store::Exported>) -> Result<(), StoreError> {
+    /// Stores exported records (`store::migrate_sled_to_postgres`), keeping those already
+    /// there; returns what it inserted.
+    pub(crate) fn import(
+        &self,
+        records: Vec<crate::store::Exported>,
+    ) -> Result<crate::store::MigrationReport, StoreError> {
         self.block(move |db| import(db, records))
     }
 
