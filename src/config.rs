@@ -356,8 +356,10 @@ fn default_max_webhooks() -> u32 {
 /// A configuration problem, always naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    /// The file could not be read. The I/O error is in the message, not a `source`: a chain
+    /// printed with `{:#}` would say it twice.
+    #[error("cannot read {path}: {error}")]
+    Read { path: PathBuf, error: std::io::Error },
     #[error("{0}")]
     Syntax(String),
     #[error("{key}: {reason}")]
@@ -483,7 +485,7 @@ impl Config {
     /// systemd).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            .map_err(|error| ConfigError::Read { path: path.to_owned(), error })?;
         let mut raw = Config::raw(&text)?;
         let dir = path.parent().unwrap_or(Path::new(""));
         for schema in raw.events.schemas.values_mut() {

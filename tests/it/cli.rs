@@ -121,6 +121,8 @@ fn check_config_reports_a_missing_file() {
     let out = run_binary(&["check-config", "--config", "/nonexistent/atender/config.toml"]);
     out.assert_code(1);
     assert!(out.stderr.contains("cannot read /nonexistent/atender/config.toml"), "{out:#?}");
+    // The reason once, not once per level of the error chain.
+    assert_eq!(out.stderr.matches("No such file or directory").count(), 1, "{out:#?}");
 }
 
 // ---------------------------------------------------------------------------------------------
