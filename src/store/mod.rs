@@ -885,8 +885,9 @@ pub struct RestoreSummary {
 /// anything.
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
-    /// Reading the store failed, or a stored record does not decode.
-    #[error("{0}")]
+    /// Reading the store failed, or a stored record does not decode. Transparent: printed as the
+    /// store error itself, once (a `{0}` message with a `#[from]` source said it twice in `{:#}`).
+    #[error(transparent)]
     Store(#[from] StoreError),
     /// The backup's destination refused bytes (disk full, the client went away).
     #[error("cannot write the backup: {0}")]

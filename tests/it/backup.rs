@@ -278,6 +278,7 @@ fn a_backup_refuses_a_held_data_dir_a_missing_one_and_a_postgres_config() {
     let refused = run_binary(&["backup", "--to", path_text(&file), "--config", path_text(&empty_config)]);
     refused.assert_code(1);
     assert!(refused.stderr.contains("holds no sled database"), "{refused:#?}");
+    assert_eq!(refused.stderr.matches("holds no sled database").count(), 1, "said once: {refused:#?}");
     assert!(!empty.path().join("data").exists(), "a backup never creates a data dir");
 
     // PostgreSQL: its own tools. No server needed to say so.
