@@ -879,14 +879,27 @@ fn validate_storage(
                     }
                 },
             };
-            let parsed = url::Url::parse(&url)
-                .ok()
-                .filter(|parsed| matches!(parsed.scheme(), "postgres" | "postgresql"));
-            if parsed.is_none() {
-                return Err(invalid(
-                    source,
-                    format!("{} is not a URL like \"postgres://user@host:5432/db\"", redact_password(&url)),
-                ));
+            // A URL that does not parse is not echoed (it may hold a password); the parser's
+            // reason is (e.g. "invalid port number").
+            match url::Url::parse(&url) {
+                Err(err) => {
+                    return Err(invalid(
+                        source,
+                        format!(
+                            "is not a valid URL ({err}); expected one like \"postgres://user@host:5432/db\""
+                        ),
+                    ))
+                }
+                Ok(parsed) if !matches!(parsed.scheme(), "postgres" | "postgresql") => {
+                    return Err(invalid(
+                        source,
+                        format!(
+                            "{} is not a URL like \"postgres://user@host:5432/db\"",
+                            redact_password(&url)
+                        ),
+                    ))
+                }
+                Ok(_) => {}
             }
             // What the backend will read of it: the driver's settings, `sslmode`, `sslrootcert`.
             crate::store::check_postgres_url(&url).map_err(|err| invalid(source, err))?;
@@ -1063,6 +1076,12 @@ mod tests {
         let err = storage("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@h:x/db\"", None)
             .unwrap_err()
             .to_string();
+        assert!(!err.contains("pw@"), "{err}");
+        // A URL that does not parse says why, without echoing it.
+        let err = storage("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@h:99999/db\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("storage.url: is not a valid URL (invalid port number)"), "{err}");
         assert!(!err.contains("pw@"), "{err}");
     }
 
