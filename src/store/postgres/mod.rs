@@ -1107,18 +1107,28 @@ async fn publish_in(
         true => writes.subscriptions.get(tenant_id).unwrap_or(&none),
         false => &none,
     };
-    // Live idempotency records of this request's client ids, locked for the transaction.
-    let client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
+    // Live idempotency records of this request's client ids, locked for the transaction: one
+    // primary-key statement per id, pipelined (a prepared `client_id = ANY($2)` planned while the
+    // table was small could keep a sequential scan; see DELIVERY_AND_EVENT).
+    // Sorted: every transaction locks the rows it finds in the same order (no deadlock between
+    // two requests naming the same ids in different orders).
+    let mut client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
+    client_ids.sort_unstable();
+    client_ids.dedup();
     let mut remembered: HashMap<String, (EventId, u32, Option<[u8; 32]>)> = HashMap::new();
     if !client_ids.is_empty() {
-        for row in tx
-            .q(
+        let window_start = sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS));
+        let params: Vec<[&(dyn ToSql + Sync); 3]> =
+            client_ids.iter().map(|client_id| [tenant_id as _, client_id as _, &window_start as _]).collect();
+        let lookups = try_join_all(params.iter().map(|params| {
+            tx.qopt(
                 "SELECT client_id, event_id, deliveries, fingerprint FROM idempotency \
-                 WHERE tenant_id = $1 AND client_id = ANY($2) AND created_at > $3 FOR UPDATE",
-                &[tenant_id, &client_ids, &sql_millis(now.saturating_sub(IDEMPOTENCY_WINDOW_MS))],
+                 WHERE tenant_id = $1 AND client_id = $2 AND created_at > $3 FOR UPDATE",
+                params,
             )
-            .await?
-        {
+        }))
+        .await?;
+        for row in lookups.into_iter().flatten() {
             let fingerprint: Option<Vec<u8>> = row.get(3);
             remembered.insert(
                 row.get(0),
