@@ -263,6 +263,11 @@ fn postgres_rows(
     sizes: &Sizes,
 ) -> Vec<Row> {
     let mut rows = Vec::new();
+    // `BENCH_PG_LATENCY_RATE=N` measures only the latency row, at N events/s (for profiling it).
+    let latency_only = std::env::var("BENCH_PG_LATENCY_RATE").ok().and_then(|rate| rate.parse::<f64>().ok());
+    if let Some(rate) = latency_only {
+        return postgres_latency_rows(runtime, receiver, rate, sizes);
+    }
     let no_storage = publish_rate(baseline, 64, 1, sizes.publish_window);
     let sled = BenchDaemon::start(runtime);
     sled.subscribe(receiver, "/pg-publish-sled", true);
@@ -325,21 +330,35 @@ fn postgres_rows(
             });
         }
     }
-    let rate = (one_daemon_e2e / 2.0).max(50.0);
-    let (_cluster, daemons) = cluster_of(1);
-    daemons[0].subscribe(receiver, "/pg-latency", false);
-    let ours = latency_at(&daemons[0], receiver, "/pg-latency", rate, sizes.latency_window);
-    stop(daemons);
-    let raw_latency = raw_latency_at(receiver.addr, rate, sizes.latency_window);
-    rows.push(Row {
-        figure: format!("PostgreSQL, 1 daemon: publish→arrival p99 at {rate:.0}/s"),
-        ours: ours[1],
-        baseline: raw_latency[1],
-        unit: "ms",
-        baseline_name: "raw POST round trip",
-        target: None,
-    });
+    rows.extend(postgres_latency_rows(runtime, receiver, (one_daemon_e2e / 2.0).max(50.0), sizes));
     rows
+}
+
+/// Publish→arrival p99 on one PostgreSQL daemon at `rate` events/s, against the raw round trip.
+fn postgres_latency_rows(
+    runtime: &tokio::runtime::Runtime,
+    receiver: &FastReceiver,
+    rate: f64,
+    sizes: &Sizes,
+) -> Vec<Row> {
+    let cluster = pg::PgCluster::start_durable();
+    let daemon = BenchDaemon::postgres(runtime, &cluster.url());
+    daemon.subscribe(receiver, "/pg-latency", false);
+    let ours = latency_at(&daemon, receiver, "/pg-latency", rate, sizes.latency_window);
+    daemon.stop(runtime);
+    let raw_latency = raw_latency_at(receiver.addr, rate, sizes.latency_window);
+    ["p50", "p99", "max"]
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| Row {
+            figure: format!("PostgreSQL, 1 daemon: publish→arrival {name} at {rate:.0}/s"),
+            ours: ours[index],
+            baseline: raw_latency[index],
+            unit: "ms",
+            baseline_name: "raw POST round trip",
+            target: None,
+        })
+        .collect()
 }
 
 fn print_table(rows: &[Row], full: bool) {
@@ -443,6 +462,11 @@ impl BenchDaemon {
         let dir = tempfile::tempdir().unwrap();
         let text = default_delivery(config_text(&dir.path().join("data"), "10s"));
         let text = format!("{text}\n[storage]\nbackend = \"postgres\"\nurl = \"{url}\"\npool_size = 32\n");
+        // `BENCH_PG_FIXED_CAP=1`: every subscription may use the whole cap at once (no adaptation).
+        let text = match std::env::var("BENCH_PG_FIXED_CAP").is_ok_and(|fixed| fixed == "1") {
+            true => text.replace("[delivery]\n", "[delivery]\nadaptive_concurrency = false\n"),
+            false => text,
+        };
         let daemon = runtime.block_on(Daemon::start(Config::parse(&text).unwrap())).unwrap();
         BenchDaemon { addr: daemon.local_addr(), daemon, _dir: dir }
     }
