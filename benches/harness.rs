@@ -334,7 +334,8 @@ fn postgres_rows(
     rows
 }
 
-/// Publish→arrival p99 on one PostgreSQL daemon at `rate` events/s, against the raw round trip.
+/// Publish→arrival p50, p99 and max (ms) on one PostgreSQL daemon at `rate` events/s, open loop
+/// from 4 publishing threads, against the raw round trip at the same rate.
 fn postgres_latency_rows(
     runtime: &tokio::runtime::Runtime,
     receiver: &FastReceiver,

@@ -251,7 +251,7 @@ pub enum Exported {
     },
 }
 
-/// Records of each kind: what a migration copied, or what it found already in the target.
+/// Records of each kind that a migration copied into the target.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MigrationReport {
     pub subscriptions: usize,
@@ -301,7 +301,7 @@ pub fn migrate_sled_to_postgres(
     secrets_at_rest::prepare(&source, &options.secrets)?;
     let target = PgStore::open(target, &options)?;
     secrets_at_rest::prepare(&target, &options.secrets)?;
-    let (mut read, mut copied) = (0, MigrationReport::default());
+    let (mut read, mut copied) = (0usize, MigrationReport::default());
     let mut batch = Vec::with_capacity(500);
     source.export(&mut |record| {
         read += 1;
@@ -313,7 +313,7 @@ pub fn migrate_sled_to_postgres(
     })?;
     copied.add(&target.import(batch)?);
     target.finish_import()?;
-    Ok(Migrated { already_there: read - copied.total(), copied })
+    Ok(Migrated { already_there: read.saturating_sub(copied.total()), copied })
 }
 
 /// An event ready to store: its id and exact delivery body were made by the caller.

@@ -1109,9 +1109,9 @@ async fn publish_in(
     };
     // Live idempotency records of this request's client ids, locked for the transaction: one
     // primary-key statement per id, pipelined (a prepared `client_id = ANY($2)` planned while the
-    // table was small could keep a sequential scan; see DELIVERY_AND_EVENT).
-    // Sorted: every transaction locks the rows it finds in the same order (no deadlock between
-    // two requests naming the same ids in different orders).
+    // table was small could keep a sequential scan; see DELIVERY_AND_EVENT), the ids sorted so
+    // that every transaction locks the rows it finds in one order (two requests naming the same
+    // ids in different orders cannot deadlock).
     let mut client_ids: Vec<&str> = events.iter().filter_map(|event| event.client_id.as_deref()).collect();
     client_ids.sort_unstable();
     client_ids.dedup();
