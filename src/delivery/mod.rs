@@ -28,6 +28,11 @@ pub use worker::decide;
 /// How long a lane waits after a refused claim (`Progress::Busy`) before it dispatches again.
 pub const BUSY_RETRY: Duration = Duration::from_millis(50);
 
+/// How long a lane waits after storage failed one of its jobs (`Progress::Requeue`: a lost
+/// database, low space) before it dispatches again. Until the health monitor (1 s period) pauses
+/// dispatch, this is what keeps a fault from turning into a tight loop of failing claims.
+pub const FAULT_RETRY: Duration = Duration::from_millis(250);
+
 /// One attempt to make: the queue key of a due delivery.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -58,9 +63,10 @@ pub enum Progress {
     Recorded { job: Job },
     /// No attempt was made (stale key, deleted subscription, now held): slot and key are free.
     Skipped { job: Job },
-    /// Storage refused a write this job needed (low space, read-only): the key is still queued
-    /// in storage and goes back into its lane, attempted again once dispatch resumes. The
-    /// slot is freed too when `slot_free` (no [`Progress::Attempted`] was sent for it).
+    /// Storage failed a read or write this job needed (a host fault: low space, read-only, a lost
+    /// database): the key is still queued in storage and goes back into its lane, which waits
+    /// [`FAULT_RETRY`] and then tries again once dispatch resumes. The slot is freed too when
+    /// `slot_free` (no [`Progress::Attempted`] was sent for it).
     Requeue { job: Job, slot_free: bool },
     /// The claim was refused for now (the subscription's cap is reached across nodes): slot and
     /// key are free, the key goes back into its lane and the lane waits [`BUSY_RETRY`] before it

@@ -317,8 +317,11 @@ impl Scheduler {
             Progress::Skipped { job } => (job, true, true),
             Progress::Requeue { job, slot_free } => {
                 if let Some(lane) = self.lanes.get_mut(&job.subscription_id) {
-                    // Still queued in storage: back into the window, tried when dispatch resumes.
+                    // Still queued in storage: back into the window, tried again after a pause
+                    // (and once dispatch resumes, if the fault paused it meanwhile).
                     lane.window.insert((job.due, job.delivery_id.clone()));
+                    let retry_at = now_micros() / 1000 + super::FAULT_RETRY.as_millis() as Millis;
+                    lane.not_before = lane.not_before.max(retry_at);
                 }
                 // From the recorder (`slot_free: false`): the slot was kept until now.
                 (job, slot_free || self.slots_until_recorded, true)
@@ -737,6 +740,11 @@ mod tests {
         fixture.scheduler.dispatch(&id);
         let job = sent(&fixture).pop().unwrap();
         fixture.scheduler.on_progress(Progress::Requeue { job: job.clone(), slot_free: true });
+        assert!(sent(&fixture).is_empty(), "not before FAULT_RETRY: a fault is no tight loop");
+        let lane = &fixture.scheduler.lanes[&id];
+        assert!(lane.wake_at.is_some_and(|at| at >= lane.not_before), "the wheel wakes it then");
+        fixture.scheduler.lanes.get_mut(&id).unwrap().not_before = 0;
+        fixture.scheduler.dispatch(&id);
         let again = sent(&fixture);
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].delivery_id, job.delivery_id);

@@ -1,6 +1,7 @@
 //! A delivery worker: one OS thread making blocking HTTP attempts through the shared ureq agent,
 //! then deciding what happens next and handing the outcome to the recorder.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +52,16 @@ pub fn run(
             Ok(Made::Limited { until }) => progress.send(Progress::Limited { job, until }).is_ok(),
             Err(err) => {
                 beat.error();
-                tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
+                if !err.is_host_fault() {
+                    tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
+                } else if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
+                    tracing::error!(
+                        delivery = %job.delivery_id,
+                        error = %err,
+                        suppressed,
+                        "cannot prepare a delivery attempt (the same fault stopped `suppressed` more attempts in the last second)"
+                    );
+                }
                 if err.is_host_fault() {
                     // The key is still queued: try it again once storage takes writes.
                     progress.send(Progress::Requeue { job, slot_free: true }).is_ok()
@@ -64,6 +74,36 @@ pub fn run(
         if !sent {
             break;
         }
+    }
+}
+
+/// One line a second at most, across every worker, for host faults (a lost database, a full
+/// disk): every lane tries again every `FAULT_RETRY`, and a line per try would flood the journal
+/// until the health monitor pauses delivery.
+static FAULT_LOG: LogThrottle = LogThrottle::new(1_000);
+
+/// Lets one log line through per `period_ms` and counts the ones it held back.
+pub(crate) struct LogThrottle {
+    period_ms: u64,
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    pub(crate) const fn new(period_ms: u64) -> LogThrottle {
+        LogThrottle { period_ms, last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(lines held back since the last one let through)` when a line may be logged at
+    /// `now_ms` (Unix ms), `None` when it is held back (and counted).
+    pub(crate) fn take_turn(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = now_ms >= last.saturating_add(self.period_ms) || last == 0;
+        if due && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
     }
 }
 
@@ -255,6 +295,17 @@ mod tests {
     use super::*;
 
     const SIX_HOURS: Duration = Duration::from_secs(6 * 3600);
+
+    #[test]
+    fn a_log_throttle_lets_one_line_a_period_through_and_counts_the_rest() {
+        let throttle = LogThrottle::new(1_000);
+        assert_eq!(throttle.take_turn(5_000), Some(0));
+        assert_eq!(throttle.take_turn(5_001), None);
+        assert_eq!(throttle.take_turn(5_999), None);
+        assert_eq!(throttle.take_turn(6_000), Some(2), "the two held back are counted");
+        assert_eq!(throttle.take_turn(6_500), None);
+        assert_eq!(throttle.take_turn(9_000), Some(1));
+    }
 
     fn failed(status: u16, retry_after: Option<u64>) -> Outcome {
         Outcome {

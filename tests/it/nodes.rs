@@ -235,6 +235,41 @@ fn a_database_restart_under_load_loses_nothing_acknowledged() {
     });
 }
 
+/// A database lost while deliveries wait is no tight loop of failing claims: each lane waits
+/// `FAULT_RETRY` between tries and the log says so about once a second (before, one ~1 s
+/// restart wrote thousands of lines, all for one delivery), and everything goes out once the
+/// database is back.
+#[test]
+fn a_lost_database_is_no_tight_loop_of_failing_claims() {
+    let cluster = PgCluster::start();
+    // Slow enough that most of the events still wait when the database goes.
+    let receiver = Receiver::answering(Answer::status(200).after(Duration::from_millis(300)));
+    let served = node(&cluster, &lease_setup(Setup::default()));
+    subscribe(&served, &receiver.url("/hook"));
+    let acknowledged: HashSet<String> = (0..40)
+        .map(|_| {
+            let reply =
+                served.call("POST", "/v1/events", ACME_KEY, Some(json!({ "event": "message.received" })));
+            assert_eq!(reply.status, 202, "{}", reply.text);
+            reply.json()["id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    wait_until("the first delivery", LONG, || receiver.count() >= 1);
+    cluster.stop();
+    wait_until("readyz says the database is unavailable", LONG, || {
+        send("GET", &served.url("/readyz"), &[], None).json()["storage"] == "unavailable"
+    });
+    // The outage under test lasts three seconds more (its length is the input, not a wait).
+    std::thread::sleep(Duration::from_secs(3));
+    let lines = served.process.stderr_count("cannot prepare a delivery attempt");
+    assert!(lines <= 12, "{lines} lines for a 3-4 s outage\n{}", served.process.transcript());
+    cluster.resume();
+    wait_until("every acknowledged event delivered", Duration::from_secs(90), || {
+        let arrived: HashSet<String> = event_ids(&receiver, "/hook").into_iter().collect();
+        acknowledged.is_subset(&arrived)
+    });
+}
+
 #[test]
 fn migrate_storage_moves_a_sled_install_to_postgres() {
     let receiver = Receiver::start();
