@@ -863,6 +863,13 @@ fn validate_storage(
             if let Some((key, _)) = postgres_only.into_iter().find(|(_, set)| *set) {
                 return Err(invalid(key, "is only for backend = \"postgres\""));
             }
+            // The environment's URL alone would leave every node on a sled of its own, silently.
+            if env_url.is_some_and(|url| !url.is_empty()) {
+                return Err(invalid(
+                    STORAGE_URL_ENV,
+                    "is set, but [storage] backend is \"sled\": set backend = \"postgres\" to use it, or unset it",
+                ));
+            }
             Ok(StorageBackend::Sled)
         }
         "postgres" => {
@@ -913,8 +920,12 @@ fn validate_storage(
                 return Err(invalid(
                     "storage.lease",
                     format!(
-                        "must be longer than delivery.timeout ({}): a claim must outlive its attempt",
-                        humantime::format_duration(delivery.timeout)
+                        "must be longer than delivery.timeout ({}): a claim must outlive its attempt{}",
+                        humantime::format_duration(delivery.timeout),
+                        match raw.lease {
+                            Some(_) => String::new(),
+                            None => format!(" (lease is not set: its default, {DEFAULT_LEASE}, applies)"),
+                        }
                     ),
                 ));
             }
@@ -1053,6 +1064,10 @@ mod tests {
         // The environment variable takes the place of the file's url.
         let from_env = storage("[storage]\nbackend = \"postgres\"", Some("postgres://env@h/db")).unwrap();
         assert!(matches!(from_env, StorageBackend::Postgres(pg) if pg.url == "postgres://env@h/db"));
+        // The environment's URL under sled is refused (it would do nothing), an empty one ignored.
+        let err = storage("", Some("postgres://env@h/db")).unwrap_err().to_string();
+        assert!(err.starts_with(STORAGE_URL_ENV) && err.contains("backend is \"sled\""), "{err}");
+        assert_eq!(storage("", Some("")).unwrap(), StorageBackend::Sled);
         // A bad URL from the environment is named as the environment variable, not the key.
         let err =
             storage("[storage]\nbackend = \"postgres\"", Some("mysql://env@h/db")).unwrap_err().to_string();
@@ -1077,6 +1092,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("pw@"), "{err}");
+        // The lease check names the default when the lease is not set.
+        let slow =
+            validate_delivery(&RawDelivery { timeout: "45s".into(), ..RawDelivery::default() }).unwrap();
+        let err = validate_storage(
+            &raw("[storage]\nbackend = \"postgres\"\nurl = \"postgres://h/db\"").storage,
+            &slow,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("storage.lease") && err.contains("its default, 30s, applies"), "{err}");
         // A URL that does not parse says why, without echoing it.
         let err = storage("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u:pw@h:99999/db\"", None)
             .unwrap_err()
