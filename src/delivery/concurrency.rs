@@ -10,9 +10,12 @@
 //!   of them adds one slot (one per round trip, like TCP);
 //! - a failed attempt (an error status, a time-out, a refused connection) halves the limit at
 //!   once, and rising latency (the recent mean more than [`LATENCY_TOLERANCE`] times the
-//!   endpoint's best plus [`LATENCY_SLACK`]) cuts it by a fifth. Attempts started before the
-//!   last cut cannot cut it again, so one burst of failures of a full window is one cut, not
-//!   one per attempt (TCP's one reduction per window of data);
+//!   endpoint's best plus [`LATENCY_SLACK`]) cuts it by a fifth, but not below where it started
+//!   (`concurrency-limits`' `minLimit`): an endpoint that answers 2xx, only slower, keeps the
+//!   parallelism every endpoint starts with, so one that slows from 0.3 s to 1 s still gets
+//!   several attempts a second rather than one. Attempts started before the last cut cannot cut
+//!   it again, so one burst of failures of a full window is one cut, not one per attempt (TCP's
+//!   one reduction per window of data);
 //! - the limit stays within `1..=max_in_flight_per_subscription`, the hard cap.
 //!
 //! So a fast healthy endpoint earns parallel attempts up to the cap within a few hundred
@@ -54,6 +57,8 @@ const BEST_PERIOD: Micros = 30_000_000;
 pub struct AdaptiveLimit {
     /// The current limit, in attempts.
     limit: usize,
+    /// Where it started: rising latency alone never cuts it below this (failures may).
+    floor: usize,
     /// Successes counted towards the next slot (a full window of them adds one).
     acks: usize,
     /// Least latency (µs) of the current and the previous [`BEST_PERIOD`].
@@ -72,6 +77,7 @@ impl AdaptiveLimit {
     pub fn new(initial: usize, now: Micros) -> AdaptiveLimit {
         AdaptiveLimit {
             limit: initial.max(1),
+            floor: initial.max(1),
             acks: 0,
             best_current: None,
             best_previous: None,
@@ -116,7 +122,10 @@ impl AdaptiveLimit {
         self.recent = Some(recent);
         let best = self.best().unwrap_or(sample) as f64;
         if recent > best * LATENCY_TOLERANCE + LATENCY_SLACK.as_micros() as f64 {
-            self.cut(LATENCY_DECREASE, dispatched_at, now);
+            if self.limit > self.floor {
+                self.cut(LATENCY_DECREASE, dispatched_at, now);
+                self.limit = self.limit.max(self.floor);
+            }
             return;
         }
         // Only a window in use proves it can grow: an endpoint that sees a trickle keeps its limit.
@@ -223,6 +232,12 @@ mod tests {
         let before = limit.current(32);
         succeed(&mut limit, 20, ms(400), 32, &mut now);
         assert!(limit.current(32) < before, "{} < {before}", limit.current(32));
+        // However long it stays slow, rising latency alone leaves the limit it started with.
+        succeed(&mut limit, 2_000, ms(400), 32, &mut now);
+        assert_eq!(limit.current(32), 4, "not below the initial limit for 2xx answers");
+        // A failure still halves it below that.
+        limit.on_failure(now, now + MS);
+        assert_eq!(limit.current(32), 2);
     }
 
     #[test]
