@@ -235,6 +235,28 @@ fn a_database_restart_under_load_loses_nothing_acknowledged() {
     });
 }
 
+/// A login the server refuses (here a role that does not exist; a wrong password is the same
+/// SQLSTATE class 28) stops the start-up with that said, not as an unreachable database.
+#[test]
+fn a_refused_login_is_named_as_such_at_start_up() {
+    let cluster = PgCluster::start();
+    let url = cluster.url().replace("postgres@", "nobody@");
+    let config = Setup { storage: Storage::Postgres(url), ..Setup::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let config = atender_webhooks::Config::parse(&config.config_text(dir.path(), "127.0.0.1:0")).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let err = match runtime.block_on(atender_webhooks::Daemon::start(config)) {
+        Ok(_) => panic!("the daemon started"),
+        Err(err) => format!("{err:#}"),
+    };
+    assert!(
+        err.contains("the database refused the login")
+            && err.contains("\"nobody\"")
+            && !err.contains("unreachable"),
+        "{err}"
+    );
+}
+
 /// A database lost while deliveries wait is no tight loop of failing claims: each lane waits
 /// `FAULT_RETRY` between tries and the log says so about once a second (before, one ~1 s
 /// restart wrote thousands of lines, all for one delivery), and everything goes out once the

@@ -394,11 +394,17 @@ fn node_name() -> String {
 async fn prepare(pool: &Pool, server: &tls::Connection) -> Result<bool, StoreError> {
     let mut tries = 0;
     loop {
-        let (mut client, connection) = server
-            .config
-            .connect(server.tls.clone())
-            .await
-            .map_err(|err| StoreError::Unreachable(describe(&err)))?;
+        let (mut client, connection) = server.config.connect(server.tls.clone()).await.map_err(|err| {
+            match err.code().map(|code| &code.code()[..2]) {
+                // 28: invalid authorization. The server answered: it is the login, not the network.
+                Some("28") => StoreError::Io(format!(
+                    "the database refused the login ({}): check the user and password in storage.url or {}",
+                    describe(&err),
+                    crate::config::STORAGE_URL_ENV
+                )),
+                _ => StoreError::Unreachable(describe(&err)),
+            }
+        })?;
         let driver = tokio::spawn(connection);
         let applied =
             migrations::runner().set_migration_table_name(MIGRATION_TABLE).run_async(&mut client).await;
