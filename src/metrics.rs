@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -59,6 +59,9 @@ pub struct Snapshot {
 /// The daemon's metrics. Cheap to update from any thread.
 pub struct Metrics {
     registry: Registry,
+    /// Metrics of a data dir's file system (sled), rendered only when the backend reports a
+    /// reading: on PostgreSQL a constant 0 of free space would trip free-space alerts.
+    file_system: Registry,
     events_published: Counter,
     attempts: Family<Labels, Counter>,
     attempt_duration: Histogram,
@@ -136,7 +139,8 @@ impl Metrics {
             storage_healthy.clone(),
         );
         let storage_free_bytes = Gauge::default();
-        registry.register(
+        let mut file_system = Registry::with_prefix("atender");
+        file_system.register(
             "storage_free_bytes",
             "Bytes free on the data dir's file system at the last reading",
             storage_free_bytes.clone(),
@@ -178,6 +182,7 @@ impl Metrics {
             storage_free_bytes,
             threads,
             thread_errors,
+            file_system,
         }
     }
 
@@ -219,7 +224,11 @@ impl Metrics {
         }
         let mut text = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut text, &self.registry);
+        let _ = encode_registry(&mut text, &self.registry);
+        if snapshot.free_bytes.is_some() {
+            let _ = encode_registry(&mut text, &self.file_system);
+        }
+        let _ = encode_eof(&mut text);
         text
     }
 }
