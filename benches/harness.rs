@@ -84,6 +84,29 @@ struct Row {
     target: Option<Target>,
 }
 
+/// The p50, p99 and max rows (ms) of a latency figure: `figure(name)` names each, `ours` and
+/// `baseline` are [p50, p99, max], `targets` the target of each.
+fn percentile_rows(
+    figure: impl Fn(&str) -> String,
+    ours: [f64; 3],
+    baseline: [f64; 3],
+    baseline_name: &'static str,
+    targets: [Option<Target>; 3],
+) -> Vec<Row> {
+    ["p50", "p99", "max"]
+        .into_iter()
+        .enumerate()
+        .map(|(index, name)| Row {
+            figure: figure(name),
+            ours: ours[index],
+            baseline: baseline[index],
+            unit: "ms",
+            baseline_name,
+            target: targets[index],
+        })
+        .collect()
+}
+
 /// What a row must reach to meet its target.
 #[derive(Clone, Copy)]
 enum Target {
@@ -191,16 +214,13 @@ fn main() {
         bench.subscribe(&receiver, "/latency", false);
         let ours = latency_at(&bench, &receiver, "/latency", rate, sizes.latency_window);
         let raw = raw_latency_at(receiver.addr, rate, sizes.latency_window);
-        for (index, name) in ["p50", "p99", "max"].into_iter().enumerate() {
-            rows.push(Row {
-                figure: format!("publish→arrival {name} at {rate:.0}/s"),
-                ours: ours[index],
-                baseline: raw[index],
-                unit: "ms",
-                baseline_name: "raw POST round trip",
-                target: (name == "p99").then_some(Target::AtMost(20.0)),
-            });
-        }
+        rows.extend(percentile_rows(
+            |name| format!("publish→arrival {name} at {rate:.0}/s"),
+            ours,
+            raw,
+            "raw POST round trip",
+            [None, Some(Target::AtMost(20.0)), None],
+        ));
         bench.stop(&runtime);
     }
 
@@ -348,18 +368,13 @@ fn postgres_latency_rows(
     let ours = latency_at(&daemon, receiver, "/pg-latency", rate, sizes.latency_window);
     daemon.stop(runtime);
     let raw_latency = raw_latency_at(receiver.addr, rate, sizes.latency_window);
-    ["p50", "p99", "max"]
-        .into_iter()
-        .enumerate()
-        .map(|(index, name)| Row {
-            figure: format!("PostgreSQL, 1 daemon: publish→arrival {name} at {rate:.0}/s"),
-            ours: ours[index],
-            baseline: raw_latency[index],
-            unit: "ms",
-            baseline_name: "raw POST round trip",
-            target: None,
-        })
-        .collect()
+    percentile_rows(
+        |name| format!("PostgreSQL, 1 daemon: publish→arrival {name} at {rate:.0}/s"),
+        ours,
+        raw_latency,
+        "raw POST round trip",
+        [None; 3],
+    )
 }
 
 fn print_table(rows: &[Row], full: bool) {
@@ -1263,18 +1278,13 @@ mod binary {
         let ours = percentiles(timed.iter().map(|&(_, latency)| latency).collect());
         let base = percentiles(raw.sends.iter().map(|&(_, round_trip)| round_trip).collect());
         let targets = if rate <= 200.0 { [None, Some(2.0), Some(10.0)] } else { [None, Some(10.0), None] };
-        let mut rows: Vec<Row> = ["p50", "p99", "max"]
-            .into_iter()
-            .enumerate()
-            .map(|(index, name)| Row {
-                figure: format!("binary: publish→arrival {name} at {rate}/s, open loop, {window:?}"),
-                ours: ours[index],
-                baseline: base[index],
-                unit: "ms",
-                baseline_name: "raw round trip to the receiver, same rate",
-                target: targets[index].map(Target::AtMost),
-            })
-            .collect();
+        let mut rows = super::percentile_rows(
+            |name| format!("binary: publish→arrival {name} at {rate}/s, open loop, {window:?}"),
+            ours,
+            base,
+            "raw round trip to the receiver, same rate",
+            targets.map(|target| target.map(Target::AtMost)),
+        );
         rows[2].figure += &format!(" (at {max_at:.2} s of the run; child up {child_age:.2} s)");
         rows.push(cpu_row(&format!("latency at {rate}/s"), cpu, sent.sends.len() as u64));
         rows
