@@ -59,7 +59,7 @@ pub fn run(
                         delivery = %job.delivery_id,
                         error = %err,
                         suppressed,
-                        "cannot prepare a delivery attempt (the same fault stopped `suppressed` more attempts in the last second)"
+                        "cannot prepare a delivery attempt (`suppressed`: attempts a host fault also stopped since the last such line)"
                     );
                 }
                 if err.is_host_fault() {
@@ -83,20 +83,20 @@ pub fn run(
 static FAULT_LOG: LogThrottle = LogThrottle::new(1_000);
 
 /// Lets one log line through per `period_ms` and counts the ones it held back.
-pub(crate) struct LogThrottle {
+struct LogThrottle {
     period_ms: u64,
     last_ms: AtomicU64,
     suppressed: AtomicU64,
 }
 
 impl LogThrottle {
-    pub(crate) const fn new(period_ms: u64) -> LogThrottle {
+    const fn new(period_ms: u64) -> LogThrottle {
         LogThrottle { period_ms, last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
     }
 
     /// `Some(lines held back since the last one let through)` when a line may be logged at
     /// `now_ms` (Unix ms), `None` when it is held back (and counted).
-    pub(crate) fn take_turn(&self, now_ms: u64) -> Option<u64> {
+    fn take_turn(&self, now_ms: u64) -> Option<u64> {
         let last = self.last_ms.load(Ordering::Relaxed);
         let due = now_ms >= last.saturating_add(self.period_ms) || last == 0;
         if due && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
