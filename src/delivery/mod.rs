@@ -13,6 +13,7 @@ pub mod test_send;
 pub mod wheel;
 mod worker;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -32,6 +33,31 @@ pub const BUSY_RETRY: Duration = Duration::from_millis(50);
 /// database, low space) before it dispatches again. Until the health monitor (1 s period) pauses
 /// dispatch, this is what keeps a fault from turning into a tight loop of failing claims.
 pub const FAULT_RETRY: Duration = Duration::from_millis(250);
+
+/// Lets one log line through per `period_ms` and counts the ones it held back.
+pub(crate) struct LogThrottle {
+    period_ms: u64,
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogThrottle {
+    pub(crate) const fn new(period_ms: u64) -> LogThrottle {
+        LogThrottle { period_ms, last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
+    }
+
+    /// `Some(lines held back since the last one let through)` when a line may be logged at
+    /// `now_ms` (Unix ms), `None` when it is held back (and counted).
+    pub(crate) fn take_turn(&self, now_ms: u64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = now_ms >= last.saturating_add(self.period_ms) || last == 0;
+        if due && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 /// One attempt to make: the queue key of a due delivery.
 #[derive(Debug, Clone)]
@@ -229,4 +255,20 @@ fn join_until(handle: JoinHandle<()>, deadline: Instant) -> bool {
         std::thread::sleep(Duration::from_millis(5));
     }
     handle.join().is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_throttle_lets_one_line_a_period_through_and_counts_the_rest() {
+        let throttle = LogThrottle::new(1_000);
+        assert_eq!(throttle.take_turn(5_000), Some(0));
+        assert_eq!(throttle.take_turn(5_001), None);
+        assert_eq!(throttle.take_turn(5_999), None);
+        assert_eq!(throttle.take_turn(6_000), Some(2), "the two held back are counted");
+        assert_eq!(throttle.take_turn(6_500), None);
+        assert_eq!(throttle.take_turn(9_000), Some(1));
+    }
 }

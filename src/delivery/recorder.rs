@@ -8,14 +8,19 @@
 //! exchange ended; only after the group committed does the scheduler learn the keys are no
 //! longer in flight, so a refill can never dispatch them a second time.
 
-use crossbeam_channel::{Receiver, Sender};
-
-use crate::delivery::{Job, Progress};
 use std::sync::Arc;
 
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::delivery::{Job, LogThrottle, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::Metrics;
+use crate::model::now_millis;
 use crate::store::{AttemptRecord, Outcomes, StoreError};
+
+/// One line a second at most for outcome groups a host fault failed (a lost database, a full
+/// disk); see the workers' `FAULT_LOG`.
+static FAULT_LOG: LogThrottle = LogThrottle::new(1_000);
 
 /// Most outcomes recorded by one transaction. sled's global write lock is held for its duration
 /// and every worker's reads wait on it: 256 made attempts stall for milliseconds (BENCHMARKS.md).
@@ -50,8 +55,18 @@ pub fn run(
         }
         if let Err(err) = &recorded {
             beat.error();
-            // The queue keys are still in storage: the deliveries are attempted again later.
-            tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
+            // The queue keys are still in storage: the deliveries are attempted again later. A
+            // host fault fails every group until delivery pauses: one line a second says so.
+            if !err.is_host_fault() {
+                tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
+            } else if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
+                tracing::error!(
+                    error = %err,
+                    outcomes = records.len(),
+                    suppressed,
+                    "cannot record delivery attempts (`suppressed`: groups a host fault also failed since the last such line)"
+                );
+            }
         }
         let requeue = recorded.as_ref().is_err_and(StoreError::is_host_fault);
         for job in jobs {

@@ -1,7 +1,6 @@
 //! A delivery worker: one OS thread making blocking HTTP attempts through the shared ureq agent,
 //! then deciding what happens next and handing the outcome to the recorder.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use crate::delivery::backoff::{jitter_fraction, retry_delay};
 use crate::delivery::http::{post, AttemptResult, Outcome};
 use crate::delivery::recorder::Attempted;
 use crate::delivery::signer::{atender_signature, standard_webhooks_header};
-use crate::delivery::{Job, Progress};
+use crate::delivery::{Job, LogThrottle, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::{AttemptLabel, Metrics};
 use crate::model::{now_millis, rate_next_start, Attempt, DeliveryId, Micros, Millis, Subscription};
@@ -81,31 +80,6 @@ pub fn run(
 /// disk): every lane tries again every `FAULT_RETRY`, and a line per try would flood the journal
 /// until the health monitor pauses delivery.
 static FAULT_LOG: LogThrottle = LogThrottle::new(1_000);
-
-/// Lets one log line through per `period_ms` and counts the ones it held back.
-struct LogThrottle {
-    period_ms: u64,
-    last_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogThrottle {
-    const fn new(period_ms: u64) -> LogThrottle {
-        LogThrottle { period_ms, last_ms: AtomicU64::new(0), suppressed: AtomicU64::new(0) }
-    }
-
-    /// `Some(lines held back since the last one let through)` when a line may be logged at
-    /// `now_ms` (Unix ms), `None` when it is held back (and counted).
-    fn take_turn(&self, now_ms: u64) -> Option<u64> {
-        let last = self.last_ms.load(Ordering::Relaxed);
-        let due = now_ms >= last.saturating_add(self.period_ms) || last == 0;
-        if due && self.last_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-            return Some(self.suppressed.swap(0, Ordering::Relaxed));
-        }
-        self.suppressed.fetch_add(1, Ordering::Relaxed);
-        None
-    }
-}
 
 /// What one job came to.
 enum Made {
@@ -295,17 +269,6 @@ mod tests {
     use super::*;
 
     const SIX_HOURS: Duration = Duration::from_secs(6 * 3600);
-
-    #[test]
-    fn a_log_throttle_lets_one_line_a_period_through_and_counts_the_rest() {
-        let throttle = LogThrottle::new(1_000);
-        assert_eq!(throttle.take_turn(5_000), Some(0));
-        assert_eq!(throttle.take_turn(5_001), None);
-        assert_eq!(throttle.take_turn(5_999), None);
-        assert_eq!(throttle.take_turn(6_000), Some(2), "the two held back are counted");
-        assert_eq!(throttle.take_turn(6_500), None);
-        assert_eq!(throttle.take_turn(9_000), Some(1));
-    }
 
     fn failed(status: u16, retry_after: Option<u64>) -> Outcome {
         Outcome {
