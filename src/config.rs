@@ -890,12 +890,17 @@ fn validate_storage(
             // reason is (e.g. "invalid port number").
             match url::Url::parse(&url) {
                 Err(err) => {
+                    // Several hosts with a port each (libpq's form) fail as a bad port here.
+                    let hosts = match url.contains(',') {
+                        true => " (several hosts share one port: \"postgres://user@host-a,host-b:5432/db\")",
+                        false => "",
+                    };
                     return Err(invalid(
                         source,
                         format!(
-                            "is not a valid URL ({err}); expected one like \"postgres://user@host:5432/db\""
+                            "is not a valid URL ({err}); expected one like \"postgres://user@host:5432/db\"{hosts}"
                         ),
-                    ))
+                    ));
                 }
                 Ok(parsed) if !matches!(parsed.scheme(), "postgres" | "postgresql") => {
                     return Err(invalid(
@@ -1109,6 +1114,11 @@ mod tests {
             .to_string();
         assert!(err.starts_with("storage.url: is not a valid URL (invalid port number)"), "{err}");
         assert!(!err.contains("pw@"), "{err}");
+        // Hosts with a port each: the form that is accepted is named.
+        let err = storage("[storage]\nbackend = \"postgres\"\nurl = \"postgres://u@a:5432,b:5433/db\"", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("several hosts share one port"), "{err}");
     }
 
     #[test]
