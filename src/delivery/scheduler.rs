@@ -580,6 +580,13 @@ mod tests {
         id
     }
 
+    /// [`backlog`] of a subscription the scheduler already trusts (its endpoint answered 2xx).
+    fn trusted_backlog(fixture: &mut Fixture, queued: usize) -> SubscriptionId {
+        let id = backlog(fixture, queued);
+        fixture.scheduler.trusted.insert(id.clone());
+        id
+    }
+
     /// How long a fast endpoint takes to answer.
     const QUICK: Duration = Duration::from_millis(1);
 
@@ -590,8 +597,7 @@ mod tests {
     #[test]
     fn a_trusted_lane_never_exceeds_its_cap_and_refills_as_slots_free() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 10);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 10);
         fixture.scheduler.dispatch(&id);
         let first = sent(&fixture);
         assert_eq!(first.len(), 4, "initial_in_flight_per_subscription");
@@ -638,8 +644,7 @@ mod tests {
     #[test]
     fn a_quick_endpoint_earns_more_attempts_at_once_up_to_the_cap_and_a_failure_halves_them() {
         let mut fixture = fixture(64);
-        let id = backlog(&mut fixture, 1_200);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 1_200);
         fixture.scheduler.dispatch(&id);
         assert_eq!(fixture.jobs.len(), 4, "it starts at initial_in_flight_per_subscription");
         let mut out = VecDeque::new();
@@ -662,8 +667,7 @@ mod tests {
             "[delivery]\nadaptive_concurrency = false\nmax_in_flight_per_subscription = 7",
         );
         fixture.scheduler.config = Arc::new(SharedConfig::new(Config::parse(&text).unwrap()));
-        let id = backlog(&mut fixture, 20);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 20);
         fixture.scheduler.dispatch(&id);
         assert_eq!(sent(&fixture).len(), 7);
     }
@@ -735,8 +739,7 @@ mod tests {
     #[test]
     fn a_requeued_key_goes_out_again_and_a_recorded_one_does_not() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 1);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 1);
         fixture.scheduler.dispatch(&id);
         let job = sent(&fixture).pop().unwrap();
         fixture.scheduler.on_progress(Progress::Requeue { job: job.clone(), slot_free: true });
@@ -760,8 +763,7 @@ mod tests {
     #[test]
     fn a_refused_claim_waits_before_the_key_goes_out_again() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 1);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 1);
         fixture.scheduler.dispatch(&id);
         let job = sent(&fixture).pop().unwrap();
         fixture.scheduler.on_progress(Progress::Busy { job: job.clone() });
@@ -780,8 +782,7 @@ mod tests {
     #[test]
     fn a_delivery_another_claim_holds_waits_for_its_lease_and_the_rest_go_on() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 6);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 6);
         fixture.scheduler.dispatch(&id);
         let out = sent(&fixture);
         assert_eq!(out.len(), 4, "the initial adaptive limit");
@@ -819,8 +820,7 @@ mod tests {
     #[test]
     fn a_rate_limited_claim_puts_the_key_back_and_the_lane_waits_for_the_instant_given() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 3);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 3);
         fixture.scheduler.dispatch(&id);
         let out = sent(&fixture);
         assert_eq!(out.len(), 3, "no limit known yet: up to the cap");
@@ -848,8 +848,7 @@ mod tests {
     #[test]
     fn a_limited_lane_sends_one_job_at_a_time_to_its_claim() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 3);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 3);
         fixture.scheduler.lanes.get_mut(&id).unwrap().rate = Some(LaneRate { next_start: 0, probing: None });
         fixture.scheduler.dispatch(&id);
         let first = sent(&fixture);
@@ -869,8 +868,7 @@ mod tests {
     #[test]
     fn nothing_is_dispatched_while_storage_cannot_record_outcomes() {
         let mut fixture = fixture(16);
-        let id = backlog(&mut fixture, 2);
-        fixture.scheduler.trusted.insert(id.clone());
+        let id = trusted_backlog(&mut fixture, 2);
         // Storage failed for good (the same pause holds below half the free-space reserve).
         fixture.health.fatal("test");
         assert!(fixture.store.dispatch_paused());
