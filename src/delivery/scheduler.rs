@@ -71,7 +71,8 @@ struct Lane {
     wake_at: Option<Millis>,
     /// The lane is queued for a free slot of the suspect budget.
     waiting_for_budget: bool,
-    /// A claim was refused (`Progress::Busy`): nothing is dispatched before this instant.
+    /// A claim was refused (`Progress::Busy`) or storage failed a job (`Progress::Requeue`):
+    /// nothing is dispatched before this instant (Unix ms).
     not_before: Millis,
     /// Keys another claim holds (`Progress::Taken`), with the instant (Unix ms) its lease ends:
     /// kept in `in_flight` meanwhile so refills skip them, back into the window then.
@@ -427,7 +428,7 @@ impl Scheduler {
             wake_by(&mut self.wheel, lane, id, until);
         }
         if now < lane.not_before {
-            // A claim was refused: look again when the wait is over.
+            // A claim was refused or storage failed a job: look again when the wait is over.
             wake_by(&mut self.wheel, lane, id, lane.not_before);
             return;
         }
@@ -518,8 +519,6 @@ fn refill(store: &dyn DueWork, id: &SubscriptionId, lane: &mut Lane) {
     }
 }
 
-/// Keeps a lane's window bounded when many notices arrive for keys already in range: the
-/// latest keys are dropped from memory (they stay in sled) and the cursor moves back.
 /// Has the wheel wake `lane` (of subscription `id`) at `at` (Unix ms) unless it wakes it sooner.
 fn wake_by(wheel: &mut TimingWheel<SubscriptionId>, lane: &mut Lane, id: &SubscriptionId, at: Millis) {
     if lane.wake_at.is_none_or(|wake_at| wake_at > at) {
@@ -528,6 +527,8 @@ fn wake_by(wheel: &mut TimingWheel<SubscriptionId>, lane: &mut Lane, id: &Subscr
     }
 }
 
+/// Keeps a lane's window bounded when many notices arrive for keys already in range: the
+/// latest keys are dropped from memory (they stay in sled) and the cursor moves back.
 fn trim(lane: &mut Lane) {
     if lane.window.len() <= 2 * LANE_WINDOW {
         return;
