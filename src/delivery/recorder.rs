@@ -16,7 +16,7 @@ use crate::delivery::{Job, LogThrottle, Progress};
 use crate::health::BeatGuard;
 use crate::metrics::Metrics;
 use crate::model::now_millis;
-use crate::store::{AttemptRecord, Outcomes, StoreError};
+use crate::store::{AttemptRecord, Outcomes};
 
 /// One line a second at most for outcome groups a host fault failed (a lost database, a full
 /// disk); see the workers' `FAULT_LOG`.
@@ -48,27 +48,33 @@ pub fn run(
             .chain(outcomes.try_iter().take(MAX_GROUP - 1))
             .map(|outcome| (outcome.job, outcome.record))
             .unzip();
-        let recorded = store.record_attempts(&records);
-        if let Ok(disabled) = recorded {
-            // Counted from what was stored: a subscription two outcomes disable counts once.
-            (0..disabled).for_each(|_| metrics.subscription_disabled());
-        }
-        if let Err(err) = &recorded {
-            beat.error();
-            // The queue keys are still in storage: the deliveries are attempted again later. A
-            // host fault fails every group until delivery pauses: one line a second says so.
-            if !err.is_host_fault() {
-                tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
-            } else if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
-                tracing::error!(
-                    error = %err,
-                    outcomes = records.len(),
-                    suppressed,
-                    "cannot record delivery attempts (`suppressed`: groups a host fault also failed since the last such line)"
-                );
+        // Whether the keys go back into their lanes: the outcomes were not stored because of a
+        // host fault (the queue keys are still in storage; the attempts are made again).
+        let requeue = match store.record_attempts(&records) {
+            Ok(disabled) => {
+                // Counted from what was stored: a subscription two outcomes disable counts once.
+                (0..disabled).for_each(|_| metrics.subscription_disabled());
+                false
             }
-        }
-        let requeue = recorded.as_ref().is_err_and(StoreError::is_host_fault);
+            // A host fault fails every group until delivery pauses: one line a second says so.
+            Err(err) if err.is_host_fault() => {
+                beat.error();
+                if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
+                    tracing::error!(
+                        error = %err,
+                        outcomes = records.len(),
+                        suppressed,
+                        "cannot record delivery attempts (`suppressed`: groups a host fault also failed since the last such line)"
+                    );
+                }
+                true
+            }
+            Err(err) => {
+                beat.error();
+                tracing::error!(error = %err, outcomes = records.len(), "cannot record delivery attempts");
+                false
+            }
+        };
         for job in jobs {
             // The scheduler is gone only when the engine is stopping.
             let _ = done.send(match requeue {

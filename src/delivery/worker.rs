@@ -49,11 +49,9 @@ pub fn run(
             Ok(Made::Busy) => progress.send(Progress::Busy { job }).is_ok(),
             Ok(Made::Taken { until }) => progress.send(Progress::Taken { job, until }).is_ok(),
             Ok(Made::Limited { until }) => progress.send(Progress::Limited { job, until }).is_ok(),
-            Err(err) => {
+            Err(err) if err.is_host_fault() => {
                 beat.error();
-                if !err.is_host_fault() {
-                    tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
-                } else if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
+                if let Some(suppressed) = FAULT_LOG.take_turn(now_millis()) {
                     tracing::error!(
                         delivery = %job.delivery_id,
                         error = %err,
@@ -61,12 +59,13 @@ pub fn run(
                         "cannot prepare a delivery attempt (`suppressed`: attempts a host fault also stopped since the last such line)"
                     );
                 }
-                if err.is_host_fault() {
-                    // The key is still queued: try it again once storage takes writes.
-                    progress.send(Progress::Requeue { job, slot_free: true }).is_ok()
-                } else {
-                    progress.send(Progress::Skipped { job }).is_ok()
-                }
+                // The key is still queued: try it again once storage takes writes.
+                progress.send(Progress::Requeue { job, slot_free: true }).is_ok()
+            }
+            Err(err) => {
+                beat.error();
+                tracing::error!(delivery = %job.delivery_id, error = %err, "cannot prepare a delivery attempt");
+                progress.send(Progress::Skipped { job }).is_ok()
             }
         };
         beat.idle();
